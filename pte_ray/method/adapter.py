@@ -1,0 +1,182 @@
+"""The PTE adapter: per-layer thought encoders and the dynamic LoRA they modulate.
+
+Design section 1. Per layer l and target linear W: ``y = W x + (alpha/r) A (S_l (B x))`` with
+B in R^{r x d_in} (Kaiming), A in R^{d_out x G} (zero, so training starts at the base model) and
+S_l in R^{G x r} the thought state of the sequence. Targets that share an input (q/k/v,
+gate/up) share one B matmul. The encoders of all layers are stacked so an eviction folds every
+layer's evicted keys/values into the state in a handful of batched ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pte_ray.method.config import AdapterConfig
+from pte_ray.method.model import ModelArgs
+
+# Linear groups of one layer that share an input, in the order of the fused base output.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q", "k", "v"),
+    "o": ("o",),
+    "gate_up": ("gate", "up"),
+    "down": ("down",),
+}
+
+
+def _dims(a: ModelArgs) -> tuple[dict[str, int], dict[str, int]]:
+    d_in = {"qkv": a.dim, "o": a.q_dim, "gate_up": a.dim, "down": a.intermediate}
+    d_out = {
+        "q": a.q_dim,
+        "k": a.kv_dim,
+        "v": a.kv_dim,
+        "o": a.dim,
+        "gate": a.intermediate,
+        "up": a.intermediate,
+        "down": a.dim,
+    }
+    return d_in, d_out
+
+
+def rms_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Norm(X) = X / sqrt(mean(X^2) + 1e-6) over the whole G x r matrix."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=(-2, -1), keepdim=True) + 1e-6)
+
+
+class LayerAdapter(nn.Module):
+    """The LoRA factors of one layer."""
+
+    def __init__(
+        self,
+        a: ModelArgs,
+        cfg: AdapterConfig,
+        gen: torch.Generator,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        super().__init__()
+        d_in, d_out = _dims(a)
+        self.rank, self.g, self.scale = cfg.rank, cfg.global_tokens, cfg.alpha / cfg.rank
+        self.B = nn.ParameterDict()
+        self.A = nn.ParameterDict()
+        self._subs: dict[str, list[tuple[str, int]]] = {}
+        for group, subs in GROUPS.items():
+            hit = [t for t in subs if t in cfg.targets]
+            if not hit:
+                continue
+            bound = 1.0 / math.sqrt(d_in[group])  # nn.Linear's Kaiming-uniform default
+            b = (torch.rand(len(hit) * cfg.rank, d_in[group], generator=gen) * 2 - 1) * bound
+            self.B[group] = nn.Parameter(b.to(dtype=dtype, device=device))
+            for t in hit:
+                self.A[t] = nn.Parameter(
+                    torch.zeros(d_out[t], cfg.global_tokens, dtype=dtype, device=device)
+                )
+            self._subs[group] = [(t, d_out[t]) for t in subs]
+
+    def add_delta(
+        self, group: str, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
+    ) -> torch.Tensor:
+        """y + (alpha/r) A (S (B x)) for the fused output ``y`` of ``group``; S is [B, G, r]."""
+        if group not in self.B:
+            return y
+        assert s is not None, "an adapter needs a thought state"
+        bsz, t, _ = x.shape
+        h = F.linear(x, self.B[group])  # [B, T, n*r]
+        n = h.shape[-1] // self.rank
+        z = torch.matmul(h.view(bsz, t * n, self.rank), s.transpose(1, 2))  # [B, T*n, G]
+        blocks = [
+            self.A[name] if name in self.A else y.new_zeros(width, 0)
+            for name, width in self._subs[group]
+        ]
+        a_full = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
+        return y + self.scale * F.linear(z.view(bsz, t, n * self.g), a_full)
+
+
+class ThoughtEncoder(nn.Module):
+    """Enc(K, V) = softmax((Qg Wq)(K Wk)^T / sqrt(r)) (V Wv), one per layer, stacked on dim 0."""
+
+    def __init__(
+        self,
+        a: ModelArgs,
+        cfg: AdapterConfig,
+        gen: torch.Generator,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        super().__init__()
+        n_l, g, d, r = a.n_layers, cfg.global_tokens, a.kv_dim, cfg.rank
+        self.attention = cfg.attention
+        self.rank = r
+
+        def p(*shape: int, std: float) -> nn.Parameter:
+            w = torch.randn(*shape, generator=gen) * std
+            return nn.Parameter(w.to(dtype=dtype, device=device))
+
+        self.Qg, self.Kg, self.Vg = (p(n_l, g, d, std=1.0) for _ in range(3))
+        self.Wq, self.Wk, self.Wv = (p(n_l, d, r, std=d**-0.5) for _ in range(3))
+
+    def encode(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """k, v [L, B, N, d_kv], valid [B, N] -> [L, B, G, r]."""
+        q = torch.matmul(self.Qg, self.Wq)[:, None]  # [L, 1, G, r]
+        kk = torch.matmul(k, self.Wk[:, None])  # [L, B, N, r]
+        vv = torch.matmul(v, self.Wv[:, None])
+        scores = torch.matmul(q, kk.transpose(-1, -2)) / math.sqrt(self.rank)  # [L, B, G, N]
+        keep = valid[None, :, None, :]
+        if self.attention == "linear":
+            weights = scores * keep
+        else:
+            weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+            weights = torch.nan_to_num(weights, nan=0.0)  # a row with nothing evicted
+        return torch.matmul(weights, vv)
+
+    def initial_state(self) -> torch.Tensor:
+        """S_0 = Norm(Enc(Kg, Vg)): [L, G, r]."""
+        n_l, g, _ = self.Kg.shape
+        valid = torch.ones(1, g, dtype=torch.bool, device=self.Kg.device)
+        return rms_normalise(self.encode(self.Kg[:, None], self.Vg[:, None], valid)[:, 0])
+
+
+class Adapter(nn.Module):
+    """Everything that trains: LoRA factors of every layer plus the thought encoders."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        cfg: AdapterConfig,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        if not cfg.has_adapter:
+            raise ValueError("method 'base' has no adapter")
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.layers = nn.ModuleList(
+            LayerAdapter(args, cfg, gen, dtype, device) for _ in range(args.n_layers)
+        )
+        self.encoder = ThoughtEncoder(args, cfg, gen, dtype, device)
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """S_0 for every row: [L, B, G, r]. Reset for every new rollout."""
+        s0 = self.encoder.initial_state()
+        return s0[:, None].expand(-1, batch, -1, -1)
+
+    def fold(
+        self,
+        state: torch.Tensor,
+        k_evicted: torch.Tensor,
+        v_evicted: torch.Tensor,
+        valid: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """S <- Norm(S + Enc(K_e, V_e)) for the evicting ``rows`` [B] bool; others unchanged.
+
+        Static LoRA (``lora``, ``lora_c``) keeps S fixed, so it returns ``state`` as is.
+        """
+        if not self.cfg.dynamic:
+            return state
+        new = rms_normalise(state + self.encoder.encode(k_evicted, v_evicted, valid))
+        return torch.where(rows[None, :, None, None], new, state)

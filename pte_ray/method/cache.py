@@ -1,0 +1,164 @@
+"""The bounded KV cache: prompt region + per-row thought ring, static shapes, no re-allocation.
+
+Layout of every layer's buffer ``[B, n_kv, P_max + C, head_dim]``: slots ``[0, P_max)`` hold the
+left-padded prompts (row i's prompt in ``[P_max - P_i, P_max)``, padding never valid), slots
+``[P_max, P_max + C)`` are the thought ring. Row i may hold ``cap_i`` thought tokens
+(``budget`` in mode ``thought``; ``budget - P_i`` in mode ``total``, so rows evict at different
+steps). Thought token t of a row always lives in ring slot ``t % cap_i``: an eviction only
+clears validity bits and reads the evicted slots out before they are overwritten.
+
+Every row advances one token per step, so the whole eviction schedule is known on the host from
+the prompt lengths alone: deciding when to evict never reads anything back from the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pte_ray.method.config import CacheConfig
+from pte_ray.method.model import Transformer
+
+
+def eviction_schedule(cap: int, evict_n: int, n_fed: int) -> list[int]:
+    """Thought-token indices t before whose write a row evicts, for ``n_fed`` fed tokens."""
+    if evict_n <= 0:
+        return []
+    return list(range(cap, n_fed, evict_n))
+
+
+@dataclass
+class Evicted:
+    keys: torch.Tensor  # [L, B, E, d_kv], heads flattened as cached (post-RoPE)
+    values: torch.Tensor  # [L, B, E, d_kv]
+    valid: torch.Tensor  # [B, E] which entries are real evictions
+    rows: torch.Tensor  # [B] bool, rows that evicted
+
+
+class BoundedCache:
+    """Buffers, validity mask and the host-side ring bookkeeping of one batch."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        prompt_lens: list[int],
+        cfg: CacheConfig,
+        max_new_tokens: int,
+    ) -> None:
+        if not prompt_lens or min(prompt_lens) < 1:
+            raise ValueError(f"every prompt needs at least one token, got lengths {prompt_lens}")
+        self.cfg = cfg
+        self.model = model
+        dev = model.device
+        self.prompt_lens = list(prompt_lens)
+        self.p_max = max(prompt_lens)
+        self.caps = [cfg.thought_capacity(p, max_new_tokens) for p in prompt_lens]
+        e = cfg.evict_count() if cfg.bounded else 0
+        self.evict_n = [min(e, c) for c in self.caps]
+        self.n_slots = self.p_max + max(self.caps)
+        self.kv = model.new_kv(len(prompt_lens), self.n_slots)
+        b = len(prompt_lens)
+        slot = torch.arange(self.n_slots, device=dev)
+        plen = torch.tensor(prompt_lens, device=dev)
+        self.valid = (slot[None] >= self.p_max - plen[:, None]) & (slot[None] < self.p_max)
+        self.plen_t = plen
+        self.cap_t = torch.tensor(self.caps, device=dev)
+        self.t = 0  # thought tokens written so far (all rows step together)
+        self.count = [0] * b  # thought tokens each row holds now
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompt_lens)
+
+    def prefill_inputs(
+        self, prompts: list[list[int]], pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids, positions, write slots and the causal mask for the prompt forward."""
+        dev = self.model.device
+        ids = torch.full((self.batch, self.p_max), pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, self.p_max - len(p) :] = torch.tensor(p, dtype=torch.long)
+        ids = ids.to(dev)
+        col = torch.arange(self.p_max, device=dev)
+        pos = (col[None] - (self.p_max - self.plen_t[:, None])).clamp(min=0)
+        slots = col[None].expand(self.batch, -1)
+        key = torch.arange(self.n_slots, device=dev)
+        causal = key[None, :] <= col[:, None]  # [P, S]
+        mask = causal[None] & self.valid[:, None, :]
+        mask = mask | (key[None, None, :] == col[None, :, None])  # padding attends to itself
+        return ids, pos, slots, mask
+
+    def due(self) -> list[int]:
+        """Rows that must evict before the next thought token is written."""
+        if not self.cfg.bounded:
+            return []
+        return [i for i, (c, cap) in enumerate(zip(self.count, self.caps)) if c >= cap]
+
+    def evict(self, rows: list[int]) -> Evicted:
+        """Read out and invalidate the oldest ``evict_n`` thought tokens of ``rows``."""
+        dev = self.model.device
+        e_max = max(self.evict_n[i] for i in rows)
+        idx = torch.zeros(self.batch, e_max, dtype=torch.long)
+        valid = torch.zeros(self.batch, e_max, dtype=torch.bool)
+        for i in rows:
+            n, cap = self.evict_n[i], self.caps[i]
+            start = self.t - self.count[i]
+            idx[i, :n] = self.p_max + (start + torch.arange(n)) % cap
+            valid[i, :n] = True
+            self.count[i] -= n
+        idx, valid = idx.to(dev), valid.to(dev)
+        row_mask = valid.any(dim=1)
+        a = self.model.args
+        gather = idx[:, None, :, None].expand(-1, a.n_kv_heads, -1, a.head_dim)
+
+        def take(buf: torch.Tensor) -> torch.Tensor:  # [B, n_kv, E, hd] -> [B, E, d_kv]
+            return buf.gather(2, gather).transpose(1, 2).reshape(self.batch, e_max, a.kv_dim)
+
+        keys = torch.stack([take(k) for k, _ in self.kv])
+        values = torch.stack([take(v) for _, v in self.kv])
+        self.valid.scatter_(1, idx, ~valid & self.valid.gather(1, idx))
+        return Evicted(keys, values, valid, row_mask)
+
+    def step_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positions, ring slots and mask [B, n, S] for the next ``n`` thought tokens.
+
+        The caller guarantees no row needs to evict inside these ``n`` tokens. Marks the slots
+        valid and advances the bookkeeping, so call it once per forward.
+        """
+        dev = self.model.device
+        j = torch.arange(n, device=dev)
+        pos = self.plen_t[:, None] + self.t + j[None]
+        slots = self.p_max + torch.remainder(self.t + j[None], self.cap_t[:, None])
+        if n == 1:
+            self.valid.scatter_(1, slots, True)
+            mask = self.valid[:, None, :]
+        else:
+            before = self.valid[:, None, :].expand(-1, n, -1)
+            causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+            own = torch.zeros_like(before).scatter_(
+                2, slots[:, None, :].expand(-1, n, -1), causal[None].expand(self.batch, -1, -1)
+            )
+            mask = before | own
+            self.valid.scatter_(1, slots, True)
+        self.t += n
+        self.count = [c + n for c in self.count]
+        return pos, slots, mask
+
+    def room(self) -> int:
+        """Tokens every row can still take before the next eviction (for replay segments)."""
+        return min(cap - c for cap, c in zip(self.caps, self.count))
+
+    def select(self, rows: torch.Tensor, rows_host: list[int]) -> None:
+        """Keep only ``rows`` (finished rows stop costing compute)."""
+        self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
+        self.valid = self.valid.index_select(0, rows)
+        self.plen_t = self.plen_t.index_select(0, rows)
+        self.cap_t = self.cap_t.index_select(0, rows)
+        for name in ("prompt_lens", "caps", "evict_n", "count"):
+            old = getattr(self, name)
+            setattr(self, name, [old[i] for i in rows_host])
+
+    def detach_(self) -> None:
+        """Cut the graph of cache contents at a segment boundary (truncated backprop)."""
+        self.kv = [(k.detach(), v.detach()) for k, v in self.kv]

@@ -1,0 +1,48 @@
+"""Token sampling that never leaves the device.
+
+Exact categorical sampling with one uniform per row against the CDF (``torch.multinomial``
+draws B x V numbers). The recorded log-prob is that of softmax(logits / temperature) over the
+full vocabulary: the distribution the learner recomputes, whatever top-k/top-p did.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pte_ray.method.config import SamplingParams
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at ``tokens``; logits [..., V], tokens [...]."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def sample(
+    logits: torch.Tensor, sp: SamplingParams, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] (fp32) -> (token [B], log-prob [B])."""
+    temp = sp.logprob_temperature
+    if sp.greedy:
+        tok = logits.argmax(dim=-1)
+        return tok, token_logprobs(logits, tok, temp)
+    scaled = logits / temp
+    if sp.top_k > 0 and sp.top_k < scaled.shape[-1]:
+        kth = scaled.topk(sp.top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if sp.top_p < 1.0:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > sp.top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(scaled, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(logits.shape[0], 1, device=logits.device, generator=gen) * cdf[:, -1:]
+    tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return tok, token_logprobs(logits, tok, temp)
