@@ -145,10 +145,6 @@ class BoundedCache:
         self.count = [c + n for c in self.count]
         return pos, slots, mask
 
-    def room(self) -> int:
-        """Tokens every row can still take before the next eviction (for replay segments)."""
-        return min(cap - c for cap, c in zip(self.caps, self.count))
-
     def select(self, rows: torch.Tensor, rows_host: list[int]) -> None:
         """Keep only ``rows`` (finished rows stop costing compute)."""
         self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
