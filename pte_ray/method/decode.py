@@ -92,7 +92,7 @@ def generate(
     active_host = list(range(b))
     evictions: list[list[int]] = [[] for _ in range(b)]
     stop_len = [0] * b
-    n_steps = 0
+    n_steps = row_steps = 0
     for t in range(n_new):
         out_tok[active, t] = tok
         out_lp[active, t] = lp
@@ -133,6 +133,7 @@ def generate(
         logits, _ = step(tok[:, None], pos, cache.kv, slots, mask, adapter, state, True)
         tok, lp = sample(logits[:, -1], sp, gen)
         n_steps += 1
+        row_steps += len(active_host)
 
     lengths, eos_host = done_at.tolist(), set(eos.tolist())
     all_tok, all_lp = out_tok.tolist(), out_lp.tolist()
@@ -148,5 +149,9 @@ def generate(
         res_lp.append(all_lp[i][:n])
         res_ev.append([s for s in evictions[i] if s < n - 1])  # only steps that fed a kept token
         reasons.append(reason)
-    stats = {"decode_steps": float(n_steps), "tokens": float(sum(len(x) for x in res_tok))}
+    stats = {
+        "decode_steps": float(n_steps),
+        "row_steps": float(row_steps),  # rows actually computed, summed over steps
+        "tokens": float(sum(len(x) for x in res_tok)),
+    }
     return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats)

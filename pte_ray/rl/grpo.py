@@ -1,0 +1,133 @@
+"""GRPO: group-normalised advantages, PPO-clip with clip-higher, k3 KL to the reference.
+
+The loss is a weighted sum over tokens with weights fixed for the whole batch up front
+(token-mean: 1/N_tokens; seq-mean: 1/(T_i * B)), so it decomposes exactly over the segments of
+segment replay: each segment back-propagates its own share and the sum equals the batch loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    group_size: int = 4
+    use_std: bool = True
+    eps: float = 1e-6
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    kl_coef: float = 0.0
+    loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"grpo.group_size must be >= 1, got {self.group_size!r}")
+        if self.clip_low < 0 or self.clip_high < 0:
+            raise ValueError(
+                f"clip_low/clip_high must be >= 0, got {self.clip_low}/{self.clip_high}"
+            )
+        if self.kl_coef < 0:
+            raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef!r}")
+        if self.loss_agg not in ("token-mean", "seq-mean"):
+            raise ValueError(
+                f"grpo.loss_agg must be 'token-mean' or 'seq-mean', got {self.loss_agg!r}"
+            )
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, use_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """(r - mean_g) / (std_g + eps) per group of ``group_size`` consecutive samples."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    g = rewards.float().view(-1, group_size)
+    adv = g - g.mean(dim=1, keepdim=True)
+    if use_std:
+        std = g.std(dim=1, keepdim=True, unbiased=group_size > 1) if group_size > 1 else g * 0
+        adv = adv / (std + eps)
+    return adv.view(-1)
+
+
+def token_weights(mask: torch.Tensor, agg: str) -> torch.Tensor:
+    """Per-token weights [B, T] summing to 1 over the batch (0 on padding)."""
+    m = mask.float()
+    if agg == "token-mean":
+        return m / m.sum().clamp(min=1.0)
+    per_seq = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return per_seq / max(mask.shape[0], 1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    cfg: GRPOConfig,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token GRPO loss (same shape as ``logp``; ``adv`` broadcasts) and per-token stats."""
+    ratio = torch.exp(logp - old_logp)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    loss = torch.maximum(pg_unclipped, pg_clipped)
+    stats = {"clipped": (pg_clipped > pg_unclipped).float(), "ratio": ratio.detach()}
+    if cfg.kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs reference log-probs")
+        kl = k3_kl(logp, ref_logp)
+        loss = loss + cfg.kl_coef * kl
+        stats["kl"] = kl.detach()
+    return loss, stats
+
+
+class GRPOLoss:
+    """The batch's loss, callable per replay segment (the ``LossFn`` of ``method.replay``).
+
+    Holds the batch tensors [B, T] and sums weighted statistics as segments arrive, so the
+    metrics of a step (loss, clip fraction, KL, entropy, ratio) come out exact at the end.
+    """
+
+    def __init__(
+        self,
+        old_logp: torch.Tensor,
+        adv: torch.Tensor,
+        mask: torch.Tensor,
+        cfg: GRPOConfig,
+        ref_logp: torch.Tensor | None = None,
+        weight_scale: float = 1.0,
+    ) -> None:
+        self.old_logp, self.adv, self.mask, self.cfg = old_logp, adv.float(), mask, cfg
+        self.ref_logp = ref_logp
+        self.weights = token_weights(mask, cfg.loss_agg) * weight_scale
+        self.sums: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0}
+        self.sums["ratio"] = 0.0
+        self._wsum = float(self.weights.sum()) or 1.0
+
+    def __call__(
+        self, logp: torch.Tensor, ent: torch.Tensor, rows: torch.Tensor, cols: slice
+    ) -> torch.Tensor:
+        w = self.weights[rows][:, cols]
+        ref = self.ref_logp[rows][:, cols] if self.ref_logp is not None else None
+        adv = self.adv[rows][:, None]
+        loss_tok, st = token_loss(logp, self.old_logp[rows][:, cols], adv, self.cfg, ref)
+        loss = (w * loss_tok).sum()
+        with torch.no_grad():
+            self.sums["loss"] += float(loss)
+            self.sums["clip_frac"] += float((w * st["clipped"]).sum()) / self._wsum
+            self.sums["ratio"] += float((w * st["ratio"]).sum()) / self._wsum
+            self.sums["entropy"] += float((w * ent).sum()) / self._wsum
+            if "kl" in st:
+                self.sums["kl"] += float((w * st["kl"]).sum()) / self._wsum
+        return loss
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.sums)

@@ -1,0 +1,100 @@
+"""Thought encoder + dynamic LoRA: starts at the base model, only the adapter trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pte_ray.method.adapter import Adapter, rms_normalise
+from pte_ray.method.cache import BoundedCache
+from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
+from pte_ray.method.config import AdapterConfig, CacheConfig
+from pte_ray.method.replay import replay
+
+
+def _logits(model, adapter, prompts):
+    cache = BoundedCache(model, [len(p) for p in prompts], CacheConfig(budget=None), 4)
+    ids, pos, slots, mask = cache.prefill_inputs(prompts, 0)
+    state = adapter.initial_state(len(prompts)) if adapter is not None else None
+    with torch.no_grad():
+        out, _ = model(ids, pos, cache.kv, slots, mask, adapter, state, max_pos=64)
+    return out
+
+
+@pytest.mark.parametrize("method", ["lora", "lora_c", "pte"])
+def test_zero_init_A_starts_at_the_base_model(random_ckpt, method):
+    model = load_base(random_ckpt("qwen2"))
+    adapter = Adapter(model.args, AdapterConfig(method=method, rank=4, global_tokens=8))
+    prompts = [[1, 2, 3, 4], [9, 8, 7, 6]]
+    assert torch.equal(_logits(model, adapter, prompts), _logits(model, None, prompts))
+
+
+def test_state_is_normalised_and_folds_evictions():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 8, 4) * 7
+    assert torch.allclose(rms_normalise(x).pow(2).mean(dim=(-2, -1)), torch.ones(3, 2), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "targets", [("q", "k", "v", "o"), ("q", "v"), ("q", "k", "v", "o", "gate", "up", "down")]
+)
+def test_only_adapter_parameters_train(random_ckpt, targets):
+    model = load_base(random_ckpt("qwen2"))
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = AdapterConfig(method="pte", rank=4, global_tokens=8, targets=targets)
+    adapter = Adapter(model.args, cfg)
+    assert not any(p.requires_grad for p in model.parameters())
+    trainable = [p for p in adapter.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=1e-2)  # no decay: a param moves only by grad
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    prompts, completions = [[1, 2, 3], [4, 5, 6, 7]], [list(range(10, 30)), list(range(30, 45))]
+    for _ in range(2):  # step 1 moves A off zero; step 2 then reaches B and the encoder too
+        opt.zero_grad()
+        replay(
+            model,
+            adapter,
+            prompts,
+            completions,
+            CacheConfig(budget=6),
+            1.0,
+            loss_fn=lambda lp, ent, rows, cols: -lp.sum(),
+        )
+        opt.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, base_before[k]), f"base tensor {k} changed"
+    changed = {k for k, v in adapter.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == set(before), f"not trained: {sorted(set(before) - changed)[:5]}"
+    names = set(adapter.state_dict())
+    for t in targets:
+        assert f"layers.0.A.{t}" in names
+    assert {"encoder.Qg", "encoder.Kg", "encoder.Vg", "encoder.Wq", "encoder.Wk"} <= names
+
+
+def test_adapter_round_trips_and_rejects_other_shapes(random_ckpt, tmp_path):
+    model = load_base(random_ckpt("qwen2"))
+    a = Adapter(model.args, AdapterConfig(rank=4, global_tokens=8, seed=1))
+    save_adapter(a, tmp_path / "ck", {"step": 3})
+    b = Adapter(model.args, AdapterConfig(rank=4, global_tokens=8, seed=2))
+    assert load_adapter(b, tmp_path / "ck") == {"step": 3}
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+    other = Adapter(model.args, AdapterConfig(rank=8, global_tokens=8))
+    with pytest.raises(ValueError, match=r"tensor '.+' has shape .+ the model expects"):
+        load_adapter(other, tmp_path / "ck")
+    fewer = Adapter(model.args, AdapterConfig(rank=4, global_tokens=8, targets=("q",)))
+    with pytest.raises(ValueError, match="unexpected"):
+        load_adapter(fewer, tmp_path / "ck")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "prefix"}, "method"),
+        ({"rank": 0}, "rank"),
+        ({"targets": ("q", "lm_head")}, "targets"),
+        ({"global_tokens": 0}, "global_tokens"),
+    ],
+)
+def test_bad_adapter_config_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdapterConfig(**kwargs)

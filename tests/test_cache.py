@@ -1,0 +1,124 @@
+"""The bounded cache against a slow reference: HF's model with a DynamicCache edited by hand.
+
+The reference keeps the prompt plus the kept thought tokens in HF's own cache, drops the oldest
+ones by hand when the budget is reached, and feeds each token at its original position
+(P_i + t). Our batched rollout (left-padded, mixed prompt lengths) must give the same log-prob
+at every step, and evict at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from pte_ray.method.checkpoint import load_base
+from pte_ray.method.config import CacheConfig, SamplingParams
+from pte_ray.method.decode import generate
+
+PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)]]
+
+
+def _reference(hf, prompt, completion, cfg: CacheConfig, temp: float):
+    """Per-step log-probs and eviction steps of one row, one token at a time."""
+    p = len(prompt)
+    cap = cfg.budget if cfg.budget_mode == "thought" else cfg.budget - p
+    n_evict = min(math.ceil(cfg.evict_ratio * cfg.budget), cap)
+    cache = DynamicCache(config=hf.config)
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt]), past_key_values=cache).logits[0, -1]
+        lps = [torch.log_softmax(logits / temp, -1)[completion[0]].item()]
+        held, evictions = 0, []
+        for t, tok in enumerate(completion[:-1]):
+            if held == cap:
+                evictions.append(t)
+                for layer in cache.layers:  # oldest thought tokens sit right after the prompt
+                    layer.keys = torch.cat(
+                        [layer.keys[:, :, :p], layer.keys[:, :, p + n_evict :]], 2
+                    )
+                    layer.values = torch.cat(
+                        [layer.values[:, :, :p], layer.values[:, :, p + n_evict :]], 2
+                    )
+                held -= n_evict
+            n = cache.layers[0].keys.shape[2]
+            out = hf(
+                torch.tensor([[tok]]),
+                past_key_values=cache,
+                position_ids=torch.tensor([[p + t]]),
+                attention_mask=torch.ones(1, n + 1, dtype=torch.long),
+            )
+            held += 1
+            lps.append(torch.log_softmax(out.logits[0, -1] / temp, -1)[completion[t + 1]].item())
+    return lps, evictions
+
+
+CONFIGS = [
+    CacheConfig(budget=8, budget_mode="thought", evict_ratio=0.25),
+    CacheConfig(budget=24, budget_mode="total", evict_ratio=0.25),
+    CacheConfig(budget=6, budget_mode="thought", evict_ratio=1.0),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["thought", "total-mixed-lengths", "evict-all"])
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_rollout_matches_hand_edited_hf_cache(random_ckpt, cfg, greedy):
+    path = random_ckpt("qwen2")
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = load_base(path, dtype=torch.float32)
+    sp = SamplingParams(max_new_tokens=40, temperature=0.7, greedy=greedy, seed=3)
+    out = generate(model, None, PROMPTS, sp, cfg, eos_ids=())
+    for i, prompt in enumerate(PROMPTS):
+        assert len(out.tokens[i]) == 40
+        ref_lp, ref_ev = _reference(hf, prompt, out.tokens[i], cfg, sp.logprob_temperature)
+        assert out.eviction_steps[i] == ref_ev and len(ref_ev) >= 2
+        diff = (torch.tensor(out.logprobs[i]) - torch.tensor(ref_lp)).abs()
+        assert diff.max() <= 1e-4, f"row {i}: max diff {diff.max():.2e} at {int(diff.argmax())}"
+    if cfg.budget_mode == "total":  # rows with other prompt lengths evict at other steps
+        assert len({out.eviction_steps[i][0] for i in range(len(PROMPTS))}) == len(PROMPTS)
+
+
+def test_full_cache_never_evicts(random_ckpt):
+    model = load_base(random_ckpt("qwen2"))
+    out = generate(
+        model,
+        None,
+        PROMPTS,
+        SamplingParams(max_new_tokens=30, greedy=True),
+        CacheConfig(budget=None),
+    )
+    assert out.evictions == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget": 0}, "budget"),
+        ({"budget": -3}, "budget"),
+        ({"evict_ratio": 0.0}, "evict_ratio"),
+        ({"evict_ratio": 1.5}, "evict_ratio"),
+        ({"budget_mode": "tokens"}, "budget_mode"),
+    ],
+)
+def test_bad_cache_config_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CacheConfig(**kwargs)
+
+
+def test_prompt_longer_than_total_budget_is_named(random_ckpt):
+    model = load_base(random_ckpt("qwen2"))
+    with pytest.raises(ValueError, match="prompt of 12 tokens"):
+        generate(
+            model,
+            None,
+            PROMPTS,
+            SamplingParams(max_new_tokens=4),
+            CacheConfig(budget=12, budget_mode="total"),
+        )
+
+
+def test_empty_prompt_is_named(random_ckpt):
+    model = load_base(random_ckpt("qwen2"))
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(model, None, [[1, 2], []], SamplingParams(max_new_tokens=4), CacheConfig())

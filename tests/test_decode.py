@@ -1,0 +1,131 @@
+"""Decode loop: sampling controls, EOS and stop strings, finished rows leave the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pte_ray.method.checkpoint import load_base
+from pte_ray.method.config import CacheConfig, SamplingParams
+from pte_ray.method.decode import generate
+from pte_ray.method.sampling import sample
+
+PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
+FULL = CacheConfig(budget=None)
+
+
+@pytest.fixture(scope="module")
+def model(random_ckpt):
+    return load_base(random_ckpt("qwen2"))
+
+
+def test_greedy_equals_hf_generate(random_ckpt, model):
+    hf = AutoModelForCausalLM.from_pretrained(random_ckpt("qwen2"), dtype=torch.float32)
+    out = generate(model, None, PROMPTS[:1], SamplingParams(max_new_tokens=24, greedy=True), FULL)
+    ref = hf.generate(
+        torch.tensor(PROMPTS[:1]),
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert out.tokens[0] == ref[0, len(PROMPTS[0]) :].tolist()
+
+
+def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(model):
+    sp = SamplingParams(max_new_tokens=20, temperature=1.0, seed=7)
+    a = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    b = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    c = generate(
+        model, None, PROMPTS, SamplingParams(max_new_tokens=20, seed=8), CacheConfig(budget=8)
+    )
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+    greedy = generate(
+        model, None, PROMPTS, SamplingParams(max_new_tokens=20, greedy=True), CacheConfig(budget=8)
+    )
+    top1 = generate(
+        model,
+        None,
+        PROMPTS,
+        SamplingParams(max_new_tokens=20, top_k=1, seed=1),
+        CacheConfig(budget=8),
+    )
+    assert top1.tokens == greedy.tokens
+
+
+def test_eos_finishes_rows_and_they_leave_the_batch(model):
+    sp = SamplingParams(max_new_tokens=40, greedy=True, check_every=2)
+    free = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    # an EOS id that row 0 emits early and no other row ever emits
+    others = {t for row in free.tokens[1:] for t in row}
+    row0 = free.tokens[0]
+    pick = next(
+        ((j, t) for j, t in enumerate(row0[2:30], 2) if t not in {*others, *row0[:j]}), None
+    )
+    assert pick is not None, "random model produced no usable EOS candidate"
+    j, eos = pick
+    out = generate(model, None, PROMPTS, sp, CacheConfig(budget=8), eos_ids=(eos,))
+    assert out.tokens[0] == free.tokens[0][: j + 1] and out.finish_reasons[0] == "stop"
+    assert out.tokens[1:] == free.tokens[1:]
+    assert out.finish_reasons[1:] == ["length"] * 3
+    assert out.stats["row_steps"] < len(PROMPTS) * out.stats["decode_steps"]
+
+
+def test_all_rows_finished_stops_early(model):
+    sp = SamplingParams(max_new_tokens=64, greedy=True, check_every=4)
+    free = generate(model, None, PROMPTS, sp, FULL)
+    eos = tuple({row[3] for row in free.tokens})
+    out = generate(model, None, PROMPTS, sp, FULL, eos_ids=eos)
+    assert all(len(t) <= 4 for t in out.tokens)
+    assert out.stats["decode_steps"] < 12
+
+
+def test_stop_strings_cut_the_completion(random_ckpt, model):
+    tok = AutoTokenizer.from_pretrained(random_ckpt("qwen2"))
+    sp = SamplingParams(max_new_tokens=30, greedy=True)
+    free = generate(model, None, PROMPTS[:2], sp, FULL)
+    text = tok.decode(free.tokens[0])
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    sp_stop = SamplingParams(max_new_tokens=30, greedy=True, stop_strings=(stop,), check_every=4)
+    out = generate(model, None, PROMPTS[:2], sp_stop, FULL, decode=tok.decode)
+    cut = out.tokens[0]
+    assert stop in tok.decode(cut) and stop not in tok.decode(cut[:-1])
+    assert out.finish_reasons[0] == "stop" and free.tokens[0][: len(cut)] == cut
+    assert len(out.logprobs[0]) == len(cut)
+
+
+def test_sampler_matches_filtered_softmax():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]]).repeat(20000, 1)
+    gen = torch.Generator().manual_seed(0)
+    for sp, allowed in [
+        (SamplingParams(temperature=1.0), 6),
+        (SamplingParams(temperature=0.5, top_k=3), 3),
+        (SamplingParams(temperature=1.0, top_p=0.8), None),
+    ]:
+        tok, lp = sample(logits, sp, gen)
+        scaled = logits[0] / sp.temperature
+        probs = torch.softmax(scaled, -1)
+        if allowed is None:  # smallest prefix of sorted probs reaching top_p
+            keep = (probs.cumsum(-1) - probs) <= sp.top_p
+            allowed = int(keep.sum())
+        want = torch.zeros(6)
+        want[:allowed] = probs[:allowed] / probs[:allowed].sum()
+        got = torch.bincount(tok, minlength=6).float() / tok.numel()
+        assert (got - want).abs().max() < 0.015, (sp, got, want)
+        assert torch.allclose(lp, torch.log_softmax(scaled, -1)[tok], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+    ],
+)
+def test_bad_sampling_params_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)
