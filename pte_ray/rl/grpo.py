@@ -46,9 +46,9 @@ def group_advantages(
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     g = rewards.float().view(-1, group_size)
     adv = g - g.mean(dim=1, keepdim=True)
-    if use_std:
-        std = g.std(dim=1, keepdim=True, unbiased=group_size > 1) if group_size > 1 else g * 0
-        adv = adv / (std + eps)
+    if use_std and group_size > 1:
+        std = g.std(dim=1, keepdim=True)
+        adv = torch.where(std > 0, adv / (std + eps), torch.zeros_like(adv))  # all-equal group
     return adv.view(-1)
 
 

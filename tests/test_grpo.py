@@ -1,0 +1,102 @@
+"""GRPO pieces against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pte_ray.rl.grpo import GRPOConfig, GRPOLoss, group_advantages, k3_kl, token_loss, token_weights
+
+
+def test_group_advantages_with_and_without_std():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(r, 4, use_std=True, eps=0.0)
+    std = math.sqrt(1 / 3)  # unbiased std of [1, 0, 0, 1]
+    assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / std)
+    assert torch.equal(adv[4:], torch.zeros(4))  # identical rewards: no signal, no NaN
+    assert torch.allclose(
+        group_advantages(r, 4, use_std=False)[:4], torch.tensor([0.5, -0.5, -0.5, 0.5])
+    )
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(r, 3)
+
+
+def test_ppo_clip_higher_by_hand():
+    cfg = GRPOConfig(clip_low=0.2, clip_high=0.28)
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5]))  # ratios
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, st = token_loss(logp, old, adv, cfg)
+    # A>0, r=1.5 -> clipped at 1.28; A<0, r=1.5 -> max(1.5, 1.28) = 1.5 (unclipped)
+    # A>0, r=0.5 -> max(-0.5, -0.8) = -0.5; A<0, r=0.5 -> clipped at 0.8
+    assert torch.allclose(loss, torch.tensor([-1.28, 1.5, -0.5, 0.8]), atol=1e-6)
+    assert st["clipped"].tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_token_and_sequence_mean_weights():
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    tw = token_weights(mask, "token-mean")
+    assert torch.allclose(tw, mask.float() / 5)
+    sw = token_weights(mask, "seq-mean")
+    assert (
+        torch.allclose(sw[0], torch.full((4,), 1 / 8)) and sw[1, 0] == 0.5 and sw[1, 1:].sum() == 0
+    )
+
+
+def test_k3_kl_value_and_gradient():
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    ref = torch.tensor([-1.5, -1.0])
+    kl = k3_kl(logp, ref)
+    d = ref - logp.detach()
+    assert torch.allclose(kl, torch.exp(d) - d - 1)
+    assert (kl >= 0).all() and k3_kl(ref, ref).abs().max() == 0
+    kl.sum().backward()
+    # d/dlogp = 1 - exp(ref - logp): positive where logp > ref (gradient descent lowers logp)
+    assert torch.allclose(logp.grad, 1 - torch.exp(d))
+    assert logp.grad[0] > 0 and logp.grad[1] < 0
+
+
+def test_kl_term_enters_the_loss_with_its_coefficient():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    old = logp.detach().clone()
+    ref = torch.tensor([[-1.5, -1.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    adv = torch.zeros(1)
+    lossfn = GRPOLoss(old, adv, mask, GRPOConfig(kl_coef=0.1), ref)
+    loss = lossfn(logp, torch.zeros(1, 2), torch.tensor([0]), slice(0, 2))
+    want = 0.1 * k3_kl(logp.detach(), ref).mean()
+    assert torch.allclose(loss, want)
+    loss.backward()
+    assert torch.allclose(logp.grad, 0.1 * (1 - torch.exp(ref - old)) / 2)
+    no_kl = GRPOLoss(old, adv, mask, GRPOConfig(kl_coef=0.0), ref)
+    assert no_kl(logp, torch.zeros(1, 2), torch.tensor([0]), slice(0, 2)).item() == 0.0
+    with pytest.raises(ValueError, match="reference"):
+        GRPOLoss(old, adv, mask, GRPOConfig(kl_coef=0.1))(
+            logp, logp, torch.tensor([0]), slice(0, 2)
+        )
+
+
+def test_loss_decomposes_over_segments():
+    torch.manual_seed(0)
+    logp = torch.randn(3, 10) * 0.1 - 2
+    old = logp + torch.randn(3, 10) * 0.2
+    mask = torch.arange(10)[None] < torch.tensor([[10], [6], [3]])
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    cfg = GRPOConfig(loss_agg="seq-mean")
+    whole = GRPOLoss(old, adv, mask, cfg)(logp, torch.zeros(3, 10), torch.arange(3), slice(0, 10))
+    parts = GRPOLoss(old, adv, mask, cfg)
+    total = sum(
+        parts(logp[:, a:b], torch.zeros(3, b - a), torch.arange(3), slice(a, b))
+        for a, b in [(0, 4), (4, 7), (7, 10)]
+    )
+    assert torch.allclose(total, whole)
+    assert 0 <= parts.metrics()["clip_frac"] <= 1
+
+
+def test_bad_grpo_config_is_named():
+    with pytest.raises(ValueError, match="loss_agg"):
+        GRPOConfig(loss_agg="sum")
+    with pytest.raises(ValueError, match="kl_coef"):
+        GRPOConfig(kl_coef=-1)
