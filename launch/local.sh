@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One entry for a laptop or CI machine:
+#   bash launch/local.sh train [pte-ray train args...]   set up, then train (default: tiny model)
+#   bash launch/local.sh test  [pytest args...]          set up, then run the test suite
+#   bash launch/local.sh run CMD...                       set up, then run CMD isolated
+# Anything that starts Ray runs in a loopback-only network namespace when one can be made:
+# Ray's servers listen on every interface and probe for an outside address.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1
+export PTE_RAY_CACHE="${PTE_RAY_CACHE:-$HOME/.cache/pte_ray}"
+# DeepSpeed JIT-compiles a CPU op on first use (~1 min): keep it across runs.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PTE_RAY_CACHE/torch_extensions}"
+PY="${PYTHON:-python3}"
+
+setup() {
+  # Install torch first: an unpinned torch would pull GBs of CUDA wheels on a CPU machine.
+  # On a GPU machine install the CUDA torch you want before running this.
+  "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
+  "$PY" -m pip install -q -e ".[dev]"
+}
+
+isolated() {
+  local inner='ip link set lo up 2>/dev/null || true; exec "$@"'
+  if unshare --net true 2>/dev/null; then
+    exec unshare --net -- bash -c "$inner" isolated "$@"
+  elif unshare --user --map-root-user --net true 2>/dev/null; then
+    exec unshare --user --map-root-user --net -- bash -c "$inner" isolated "$@"
+  else
+    echo "local.sh: no network namespace available; running without isolation" >&2
+    exec "$@"
+  fi
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  train) setup; isolated "$PY" -m pte_ray.cli train "$@" ;;
+  test) setup; isolated "$PY" -m pytest -q "$@" ;;
+  run) setup; isolated "$@" ;;
+  setup) setup ;;
+  *) echo "usage: bash launch/local.sh {train|test|run|setup} [args...]" >&2; exit 2 ;;
+esac
