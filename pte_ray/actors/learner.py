@@ -1,0 +1,175 @@
+"""Learner: one rank of the DeepSpeed data-parallel group that trains the adapter with GRPO.
+
+Segment replay back-propagates once per segment, which does not fit DeepSpeed's one
+``backward`` per micro-step. So each step replays into a plain *shadow* copy of the adapter
+(gradients accumulate there, micro-batch by micro-batch), then hands DeepSpeed one surrogate
+loss ``sum(p * g)`` whose gradient is exactly that accumulated gradient: DeepSpeed then does
+what it is for (ZeRO partitioning, all-reduce over ranks, clipping, the optimizer) unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from pte_ray.actors.weights import pack
+from pte_ray.config import Config
+from pte_ray.engines.torch_engine import pick_device, resolve_dtype
+from pte_ray.method.adapter import Adapter
+from pte_ray.method.checkpoint import load_base, save_adapter
+from pte_ray.method.replay import replay
+from pte_ray.rl.grpo import GRPOLoss
+
+
+def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
+
+
+class Learner:
+    def __init__(
+        self, cfg: dict[str, Any], model_path: str, rank: int, world: int, addr: str, port: int
+    ) -> None:
+        import deepspeed
+
+        self.cfg = Config.model_validate(cfg)
+        self.rank, self.world = rank, world
+        device = pick_device(self.cfg.learner.num_gpus)
+        os.environ.update(
+            MASTER_ADDR=addr,
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK="0",
+        )
+        backend = "nccl" if device == "cuda" else "gloo"
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+        self.model = load_base(model_path, resolve_dtype(self.cfg.model.dtype, device), device)
+        acfg = self.cfg.adapter_config()
+        if not acfg.has_adapter:
+            raise ValueError("adapter.method=base has nothing to train; use lora, lora_c or pte")
+        adapter = Adapter(self.model.args, acfg, self.model.dtype, device)
+        self.shadow = copy.deepcopy(adapter)
+        o = self.cfg.optim
+        ds_cfg = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": o.lr,
+                    "betas": list(o.betas),
+                    "weight_decay": o.weight_decay,
+                    "torch_adam": True,
+                },
+            },
+            "gradient_clipping": o.grad_clip,
+            "zero_optimization": {"stage": self.cfg.learner.zero_stage},
+            "bf16": {"enabled": self.model.dtype == torch.bfloat16},
+            "steps_per_print": 1 << 30,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=adapter, model_parameters=list(adapter.parameters()), config=ds_cfg
+        )
+        self.version = 0
+
+    def ready(self) -> dict[str, Any]:
+        return {"rank": self.rank, "device": str(self.model.device)}
+
+    def train_step(self, batch: dict[str, Any], global_tokens: int, global_seqs: int) -> dict:
+        """One optimizer step on this rank's shard; all ranks call it together."""
+        cfg, gcfg = self.cfg, self.cfg.grpo_config()
+        live = list(self.engine.module.parameters())
+        shadow = list(self.shadow.parameters())
+        with torch.no_grad():
+            for s, p in zip(shadow, live):
+                s.copy_(p)
+                s.grad = None
+        n = len(batch["prompts"])
+        sums = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0}
+        diff = 0.0
+        mb = cfg.learner.micro_batch
+        for lo in range(0, n, mb):
+            sl = slice(lo, min(n, lo + mb))
+            comps = batch["completions"][sl]
+            width = max(len(c) for c in comps)
+            old = _pad(batch["logprobs"][sl], width).to(self.model.device)
+            mask = torch.arange(width)[None] < torch.tensor([len(c) for c in comps])[:, None]
+            mask = mask.to(self.model.device)
+            ref = None
+            if batch.get("ref_logprobs") is not None:
+                ref = _pad(batch["ref_logprobs"][sl], width).to(self.model.device)
+            adv = torch.tensor(batch["advantages"][sl], device=self.model.device)
+            local = float(mask.sum()) if gcfg.loss_agg == "token-mean" else float(len(comps))
+            share = local / (global_tokens if gcfg.loss_agg == "token-mean" else global_seqs)
+            # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
+            loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=share * self.world)
+            res = replay(
+                self.model,
+                self.shadow,
+                batch["prompts"][sl],
+                comps,
+                cfg.cache_config(),
+                cfg.sampling.temperature,
+                cfg.sampling.max_new_tokens,
+                batch["eviction_steps"][sl],
+                loss_fn=loss_fn,
+                pad_id=batch.get("pad_id", 0),
+            )
+            diff = max(diff, float(((res.logprobs - old).abs() * mask).max()))
+            frac = local / max(sum(len(c) for c in batch["completions"]), 1)
+            if gcfg.loss_agg == "seq-mean":
+                frac = len(comps) / n
+            for k, v in loss_fn.metrics().items():
+                sums[k] += v if k == "loss" else v * frac
+        surrogate = sum((p * s.grad).sum() for p, s in zip(live, shadow) if s.grad is not None)
+        self.engine.backward(surrogate)
+        self.engine.step()
+        self.version += 1
+        norm = self.engine.get_global_grad_norm()
+        return {
+            **sums,
+            "loss": sums["loss"] / self.world,
+            "logprob_replay_diff": diff,
+            "grad_norm": float(norm) if norm is not None else float("nan"),
+            "samples": n,
+            "version": self.version,
+        }
+
+    def publish(self) -> tuple[int, list[ray.ObjectRef]]:
+        """Rank 0: put a versioned snapshot of the adapter in the object store."""
+        snap = pack(self.engine.module.state_dict(), self.version)
+        return self.version, [ray.put(snap)]
+
+    def state_digest(self) -> dict[str, float]:
+        """Sums of every adapter tensor: lets tests and the controller compare ranks cheaply."""
+        return {k: float(v.double().sum()) for k, v in self.engine.module.state_dict().items()}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.engine.module.state_dict().items()}
+
+    def save(self, ckpt_dir: str, meta: dict[str, Any]) -> None:
+        """All ranks: DeepSpeed state (optimizer partitions); rank 0 also the adapter files."""
+        d = Path(ckpt_dir)
+        self.engine.save_checkpoint(
+            str(d / "deepspeed"), tag="state", client_state={"version": self.version}
+        )
+        if self.rank == 0:
+            save_adapter(self.engine.module, d, {**meta, "version": self.version})
+
+    def load(self, ckpt_dir: str) -> int:
+        _, client = self.engine.load_checkpoint(str(Path(ckpt_dir) / "deepspeed"), tag="state")
+        self.version = int((client or {}).get("version", 0))
+        return self.version
+
+    def config_json(self) -> str:
+        return json.dumps(self.cfg.model_dump(mode="json"))

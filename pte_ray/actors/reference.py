@@ -1,0 +1,28 @@
+"""ReferenceWorker: the frozen base model's full-context log-probs (the KL anchor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pte_ray.config import Config
+from pte_ray.engines.torch_engine import TorchEngine, pick_device
+from pte_ray.method.config import CacheConfig
+
+
+class ReferenceWorker:
+    def __init__(self, cfg: dict[str, Any], model_path: str, worker_id: int) -> None:
+        self.cfg = Config.model_validate(cfg)
+        self.worker_id = str(worker_id)
+        device = pick_device(self.cfg.reference.num_gpus)
+        # pi_ref has no cache constraint: no adapter, full context.
+        self.engine = TorchEngine(
+            model_path, None, CacheConfig(budget=None), self.cfg.model.dtype, device
+        )
+
+    def ready(self) -> dict[str, Any]:
+        return {"worker": self.worker_id, **self.engine.info()}
+
+    def logprobs(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        return self.engine.full_context_logprobs(
+            prompts, completions, self.cfg.sampling.temperature, self.cfg.reference.micro_batch
+        )

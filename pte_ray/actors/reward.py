@@ -1,0 +1,38 @@
+"""RewardWorker: the math verifier with killable per-item timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pte_ray.actors import metrics
+from pte_ray.config import Config
+from pte_ray.rl.rewards import RewardConfig, Verifier
+
+
+class RewardWorker:
+    def __init__(self, cfg: dict[str, Any], worker_id: int) -> None:
+        c = Config.model_validate(cfg).reward
+        self.worker_id = str(worker_id)
+        self.verifier = Verifier(
+            RewardConfig(
+                timeout_s=c.timeout_s,
+                last_number_fallback=c.last_number_fallback,
+                format_bonus=c.format_bonus,
+            )
+        )
+
+    def ready(self) -> dict[str, Any]:
+        return {"worker": self.worker_id}
+
+    def score(self, completions: list[str], answers: list[str]) -> dict[str, Any]:
+        scored = self.verifier.score_batch(completions, answers)
+        counts = self.verifier.take_counts()
+        metrics.count("timeouts", counts.get("timeout", 0), "reward", worker=self.worker_id)
+        return {
+            "rewards": [r for r, _ in scored],
+            "statuses": [s for _, s in scored],
+            "counts": counts,
+        }
+
+    def close(self) -> None:
+        self.verifier.close()

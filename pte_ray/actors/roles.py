@@ -1,0 +1,144 @@
+"""Start every role of a run on the Ray cluster: pools, learner group, placement groups."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from pte_ray.actors.learner import Learner
+from pte_ray.actors.pool import Pool, PoolError
+from pte_ray.actors.reference import ReferenceWorker
+from pte_ray.actors.reward import RewardWorker
+from pte_ray.actors.rollout import RolloutWorker
+from pte_ray.config import Config
+
+# Per-call retries are the pool's job (on another actor); restarts bring a dead actor back.
+RESTARTS = {"max_restarts": 2, "max_task_retries": 0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@ray.remote
+def _master_endpoint() -> tuple[str, int]:
+    """Address and a free port on the node where learner rank 0 will run."""
+    return ray.util.get_node_ip_address(), _free_port()
+
+
+class LearnerGroup:
+    """D learner actors forming one torch.distributed group, in one placement group."""
+
+    def __init__(self, cfg: Config, model_path: str, ready_timeout_s: float = 900.0) -> None:
+        lc = cfg.learner
+        bundle = {"CPU": lc.num_cpus, **({"GPU": lc.num_gpus} if lc.num_gpus else {})}
+        self.pg = placement_group([bundle] * lc.num_learners, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=ready_timeout_s)
+        except GetTimeoutError as e:
+            raise PoolError(
+                f"learner placement group {bundle} x {lc.num_learners} not placeable in "
+                f"{ready_timeout_s:.0f}s: the cluster lacks the resources"
+            ) from e
+
+        def on(i: int) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+
+        probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=on(0))
+        addr, port = ray.get(probe.remote())
+        dump = cfg.model_dump(mode="json")
+        cls = ray.remote(Learner)
+        self.actors = [
+            cls.options(
+                num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, scheduling_strategy=on(i)
+            ).remote(dump, model_path, i, lc.num_learners, addr, port)
+            for i in range(lc.num_learners)
+        ]
+        self.call_timeout_s = cfg.train.call_timeout_s
+        self.all("ready", timeout=ready_timeout_s)
+
+    def all(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        """Call every rank (collectives need all of them) and wait, naming a failing rank."""
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        return self._get(refs, method, timeout)
+
+    def each(self, method: str, per_rank: list[tuple[Any, ...]]) -> list[Any]:
+        refs = [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank)]
+        return self._get(refs, method, None)
+
+    def _get(self, refs: list[ray.ObjectRef], method: str, timeout: float | None) -> list[Any]:
+        try:
+            return ray.get(refs, timeout=timeout or self.call_timeout_s)
+        except RayTaskError as e:
+            raise PoolError(f"learner {method} failed: {e.cause!r}") from e
+        except GetTimeoutError as e:
+            raise PoolError(
+                f"learner {method} timed out ({timeout or self.call_timeout_s}s)"
+            ) from e
+
+    def publish(self) -> tuple[int, list[ray.ObjectRef]]:
+        return ray.get(self.actors[0].publish.remote(), timeout=self.call_timeout_s)
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)
+
+
+@dataclass
+class Roles:
+    rollout: Pool
+    reward: Pool
+    reference: Pool | None
+    learners: LearnerGroup
+
+    def shutdown(self) -> None:
+        for pool in (self.rollout, self.reward, self.reference):
+            if pool is not None:
+                pool.shutdown()
+        self.learners.shutdown()
+
+
+def start_roles(cfg: Config, model_path: str) -> Roles:
+    dump = cfg.model_dump(mode="json")
+    t = cfg.train
+    rc, wc, fc = cfg.rollout, cfg.reward, cfg.reference
+
+    def actor(cls: type, num_cpus: float, num_gpus: float = 0.0) -> Any:
+        return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS)
+
+    common = {"call_timeout_s": t.call_timeout_s, "max_retries": t.max_retries}
+    learners = LearnerGroup(cfg, model_path)
+    rollout = Pool(
+        "rollout",
+        lambda i: actor(RolloutWorker, rc.num_cpus, rc.num_gpus).remote(dump, model_path, i),
+        rc.num_workers,
+        min_size=rc.min_workers,
+        max_size=rc.max_workers,
+        scale_up_wait_s=rc.scale_up_wait_s,
+        scale_down_idle_s=rc.scale_down_idle_s,
+        **common,
+    )
+    reward = Pool(
+        "reward",
+        lambda i: actor(RewardWorker, wc.num_cpus).remote(dump, i),
+        wc.num_workers,
+        **common,
+    )
+    reference = None
+    if cfg.grpo.kl_coef > 0:
+        reference = Pool(
+            "reference",
+            lambda i: actor(ReferenceWorker, fc.num_cpus, fc.num_gpus).remote(dump, model_path, i),
+            fc.num_workers,
+            **common,
+        )
+    return Roles(rollout, reward, reference, learners)

@@ -1,0 +1,66 @@
+"""RolloutWorker: bounded-cache generation, always on the newest published adapter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+from pte_ray.actors import metrics
+from pte_ray.actors.weights import Snapshot, unpack
+from pte_ray.config import Config
+from pte_ray.engines.torch_engine import TorchEngine, pick_device
+
+
+class RolloutWorker:
+    def __init__(self, cfg: dict[str, Any], model_path: str, worker_id: int) -> None:
+        self.cfg = Config.model_validate(cfg)
+        self.worker_id = str(worker_id)
+        device = pick_device(self.cfg.rollout.num_gpus)
+        self.engine = TorchEngine(
+            model_path,
+            self.cfg.adapter_config(),
+            self.cfg.cache_config(),
+            self.cfg.model.dtype,
+            device,
+        )
+        self.version = -1
+
+    def ready(self) -> dict[str, Any]:
+        return {"worker": self.worker_id, **self.engine.info()}
+
+    def _sync(self, weights: tuple[int, list[ray.ObjectRef]] | None) -> None:
+        """Load version v before serving: a new or restarted worker catches up here."""
+        if weights is None or weights[0] <= self.version:
+            return
+        snap: Snapshot = ray.get(weights[1][0])
+        self.engine.load_state(unpack(snap))
+        self.version = snap.version
+        metrics.gauge("weight_version", self.version, "rollout", worker=self.worker_id)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        seed: int,
+        weights: tuple[int, list[ray.ObjectRef]] | None,
+    ) -> dict[str, Any]:
+        self._sync(weights)
+        t0 = time.perf_counter()
+        out = self.engine.generate(prompts, self.cfg.sampling_params(seed=seed))
+        wall = time.perf_counter() - t0
+        n_tok = sum(len(t) for t in out.tokens)
+        metrics.gauge("tokens_per_s", n_tok / max(wall, 1e-9), "rollout", worker=self.worker_id)
+        metrics.gauge(
+            "evictions", sum(out.evictions) / len(prompts), "rollout", worker=self.worker_id
+        )
+        return {
+            "tokens": out.tokens,
+            "logprobs": out.logprobs,
+            "eviction_steps": out.eviction_steps,
+            "finish_reasons": out.finish_reasons,
+            "texts": [self.engine.decode(t) for t in out.tokens],
+            "version": self.version,
+            "wall_s": wall,
+            "worker": self.worker_id,
+        }

@@ -1,0 +1,88 @@
+"""The built-in engine: the method layer's model + adapter, for rollout and reference roles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pte_ray.method.adapter import Adapter
+from pte_ray.method.checkpoint import load_adapter_tensors, load_base
+from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.decode import Rollout, generate
+from pte_ray.method.replay import replay
+
+
+def pick_device(num_gpus: float) -> str:
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype | None:
+    """'auto': the checkpoint's dtype on GPU, fp32 on CPU (bf16 matmuls are slow there)."""
+    if name == "auto":
+        return None if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+class TorchEngine:
+    """Bounded-cache generation with a swappable adapter; full-context teacher-forced log-probs."""
+
+    def __init__(
+        self,
+        model_path: str,
+        adapter_cfg: AdapterConfig | None,
+        cache_cfg: CacheConfig,
+        dtype: str = "auto",
+        device: str = "cpu",
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = load_base(model_path, dtype=resolve_dtype(dtype, device), device=device)
+        self.adapter = None
+        if adapter_cfg is not None and adapter_cfg.has_adapter:
+            self.adapter = Adapter(self.model.args, adapter_cfg, self.model.dtype, device)
+            self.adapter.requires_grad_(False)
+        self.cache_cfg = cache_cfg
+        tok = self.tokenizer
+        self.eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.adapter is None:
+            return
+        load_adapter_tensors(self.adapter, tensors, "published weights")
+
+    def generate(self, prompts: list[list[int]], sp: SamplingParams) -> Rollout:
+        return generate(
+            self.model,
+            self.adapter,
+            prompts,
+            sp,
+            self.cache_cfg,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            decode=self.tokenizer.decode,
+        )
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def full_context_logprobs(
+        self,
+        prompts: list[list[int]],
+        completions: list[list[int]],
+        temperature: float,
+        micro_batch: int,
+    ) -> list[list[float]]:
+        """The frozen base model with the whole context (the reference policy)."""
+        full = CacheConfig(budget=None)
+        out: list[list[float]] = []
+        for i in range(0, len(prompts), micro_batch):
+            p, c = prompts[i : i + micro_batch], completions[i : i + micro_batch]
+            res = replay(self.model, None, p, c, full, temperature, pad_id=self.pad_id)
+            out += [res.logprobs[j, : len(c[j])].tolist() for j in range(len(c))]
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {"device": str(self.model.device), "dtype": str(self.model.dtype)}

@@ -1,0 +1,107 @@
+"""Everything the controller checks and tokenizes before any actor starts.
+
+A bad model path, an unsupported architecture, a dataset without the configured columns or with
+a bad row, or prompts that cannot fit the cache all fail here, naming the file and row, before
+a single GPU-second is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pte_ray.config import Config
+from pte_ray.method.checkpoint import _hf_config
+from pte_ray.rl.data import DataConfig, Example, PromptStream, filter_by_length, load_dataset
+from pte_ray.rl.data import render_prompt as render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    model_path: str
+    tokenizer: Any
+    examples: list[Example]
+    prompt_ids: dict[int, list[int]]  # by Example.index
+    prompt_text: dict[int, str]
+    stream: PromptStream
+    pad_id: int
+
+
+def resolve_model(path: str) -> str:
+    if path == "tiny":
+        from pte_ray.tiny import build_tiny
+
+        return str(build_tiny())
+    local = Path(path)
+    if not local.exists() and "/" in path and not local.is_absolute() and path.count("/") == 1:
+        local = _download(path)  # a hub id such as Qwen/Qwen2.5-3B-Instruct
+    _hf_config(local)  # exists, has config.json, supported architecture
+    return str(local)
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch a hub checkpoint on clusters that can reach the hub (never on HF_HUB_OFFLINE)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, no auth: one clear message
+        raise FileNotFoundError(
+            f"model.path {repo_id!r} is not a local directory and could not be downloaded "
+            f"({type(e).__name__}: {e})"
+        ) from e
+
+
+def resolve_data(path: str) -> str:
+    if path == "tiny":
+        from pte_ray.tiny import build_tiny_task
+
+        return str(build_tiny_task()["train"])
+    if not Path(path).exists():
+        raise FileNotFoundError(f"data.train {path!r} does not exist")
+    return path
+
+
+def prepare(cfg: Config) -> Prepared:
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model(cfg.model.path)
+    d = cfg.data
+    dcfg = DataConfig(
+        resolve_data(d.train),
+        d.prompt_key,
+        d.answer_key,
+        d.messages_key,
+        d.system_prompt,
+        d.instruction,
+        d.apply_chat_template,
+        d.skip_bad_rows,
+        cfg.train.seed,
+    )
+    examples, report = load_dataset(dcfg)
+    if report.skipped:
+        log.warning("skipped %d bad rows: %s", report.skipped, report)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    limit = d.max_prompt_tokens
+    cache = cfg.cache_config()
+    if cache.bounded and cache.budget_mode == "total":
+        room = cache.budget - 1  # total mode keeps the prompt and needs one thought slot
+        limit = min(limit, room) if limit else room
+    if limit:
+        examples, lrep = filter_by_length(examples, tok, limit, dcfg)
+        if not examples:
+            raise ValueError(f"no prompt fits: {lrep}")
+    texts = {ex.index: render(ex, dcfg, tok) for ex in examples}
+    special = not dcfg.apply_chat_template
+    ids = {i: tok(t, add_special_tokens=special).input_ids for i, t in texts.items()}
+    empty = [ex.source for ex in examples if not ids[ex.index]]
+    if empty:
+        raise ValueError(f"prompts that tokenize to nothing: {empty[:5]}")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    stream = PromptStream(examples, seed=cfg.train.seed)
+    return Prepared(model_path, tok, examples, ids, texts, stream, pad)
