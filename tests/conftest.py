@@ -26,3 +26,53 @@ def random_ckpt(tmp_path_factory: pytest.TempPathFactory):
         return made[arch]
 
     return get
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray head (with the dashboard, for job submission) for the whole session.
+
+    Loopback only (the test command runs inside a network namespace); token auth off because
+    nothing outside this machine can reach it.
+    """
+    import subprocess
+
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    port, dash = _free_port(), _free_port()
+    cmd = [
+        "ray",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        f"--temp-dir={tmp_path_factory.mktemp('ray')}",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False)
+    try:
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        ray.shutdown()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pte_ray.tiny_task import write_task
+
+    return write_task(tmp_path_factory.mktemp("task") / "train.jsonl", 64, seed=0)

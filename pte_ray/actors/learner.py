@@ -10,7 +10,6 @@ what it is for (ZeRO partitioning, all-reduce over ranks, clipping, the optimize
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -96,21 +95,23 @@ class Learner:
                 s.grad = None
         n = len(batch["prompts"])
         sums = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0}
-        diff = 0.0
+        diff, weight_total = 0.0, 0.0
         mb = cfg.learner.micro_batch
+        dev = self.model.device
         for lo in range(0, n, mb):
             sl = slice(lo, min(n, lo + mb))
             comps = batch["completions"][sl]
             width = max(len(c) for c in comps)
-            old = _pad(batch["logprobs"][sl], width).to(self.model.device)
-            mask = torch.arange(width)[None] < torch.tensor([len(c) for c in comps])[:, None]
-            mask = mask.to(self.model.device)
+            old = _pad(batch["logprobs"][sl], width).to(dev)
+            lens = torch.tensor([len(c) for c in comps])
+            mask = (torch.arange(width)[None] < lens[:, None]).to(dev)
             ref = None
             if batch.get("ref_logprobs") is not None:
-                ref = _pad(batch["ref_logprobs"][sl], width).to(self.model.device)
-            adv = torch.tensor(batch["advantages"][sl], device=self.model.device)
-            local = float(mask.sum()) if gcfg.loss_agg == "token-mean" else float(len(comps))
-            share = local / (global_tokens if gcfg.loss_agg == "token-mean" else global_seqs)
+                ref = _pad(batch["ref_logprobs"][sl], width).to(dev)
+            adv = torch.tensor(batch["advantages"][sl], device=dev)
+            token_mean = gcfg.loss_agg == "token-mean"
+            local = float(lens.sum()) if token_mean else float(len(comps))
+            share = local / (global_tokens if token_mean else global_seqs)
             # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
             loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=share * self.world)
             res = replay(
@@ -126,11 +127,13 @@ class Learner:
                 pad_id=batch.get("pad_id", 0),
             )
             diff = max(diff, float(((res.logprobs - old).abs() * mask).max()))
-            frac = local / max(sum(len(c) for c in batch["completions"]), 1)
-            if gcfg.loss_agg == "seq-mean":
-                frac = len(comps) / n
-            for k, v in loss_fn.metrics().items():
-                sums[k] += v if k == "loss" else v * frac
+            stats = loss_fn.metrics()  # weighted means over this micro-batch
+            sums["loss"] += stats.pop("loss")
+            for k, v in stats.items():
+                sums[k] += v * local
+            weight_total += local
+        for k in ("clip_frac", "kl", "entropy", "ratio"):
+            sums[k] /= max(weight_total, 1e-12)
         surrogate = sum((p * s.grad).sum() for p, s in zip(live, shadow) if s.grad is not None)
         self.engine.backward(surrogate)
         self.engine.step()
@@ -170,6 +173,3 @@ class Learner:
         _, client = self.engine.load_checkpoint(str(Path(ckpt_dir) / "deepspeed"), tag="state")
         self.version = int((client or {}).get("version", 0))
         return self.version
-
-    def config_json(self) -> str:
-        return json.dumps(self.cfg.model_dump(mode="json"))

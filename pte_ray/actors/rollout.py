@@ -30,6 +30,17 @@ class RolloutWorker:
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id, **self.engine.info()}
 
+    def adapter_state(self) -> tuple[int, dict[str, Any]]:
+        """(version, adapter tensors) as loaded: lets callers check a publish landed."""
+        a = self.engine.adapter
+        return self.version, (
+            {} if a is None else {k: v.clone() for k, v in a.state_dict().items()}
+        )
+
+    def sync(self, weights: tuple[int, list[ray.ObjectRef]] | None) -> int:
+        self._sync(weights)
+        return self.version
+
     def _sync(self, weights: tuple[int, list[ray.ObjectRef]] | None) -> None:
         """Load version v before serving: a new or restarted worker catches up here."""
         if weights is None or weights[0] <= self.version:

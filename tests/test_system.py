@@ -1,0 +1,212 @@
+"""The Ray actor/learner system end to end, on a local Ray cluster (real actors, DeepSpeed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from pte_ray import train
+from pte_ray.config import load_config
+from pte_ray.run_dir import RunDir
+
+METRIC_KEYS = {
+    "step",
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "loss",
+    "tokens_per_s",
+    "evictions_per_seq",
+    "weight_version",
+    "logprob_replay_diff",
+    "step_s",
+    "rollout_s",
+    "reward_ref_s",
+    "learn_s",
+    "publish_s",
+}
+
+
+@pytest.fixture
+def base(random_ckpt, task_file, tmp_path):
+    def make(*extra: str, out: str = "run") -> list[str]:
+        return [
+            f"model.path={random_ckpt('qwen2')}",
+            f"data.train={task_file}",
+            "train.prompts_per_step=2",
+            "grpo.group_size=4",
+            "sampling.max_new_tokens=24",
+            "cache.budget=8",
+            "learner.zero_stage=2",
+            f"train.output_dir={tmp_path / out}",
+            *extra,
+        ]
+
+    return make
+
+
+def _alive_actors() -> int:
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("state", "=", "ALIVE")]))
+
+
+def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path):
+    # weight decay moves B and the encoders even if this random model earns no reward
+    cfg = load_config(None, base("train.steps=1", "optim.weight_decay=0.5"))
+    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    try:
+        ctl.weights = ctl.roles.learners.publish()
+        worker = next(iter(ctl.roles.rollout.actors.values()))
+        v0 = ray.get(worker.sync.remote(ctl.weights))
+        before = ray.get(worker.adapter_state.remote())[1]
+        m = ctl.train_step(0)
+        assert m["weight_version"] == v0 + 1 and m["rollout_version_min"] == v0
+        learner = ray.get(ctl.roles.learners.actors[0].adapter_state.remote())
+        assert ray.get(worker.sync.remote(ctl.weights)) == v0 + 1
+        version, rollout = ray.get(worker.adapter_state.remote())
+        assert version == v0 + 1 and set(rollout) == set(learner)
+        assert any(not torch.equal(learner[k], before[k]) for k in learner), "nothing moved"
+        for k in learner:
+            assert torch.equal(rollout[k], learner[k]), k
+    finally:
+        ctl.shutdown()
+
+
+def test_two_learners_two_workers_uneven_groups(ray_cluster, base):
+    over = base(
+        "train.steps=1",
+        "train.prompts_per_step=3",
+        "learner.num_learners=2",
+        "rollout.num_workers=2",
+        "rollout.num_cpus=0.25",
+        "learner.num_cpus=0.25",
+        "reward.num_cpus=0.1",
+    )
+    cfg = load_config(None, over)
+    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    try:
+        ctl.weights = ctl.roles.learners.publish()
+        m = ctl.train_step(0)
+        assert m["logprob_replay_diff"] <= 1e-4
+        a, b = ctl.roles.learners.all("state_digest")
+        assert a == b  # one data-parallel group: identical weights after the all-reduce
+    finally:
+        ctl.shutdown()
+
+
+def test_train_writes_the_run_directory(ray_cluster, base, tmp_path):
+    assert train.main(None, base("train.steps=3", "train.save_every=2")) == 0
+    run = tmp_path / "run"
+    cfg = load_config(run / "config.yaml")
+    assert cfg.train.steps == 3
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert METRIC_KEYS <= set(lines[0])
+    assert all(m["logprob_replay_diff"] <= 1e-4 for m in lines)
+    table = ds.dataset(run / "rollouts").to_table()
+    assert table.num_rows == 3 * 8 and table.column("version").to_pylist()[-1] == 2
+    for c in ("prompt", "completion", "reward", "status", "version", "evictions"):
+        assert c in table.schema.names
+    for step in (2, 3):
+        ck = run / "checkpoints" / f"step_{step:06d}"
+        assert load_file(ck / "adapter.safetensors")
+        assert json.loads((ck / "adapter.json").read_text())["version"] == step
+    assert _alive_actors() == 0
+
+
+def test_resume_continues_bit_for_bit(ray_cluster, base, tmp_path):
+    assert train.main(None, base("train.steps=4", "train.save_every=2", out="straight")) == 0
+    assert train.main(None, base("train.steps=2", "train.save_every=2", out="split")) == 0
+    over = base("train.steps=4", "train.save_every=2", out="split")
+    assert train.main(None, over, resume="auto") == 0
+    a = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    b = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    strip = ("step_s", "rollout_s", "reward_ref_s", "learn_s", "publish_s", "tokens_per_s")
+    clean = [{k: v for k, v in json.loads(x).items() if k not in strip} for x in a]
+    assert clean == [{k: v for k, v in json.loads(x).items() if k not in strip} for x in b]
+    wa = load_file(tmp_path / "straight/checkpoints/step_000004/adapter.safetensors")
+    wb = load_file(tmp_path / "split/checkpoints/step_000004/adapter.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(
+    ("extra", "exc", "match"),
+    [
+        (["model.path=/nonexistent/model"], FileNotFoundError, "/nonexistent/model"),
+        (["cache.bugdet=3"], ValueError, "cache.bugdet"),
+        (["learner.num_learners=9"], ValueError, "num_learners"),
+    ],
+)
+def test_bad_input_fails_clearly_and_cleanly(ray_cluster, base, tmp_path, extra, exc, match):
+    with pytest.raises(exc, match=match):
+        train.main(None, base("train.steps=1", *extra))
+    assert _alive_actors() == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_dataset_without_columns_names_file_and_column(ray_cluster, base, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*prompt"):
+        train.main(None, base("train.steps=1", f"data.train={bad}"))
+    assert _alive_actors() == 0
+
+
+def test_ray_job_submit_runs_the_tiny_job(ray_cluster, tmp_path):
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "job"
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        ray_cluster["dashboard"],
+        "--no-wait",
+        "--runtime-env",
+        "launch/runtime_env.yaml",
+        "--",
+        "python",
+        "-m",
+        "pte_ray.cli",
+        "train",
+        "--config",
+        "launch/configs/tiny.yaml",
+        "train.steps=2",
+        "train.prompts_per_step=2",
+        "grpo.group_size=4",
+        "sampling.max_new_tokens=32",
+        f"train.output_dir={out}",
+    ]
+    sub = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert sub.returncode == 0, sub.stderr[-2000:]
+    job_id = next(w for w in sub.stdout.split() if w.startswith("raysubmit_")).strip("'\"")
+    deadline = time.monotonic() + 900
+    status = ""
+    while time.monotonic() < deadline:
+        st = subprocess.run(
+            ["ray", "job", "status", "--address", ray_cluster["dashboard"], job_id],
+            capture_output=True,
+            text=True,
+        )
+        status = st.stdout
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(3)
+    logs = subprocess.run(
+        ["ray", "job", "logs", "--address", ray_cluster["dashboard"], job_id],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "SUCCEEDED" in status, logs[-3000:]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and (out / "checkpoints" / "step_000002" / "adapter.json").exists()
