@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 
 from pte_ray.method.adapter import Adapter
@@ -48,25 +47,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 class PeakMemory:
-    """Peak RSS (CPU) or CUDA memory during a ``with`` block, sampled every 2 ms."""
+    """Peak RSS (CPU: the process's high-water mark, no sampling thread to slow the loop) or
+    peak CUDA memory of a ``with`` block. Run each measurement in a fresh process (what
+    ``--memory-sweep`` does) for RSS peaks to be comparable."""
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-
-    def _poll(self) -> None:
-        proc = psutil.Process()
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2**20)
-            time.sleep(0.002)
 
     def __enter__(self) -> PeakMemory:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        else:
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -74,8 +65,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:
-            self._stop.set()
-            self._thread.join()
+            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]], Path]:
