@@ -47,9 +47,12 @@ class Controller:
         self.roles = start_roles(cfg, self.data.model_path)
         self.step = 0
         self.weights: tuple[int, list[Any]] | None = None
+        self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
 
     # ------------------------------------------------------------------ one step
-    def _rollout(self, step: int, prompt_ids: list[list[int]]) -> dict[str, list[Any]]:
+    def _rollout(
+        self, step: int, prompt_ids: list[list[int]], weights: tuple[int, list[Any]] | None
+    ) -> dict[str, list[Any]]:
         g = self.cfg.grpo.group_size
         n_groups = len(prompt_ids) // g
         ranges = _split(n_groups, self.roles.rollout.size)
@@ -93,13 +96,36 @@ class Controller:
         )
         return [x for r in res for x in r]
 
-    def train_step(self, step: int) -> dict[str, Any]:
-        cfg, g = self.cfg, self.cfg.grpo.group_size
+    def collect(self, step: int, weights: tuple[int, list[Any]] | None) -> dict[str, Any]:
+        """Draw step ``step``'s prompts and generate their groups with ``weights``."""
+        g = self.cfg.grpo.group_size
         t0 = time.perf_counter()
-        examples = self.data.stream.next_batch(cfg.train.prompts_per_step)
+        examples = self.data.stream.next_batch(self.cfg.train.prompts_per_step)
+        cursor = self.data.stream.cursor()
         prompt_ids = [self.data.prompt_ids[ex.index] for ex in examples for _ in range(g)]
         answers = [ex.answer for ex in examples for _ in range(g)]
-        ro = self._rollout(step, prompt_ids)
+        ro = self._rollout(step, prompt_ids, weights)
+        return {
+            "examples": examples,
+            "prompt_ids": prompt_ids,
+            "answers": answers,
+            "ro": ro,
+            "cursor": cursor,
+            "rollout_s": time.perf_counter() - t0,
+        }
+
+    def train_step(self, step: int, batch: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg, g = self.cfg, self.cfg.grpo.group_size
+        if batch is None:
+            batch = self.collect(step, self.weights)
+        examples, prompt_ids, answers, ro = (
+            batch["examples"],
+            batch["prompt_ids"],
+            batch["answers"],
+            batch["ro"],
+        )
+        self.cursor = batch["cursor"]
+        t0 = time.perf_counter() - batch["rollout_s"]
         t1 = time.perf_counter()
         with ThreadPoolExecutor(2) as ex:  # rewards and reference log-probs in parallel
             f_rew = ex.submit(self._score, ro["texts"], answers)
@@ -178,6 +204,7 @@ class Controller:
         state = json.loads((ckpt / "controller.json").read_text())
         self.roles.learners.all("load", str(ckpt))
         self.data.stream.restore(state["cursor"])
+        self.cursor = state["cursor"]
         self.step = int(state["step"])
         self.run.truncate_metrics(self.step)
 
@@ -191,7 +218,7 @@ class Controller:
         }
         with self.run.checkpoint_dir(self.step) as tmp:
             self.roles.learners.all("save", str(tmp), meta)
-            state = {"step": self.step, "cursor": self.data.stream.cursor()}
+            state = {"step": self.step, "cursor": self.cursor}
             (tmp / "controller.json").write_text(json.dumps(state))
 
     def fit(self) -> dict[str, Any]:
@@ -208,8 +235,21 @@ class Controller:
             disable=None,
         )
         first = last = None
+        lag = cfg.train.max_staleness
+        ahead = ThreadPoolExecutor(1) if lag > 0 else None
+        pending = None
         while self.step < cfg.train.steps:
-            m = self.train_step(self.step)
+            batch = pending.result() if pending is not None else None
+            pending = None
+            if batch is not None and self.weights[0] - min(batch["ro"]["version"]) > lag:
+                batch = None  # older than max_staleness: drop it, generate afresh
+                self.data.stream.restore(self.cursor)
+            if batch is None:
+                batch = self.collect(self.step, self.weights)
+            if ahead is not None and self.step + 1 < cfg.train.steps:
+                # rollouts for the next step run while the learners train on this one
+                pending = ahead.submit(self.collect, self.step + 1, self.weights)
+            m = self.train_step(self.step, batch)
             self.step += 1
             self.run.append_metrics(m)
             for k in ("reward_mean", "tokens_per_s", "step_s"):
@@ -230,6 +270,8 @@ class Controller:
             if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
                 self.checkpoint()
         bar.close()
+        if ahead is not None:
+            ahead.shutdown()
         return {"first": first, "last": last, "run_dir": str(self.run.path)}
 
     def shutdown(self) -> None:

@@ -210,3 +210,11 @@ def test_ray_job_submit_runs_the_tiny_job(ray_cluster, tmp_path):
     assert "SUCCEEDED" in status, logs[-3000:]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and (out / "checkpoints" / "step_000002" / "adapter.json").exists()
+
+
+def test_async_rollouts_run_one_version_behind(ray_cluster, base, tmp_path):
+    assert train.main(None, base("train.steps=3", "train.max_staleness=1")) == 0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["weight_version"] - m["rollout_version_min"] for m in lines] == [1, 2, 2]
+    table = ds.dataset(tmp_path / "run" / "rollouts").to_table()
+    assert sorted(set(table.column("version").to_pylist())) == [0, 1]
