@@ -53,7 +53,7 @@ class AdapterSection(Section):
 
 
 class SamplingSection(Section):
-    max_new_tokens: int = Field(default=96, ge=1)
+    max_new_tokens: int = Field(default=192, ge=1)
     temperature: float = Field(default=1.0, gt=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)

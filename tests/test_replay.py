@@ -103,3 +103,20 @@ def test_gradient_reaches_encoder_through_state_update(random_ckpt):
     # the loss was back-propagated per segment; its sum equals the full-batch value
     full = replay(model, adapter, PROMPTS[:2], completions, CacheConfig(budget=8))
     assert abs(res.loss + float(full.logprobs.sum())) < 1e-3
+
+
+def test_replay_is_exact_in_float64(random_ckpt):
+    """In fp64 the only fp32 noise source (GEMM blocking differs between a 1-token decode and
+    an n-token segment) is gone: replay must then equal the rollout to rounding of fp64."""
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    adapter = Adapter(model.args, AdapterConfig(rank=4, global_tokens=8), dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if ".A." in name:
+                p.normal_(0.0, 0.1)
+    cfg = CacheConfig(budget=24, budget_mode="total")
+    out = generate(model, adapter, PROMPTS, SamplingParams(max_new_tokens=48, seed=2), cfg)
+    res = replay(model, adapter, PROMPTS, out.tokens, cfg, 1.0, 48, out.eviction_steps)
+    for i, toks in enumerate(out.tokens):
+        got = res.logprobs[i, : len(toks)].double()
+        assert (got - torch.tensor(out.logprobs[i], dtype=torch.float64)).abs().max() < 1e-6

@@ -128,6 +128,7 @@ class Pool:
                     busy.discard(aid)
                     ray.kill(self.actors[aid], no_restart=False)  # hung: restart it
                     self._retry(queue, task, aid, f"timed out after {self.call_timeout_s:.0f}s")
+        self._autoscale(queue, busy)  # retire actors that sat idle through this round
         return results
 
     def _retry(self, queue: deque[_Task], task: _Task, aid: int, why: str) -> None:
