@@ -107,6 +107,7 @@ class LearnerSection(Section):
     num_gpus: float = Field(default=0.0, ge=0.0)
     zero_stage: Literal[0, 1, 2] = 2
     micro_batch: int = Field(default=16, ge=1)  # sequences per replay pass (grad accumulation)
+    mini_batches: int = Field(default=1, ge=1)  # optimizer steps per RL step (PPO-style)
     colocate: bool = False
 
 

@@ -149,7 +149,7 @@ class Controller:
                 "ref_logprobs": [ref[i] for i in idx] if ref is not None else None,
                 "pad_id": self.data.pad_id,
             }
-            per_rank.append((shard, global_tokens, len(prompt_ids)))
+            per_rank.append((shard,))
         learned = self.roles.learners.each("train_step", per_rank)
         t3 = time.perf_counter()
         self.weights = self.roles.learners.publish()

@@ -198,7 +198,7 @@ def test_ray_job_submit_runs_the_tiny_job(ray_cluster, tmp_path):
             capture_output=True,
             text=True,
         )
-        status = st.stdout
+        status = st.stdout + st.stderr  # the CLI logs the status line to stderr
         if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
             break
         time.sleep(3)

@@ -84,22 +84,51 @@ class Learner:
     def ready(self) -> dict[str, Any]:
         return {"rank": self.rank, "device": str(self.model.device)}
 
-    def train_step(self, batch: dict[str, Any], global_tokens: int, global_seqs: int) -> dict:
-        """One optimizer step on this rank's shard; all ranks call it together."""
+    def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One RL step on this rank's shard: ``learner.mini_batches`` optimizer steps.
+
+        All ranks call it together. Each mini-batch's loss is normalised by its size summed
+        over ranks (one all-reduce), so ranks with uneven shards still weigh every token alike.
+        """
+        n = len(batch["prompts"])
+        k = self.cfg.learner.mini_batches
+        bounds = [round(n * j / k) for j in range(k + 1)]
+        sums: dict[str, float] = {}
+        diff = 0.0
+        for j in range(k):
+            part = range(bounds[j], bounds[j + 1])
+            stats, d = self._optimizer_step(batch, part)
+            diff = d if j == 0 else diff  # later mini-batches see updated weights on purpose
+            for key, v in stats.items():
+                sums[key] = sums.get(key, 0.0) + v / k
+        self.version += 1
+        norm = self.engine.get_global_grad_norm()
+        return {
+            **sums,
+            "loss": sums.get("loss", 0.0) / self.world,
+            "logprob_replay_diff": diff,
+            "grad_norm": float(norm) if norm is not None else float("nan"),
+            "samples": n,
+            "version": self.version,
+        }
+
+    def _optimizer_step(self, batch: dict[str, Any], part: range) -> tuple[dict[str, float], float]:
         cfg, gcfg = self.cfg, self.cfg.grpo_config()
+        token_mean = gcfg.loss_agg == "token-mean"
         live = list(self.engine.module.parameters())
         shadow = list(self.shadow.parameters())
         with torch.no_grad():
             for s, p in zip(shadow, live):
                 s.copy_(p)
                 s.grad = None
-        n = len(batch["prompts"])
+        sizes = [len(batch["completions"][i]) for i in part]
+        total = torch.tensor([float(sum(sizes) if token_mean else len(sizes))])
+        torch.distributed.all_reduce(total)  # this mini-batch's size over all ranks
         sums = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0}
         diff, weight_total = 0.0, 0.0
-        mb = cfg.learner.micro_batch
         dev = self.model.device
-        for lo in range(0, n, mb):
-            sl = slice(lo, min(n, lo + mb))
+        for lo in range(part.start, part.stop, cfg.learner.micro_batch):
+            sl = slice(lo, min(part.stop, lo + cfg.learner.micro_batch))
             comps = batch["completions"][sl]
             width = max(len(c) for c in comps)
             old = _pad(batch["logprobs"][sl], width).to(dev)
@@ -109,11 +138,10 @@ class Learner:
             if batch.get("ref_logprobs") is not None:
                 ref = _pad(batch["ref_logprobs"][sl], width).to(dev)
             adv = torch.tensor(batch["advantages"][sl], device=dev)
-            token_mean = gcfg.loss_agg == "token-mean"
             local = float(lens.sum()) if token_mean else float(len(comps))
-            share = local / (global_tokens if token_mean else global_seqs)
             # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
-            loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=share * self.world)
+            scale = local / max(float(total), 1.0) * self.world
+            loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=scale)
             res = replay(
                 self.model,
                 self.shadow,
@@ -129,24 +157,17 @@ class Learner:
             diff = max(diff, float(((res.logprobs - old).abs() * mask).max()))
             stats = loss_fn.metrics()  # weighted means over this micro-batch
             sums["loss"] += stats.pop("loss")
-            for k, v in stats.items():
-                sums[k] += v * local
+            for key, v in stats.items():
+                sums[key] += v * local
             weight_total += local
-        for k in ("clip_frac", "kl", "entropy", "ratio"):
-            sums[k] /= max(weight_total, 1e-12)
-        surrogate = sum((p * s.grad).sum() for p, s in zip(live, shadow) if s.grad is not None)
+        for key in ("clip_frac", "kl", "entropy", "ratio"):
+            sums[key] /= max(weight_total, 1e-12)
+        grads = [(p, s.grad) for p, s in zip(live, shadow) if s.grad is not None]
+        # an empty part still joins the collective step, with a zero gradient
+        surrogate = sum((p * g).sum() for p, g in grads) if grads else live[0].sum() * 0.0
         self.engine.backward(surrogate)
         self.engine.step()
-        self.version += 1
-        norm = self.engine.get_global_grad_norm()
-        return {
-            **sums,
-            "loss": sums["loss"] / self.world,
-            "logprob_replay_diff": diff,
-            "grad_norm": float(norm) if norm is not None else float("nan"),
-            "samples": n,
-            "version": self.version,
-        }
+        return sums, diff
 
     def publish(self) -> tuple[int, list[ray.ObjectRef]]:
         """Rank 0: put a versioned snapshot of the adapter in the object store."""
