@@ -70,7 +70,7 @@ class GRPOSection(Section):
 
 
 class OptimSection(Section):
-    lr: float = Field(default=2e-3, gt=0.0)
+    lr: float = Field(default=3e-4, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     grad_clip: float = Field(default=1.0, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.99)
