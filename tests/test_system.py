@@ -85,6 +85,7 @@ def test_two_learners_two_workers_uneven_groups(ray_cluster, base):
         "train.steps=1",
         "train.prompts_per_step=3",
         "learner.num_learners=2",
+        "learner.mini_batches=2",  # uneven parts per rank: sizes are all-reduced
         "rollout.num_workers=2",
         "rollout.num_cpus=0.25",
         "learner.num_cpus=0.25",
