@@ -38,7 +38,7 @@ class DataSection(Section):
 
 
 class CacheSection(Section):
-    budget: int | None = Field(default=32, ge=1)
+    budget: int | None = Field(default=64, ge=1)
     budget_mode: Literal["thought", "total"] = "thought"
     evict_ratio: float = Field(default=0.25, gt=0.0, le=1.0)
 
@@ -112,7 +112,7 @@ class LearnerSection(Section):
 
 
 class TrainSection(Section):
-    steps: int = Field(default=40, ge=1)
+    steps: int = Field(default=150, ge=1)
     prompts_per_step: int = Field(default=8, ge=1)
     seed: int = 0
     output_dir: str | None = None  # None: runs/<date>-<time> (resume auto: the newest run)
@@ -213,6 +213,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"override {ov!r} is not key=value (e.g. cache.budget=64)")
         key, raw = ov.split("=", 1)
         _set(tree, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+    if "output_dir" in tree:  # the run directory is set often enough to deserve a short key
+        if "output_dir" in tree.get("train", {}):
+            raise ValueError("output_dir and train.output_dir are both set; keep one")
+        tree.setdefault("train", {})["output_dir"] = tree.pop("output_dir")
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

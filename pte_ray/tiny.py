@@ -47,7 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bump when the build code changes what a recipe produces, so stale caches are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 128,
@@ -97,7 +97,7 @@ class TinyRecipe:
     dims: tuple[tuple[str, Any], ...] = tuple(TINY_DIMS.items())
     task: TaskSpec = DEFAULT_SPEC
     tokenizer_corpus: int = 2000  # task problems in the tokenizer's training corpus
-    warm_steps: int = 400
+    warm_steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 20
@@ -106,6 +106,7 @@ class TinyRecipe:
     eval_n: int = 128  # held-out problems for the recorded accuracy
     train_file_n: int = 2000
     test_file_n: int = 200
+    eval_budget: int = 64  # thought budget of the recorded bounded-cache accuracy
 
     def digest(self) -> str:
         blob = json.dumps({"v": RECIPE_VERSION, **asdict(self)}, sort_keys=True, default=str)
@@ -282,8 +283,9 @@ def _batch(items: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tenso
 def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
     """Teacher-forced next-token loss on the solution part; AdamW with warmup + cosine decay.
 
-    Deliberately short: the model should still make mistakes (mostly carries) so that
-    reinforcement learning has something to improve.
+    Long enough that the full-cache model is mostly right (~75%), which makes it lean on the
+    whole solution so far: under a bounded cache it loses count of the lines and is mostly
+    wrong (~20% at a 64-token thought budget). That gap is what GRPO with PTE climbs.
     """
     pool = _encode(tok, make_task(recipe.train_pool, recipe.seed + 1, "train", recipe.task), eos_id)
     order_rng = random.Random(recipe.seed)
@@ -360,6 +362,26 @@ def _accuracy(model, tok, rows: list[dict[str, str]], eos_id: int, sample: bool,
     return correct / len(rows)
 
 
+def _bounded_accuracy(
+    path: Path, tok, rows: list[dict[str, str]], eos_id: int, budget: int, seed: int
+):
+    """Sampled (T=1) accuracy of the saved checkpoint under the bounded cache, as in rollouts."""
+    from pte_ray.method.checkpoint import load_base
+    from pte_ray.method.config import CacheConfig, SamplingParams
+    from pte_ray.method.decode import generate
+
+    model = load_base(path)
+    prompts = [p.ids for p in tok.encode_batch([r["prompt"] for r in rows])]
+    max_new = max(len(s.ids) for s in tok.encode_batch([r["solution"] for r in rows])) + 16
+    sp = SamplingParams(max_new_tokens=max_new, seed=seed, stop_token_ids=(eos_id,))
+    out = generate(model, None, prompts, sp, CacheConfig(budget=budget), eos_ids=(eos_id,))
+    correct = 0
+    for row, seq in zip(rows, out.tokens, strict=True):
+        found = _ANSWER_RE.findall(tok.decode([t for t in seq if t != eos_id]))
+        correct += bool(found) and found[-1] == row["answer"]
+    return correct / len(rows)
+
+
 # ----------------------------------------------------------------------------- cache
 
 
@@ -409,7 +431,7 @@ def build_tiny(
     recipe = recipe or TinyRecipe()
 
     def build(out: Path) -> None:
-        log.info("building the tiny model (about 1-2 min on 2 CPU cores) -> %s", out.parent)
+        log.info("building the tiny model (about 3 min on 2 CPU cores) -> %s", out.parent)
         t0 = time.perf_counter()
         hf_tok = build_tokenizer(out, recipe)
         tok = raw_tokenizer(recipe)
@@ -422,6 +444,7 @@ def build_tiny(
         greedy = _accuracy(model, tok, test, eos_id, sample=False, seed=recipe.seed)
         sampled = _accuracy(model, tok, test, eos_id, sample=True, seed=recipe.seed)
         model.save_pretrained(str(out), safe_serialization=True)
+        bounded = _bounded_accuracy(out, tok, test, eos_id, recipe.eval_budget, recipe.seed)
         sol_lens = [len(tok.encode(r["solution"]).ids) for r in test]
         tail = losses[-20:] or [float("nan")]
         meta = {
@@ -434,6 +457,8 @@ def build_tiny(
             "eval_n": len(test),
             "greedy_accuracy": greedy,
             "sampled_accuracy": sampled,
+            "eval_budget": recipe.eval_budget,
+            "bounded_sampled_accuracy": bounded,
             "solution_tokens": {
                 "min": min(sol_lens),
                 "mean": sum(sol_lens) / len(sol_lens),
@@ -450,10 +475,13 @@ def build_tiny(
         }
         (out / "pte_ray_tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
         log.info(
-            "tiny model built in %.0f s: greedy accuracy %.2f, sampled %.2f",
+            "tiny model built in %.0f s: greedy accuracy %.2f, sampled %.2f, sampled under a "
+            "%d-token thought budget %.2f",
             meta["seconds"]["total"],
             greedy,
             sampled,
+            recipe.eval_budget,
+            bounded,
         )
 
     return _cached(

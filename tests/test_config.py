@@ -32,6 +32,18 @@ def test_overrides_parse_as_yaml():
     assert cfg.cache_config().budget_mode == "total"
 
 
+def test_output_dir_shorthand_sets_the_run_directory():
+    assert load_config(None, ["output_dir=runs/a"]).train.output_dir == "runs/a"
+    with pytest.raises(ValueError, match="both set"):
+        load_config(None, ["output_dir=runs/a", "train.output_dir=runs/b"])
+
+
+def test_tiny_config_is_the_default_run():
+    """`pte-ray train` with no --config and with the shipped tiny.yaml train the same thing."""
+    tiny = Path(__file__).resolve().parents[1] / "launch" / "configs" / "tiny.yaml"
+    assert load_config(tiny).model_dump() == load_config(None).model_dump()
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [

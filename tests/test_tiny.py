@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pte_ray.config import load_config
 from pte_ray.tiny import (
     TINY_DIMS,
     TaskSpec,
@@ -240,13 +241,17 @@ def test_cache_root_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.skipif(
     not (cache_root() / f"tiny-{TinyRecipe().digest()}" / "pte_ray_tiny.json").exists(),
-    reason="default tiny model not built (python -m pte_ray.tiny builds it in ~1-2 min)",
+    reason="default tiny model not built (python -m pte_ray.tiny builds it in ~3 min)",
 )
 def test_default_tiny_model_has_room_to_climb() -> None:
     path = build_tiny()
     meta = json.loads((path / "pte_ray_tiny.json").read_text())
-    assert 0.05 <= meta["sampled_accuracy"] <= 0.8
-    assert 0.05 <= meta["greedy_accuracy"] <= 0.9
+    # right on most problems with the whole context, mostly wrong under the bounded cache:
+    # the gap is what the default run (GRPO with PTE at that budget) climbs
+    assert meta["eval_budget"] == load_config(None).cache.budget
+    assert 0.05 <= meta["bounded_sampled_accuracy"] <= 0.5
+    assert meta["sampled_accuracy"] >= meta["bounded_sampled_accuracy"] + 0.2
+    assert meta["greedy_accuracy"] <= 0.95
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     row = make_task(1, seed=0, split="test")[0]
