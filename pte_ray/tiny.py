@@ -9,7 +9,6 @@ reward with room to climb. Results are cached on disk under a hash of the recipe
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -17,9 +16,6 @@ import logging
 import math
 import os
 import random
-import re
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -28,6 +24,8 @@ from typing import Any
 
 import torch
 
+from pte_ray.disk_cache import cache_root, cached
+from pte_ray.tiny_eval import bounded_accuracy, full_cache_accuracy
 from pte_ray.tiny_task import DEFAULT_SPEC, TaskSpec, make_task, write_task
 
 __all__ = [
@@ -111,14 +109,6 @@ class TinyRecipe:
     def digest(self) -> str:
         blob = json.dumps({"v": RECIPE_VERSION, **asdict(self)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$PTE_RAY_CACHE``, else ``~/.cache/pte_ray``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("PTE_RAY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pte_ray"
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -328,98 +318,6 @@ def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
     return losses
 
 
-_ANSWER_RE = re.compile(r"####\s*(-?\d+)")
-
-
-@torch.no_grad()
-def _accuracy(model, tok, rows: list[dict[str, str]], eos_id: int, sample: bool, seed: int):
-    """Fraction of rows whose generated ``#### x`` equals the answer (HF generate, left-padded)."""
-    prompts = [p.ids for p in tok.encode_batch([r["prompt"] for r in rows])]
-    max_new = max(len(s.ids) for s in tok.encode_batch([r["solution"] for r in rows])) + 16
-    width = max(map(len, prompts))
-    ids = torch.full((len(rows), width), eos_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        attn[i, width - len(p) :] = 1
-    with _seeded(seed):
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=attn,
-            max_new_tokens=max_new,
-            do_sample=sample,
-            temperature=1.0 if sample else None,
-            top_p=1.0 if sample else None,
-            top_k=0 if sample else None,
-            eos_token_id=eos_id,
-            pad_token_id=eos_id,
-        )
-    correct = 0
-    for row, seq in zip(rows, out[:, width:].tolist(), strict=True):
-        seq = seq[: seq.index(eos_id)] if eos_id in seq else seq
-        found = _ANSWER_RE.findall(tok.decode(seq))
-        correct += bool(found) and found[-1] == row["answer"]
-    return correct / len(rows)
-
-
-def _bounded_accuracy(
-    path: Path, tok, rows: list[dict[str, str]], eos_id: int, budget: int, seed: int
-):
-    """Sampled (T=1) accuracy of the saved checkpoint under the bounded cache, as in rollouts."""
-    from pte_ray.method.checkpoint import load_base
-    from pte_ray.method.config import CacheConfig, SamplingParams
-    from pte_ray.method.decode import generate
-
-    model = load_base(path)
-    prompts = [p.ids for p in tok.encode_batch([r["prompt"] for r in rows])]
-    max_new = max(len(s.ids) for s in tok.encode_batch([r["solution"] for r in rows])) + 16
-    sp = SamplingParams(max_new_tokens=max_new, seed=seed, stop_token_ids=(eos_id,))
-    out = generate(model, None, prompts, sp, CacheConfig(budget=budget), eos_ids=(eos_id,))
-    correct = 0
-    for row, seq in zip(rows, out.tokens, strict=True):
-        found = _ANSWER_RE.findall(tok.decode([t for t in seq if t != eos_id]))
-        correct += bool(found) and found[-1] == row["answer"]
-    return correct / len(rows)
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-@contextmanager
-def _locked(root: Path, name: str):
-    """An exclusive per-entry file lock, so concurrent builders wait instead of racing."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _cached(root: Path, name: str, marker: str, force: bool, build) -> Path:
-    """Builds into a temp dir and renames it into place: a visible entry is always complete."""
-    final = root / name
-    if not force and (final / marker).exists():
-        return final
-    with _locked(root, name):
-        if not force and (final / marker).exists():  # another process finished it meanwhile
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache entry is meant to be shared
-        try:
-            build(tmp)
-            if final.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
-                os.replace(final, trash / name)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
-
-
 def build_tiny(
     cache_dir: str | Path | None = None, force: bool = False, recipe: TinyRecipe | None = None
 ) -> Path:
@@ -441,10 +339,10 @@ def build_tiny(
         losses = _warm_start(model, tok, recipe, eos_id)
         t_eval = time.perf_counter()
         test = make_task(recipe.eval_n, recipe.seed, "test", recipe.task)
-        greedy = _accuracy(model, tok, test, eos_id, sample=False, seed=recipe.seed)
-        sampled = _accuracy(model, tok, test, eos_id, sample=True, seed=recipe.seed)
+        greedy = full_cache_accuracy(model, tok, test, eos_id, sample=False, seed=recipe.seed)
+        sampled = full_cache_accuracy(model, tok, test, eos_id, sample=True, seed=recipe.seed)
         model.save_pretrained(str(out), safe_serialization=True)
-        bounded = _bounded_accuracy(out, tok, test, eos_id, recipe.eval_budget, recipe.seed)
+        bounded = bounded_accuracy(out, tok, test, eos_id, recipe.eval_budget, recipe.seed)
         sol_lens = [len(tok.encode(r["solution"]).ids) for r in test]
         tail = losses[-20:] or [float("nan")]
         meta = {
@@ -484,7 +382,7 @@ def build_tiny(
             bounded,
         )
 
-    return _cached(
+    return cached(
         cache_root(cache_dir), f"tiny-{recipe.digest()}", "pte_ray_tiny.json", force, build
     )
 
@@ -503,7 +401,7 @@ def build_tiny_task(
         write_task(out / "train.jsonl", recipe.train_file_n, recipe.seed, "train", recipe.task)
         write_task(out / "test.jsonl", recipe.test_file_n, recipe.seed, "test", recipe.task)
 
-    folder = _cached(cache_root(cache_dir), name, "test.jsonl", False, build)
+    folder = cached(cache_root(cache_dir), name, "test.jsonl", False, build)
     return {"train": folder / "train.jsonl", "test": folder / "test.jsonl"}
 
 
