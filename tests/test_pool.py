@@ -16,7 +16,11 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not imp
 
 
 class Echo:
-    def __init__(self, aid: int, die_on: int | None = None, marker: str | None = None) -> None:
+    def __init__(
+        self, aid: int, die_on: int | None = None, marker: str | None = None, broken: bool = False
+    ) -> None:
+        if broken:
+            raise OSError(f"actor {aid}: cannot open /data/shard-{aid}")
         self.aid, self.die_on, self.marker = aid, die_on, marker
 
     def ready(self) -> int:
@@ -65,6 +69,11 @@ def test_actor_exception_names_pool_shard_and_cause(ray_cluster):
             pool.map("work", [(1,), (-5,)])
     finally:
         pool.shutdown()
+
+
+def test_actor_that_cannot_start_names_the_cause(ray_cluster):
+    with pytest.raises(PoolError, match=r"test actor failed to start: .*cannot open /data/shard-"):
+        _pool(1, make_kw={"broken": True})
 
 
 def test_pool_grows_while_work_waits_and_shrinks_when_idle(ray_cluster):

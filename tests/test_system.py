@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from pte_ray import train
+from pte_ray.actors.pool import PoolError
 from pte_ray.config import load_config
 from pte_ray.run_dir import RunDir
 
@@ -53,9 +54,12 @@ def base(random_ckpt, task_file, tmp_path):
 
 
 def _alive_actors() -> int:
-    from ray.util.state import list_actors
+    """Live actors plus placement groups still holding resources: a clean stop leaves 0."""
+    from ray.util.state import list_actors, list_placement_groups
 
-    return len(list_actors(filters=[("state", "=", "ALIVE")]))
+    actors = list_actors(filters=[("state", "=", "ALIVE")])
+    groups = list_placement_groups(filters=[("state", "=", "CREATED")])
+    return len(actors) + len(groups)
 
 
 def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path):
@@ -149,6 +153,20 @@ def test_resume_continues_bit_for_bit(ray_cluster, base, tmp_path):
 def test_bad_input_fails_clearly_and_cleanly(ray_cluster, base, tmp_path, extra, exc, match):
     with pytest.raises(exc, match=match):
         train.main(None, base("train.steps=1", *extra))
+    assert _alive_actors() == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_worker_that_raises_stops_the_run_with_its_cause(ray_cluster, base, tmp_path, random_ckpt):
+    # a truncated weights file passes the controller's checks and breaks in the actors that load it
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(random_ckpt("qwen2"), broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(PoolError, match=r"failed to start: .*broken/model\.safetensors.*truncated"):
+        train.main(None, base("train.steps=2", f"model.path={broken}"))
     assert _alive_actors() == 0
     assert not (tmp_path / "run" / "checkpoints").exists()
 

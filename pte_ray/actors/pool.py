@@ -24,6 +24,12 @@ from pte_ray.actors import metrics
 LOST = (RayActorError, ActorUnavailableError)
 
 
+def start_failure(e: RayActorError) -> str:
+    """The error an actor's constructor raised, from the traceback Ray wraps it in."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 class PoolError(RuntimeError):
     """A pool could not complete its work; the message names the pool, shard and cause."""
 
@@ -58,9 +64,13 @@ class Pool:
         self.actors: dict[int, Any] = {}
         self.idle_since: dict[int, float] = {}
         self._next_id = 0
-        for _ in range(size):
-            self._add()
-        self._wait_ready(list(self.actors), ready_timeout_s)
+        try:
+            for _ in range(size):
+                self._add()
+            self._wait_ready(list(self.actors), ready_timeout_s)
+        except BaseException:
+            self.shutdown()  # no half-started pool holds cluster resources
+            raise
 
     def _add(self) -> int:
         aid = self._next_id
@@ -76,6 +86,8 @@ class Pool:
             ray.get(list(refs), timeout=timeout_s)
         except RayTaskError as e:
             raise PoolError(f"{self.name} actor failed to start: {e.cause!r}") from e
+        except RayActorError as e:
+            raise PoolError(f"{self.name} actor failed to start: {start_failure(e)}") from e
         except GetTimeoutError as e:
             raise PoolError(
                 f"{self.name} actors not ready after {timeout_s:.0f}s "

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pte_ray.actors.learner import Learner
-from pte_ray.actors.pool import Pool, PoolError
+from pte_ray.actors.pool import Pool, PoolError, start_failure
 from pte_ray.actors.reference import ReferenceWorker
 from pte_ray.actors.reward import RewardWorker
 from pte_ray.actors.rollout import RolloutWorker
@@ -41,11 +41,20 @@ class LearnerGroup:
         lc = cfg.learner
         bundle = {"CPU": lc.num_cpus, **({"GPU": lc.num_gpus} if lc.num_gpus else {})}
         self.pg = placement_group([bundle] * lc.num_learners, strategy="PACK")
+        self.actors: list[Any] = []
+        try:
+            self._start(cfg, model_path, ready_timeout_s)
+        except BaseException:
+            self.shutdown()  # no half-started group holds its placement group
+            raise
+
+    def _start(self, cfg: Config, model_path: str, ready_timeout_s: float) -> None:
+        lc = cfg.learner
         try:
             ray.get(self.pg.ready(), timeout=ready_timeout_s)
         except GetTimeoutError as e:
             raise PoolError(
-                f"learner placement group {bundle} x {lc.num_learners} not placeable in "
+                f"learner placement group {self.pg.bundle_specs} not placeable in "
                 f"{ready_timeout_s:.0f}s: the cluster lacks the resources"
             ) from e
 
@@ -79,6 +88,9 @@ class LearnerGroup:
             return ray.get(refs, timeout=timeout or self.call_timeout_s)
         except RayTaskError as e:
             raise PoolError(f"learner {method} failed: {e.cause!r}") from e
+        except RayActorError as e:
+            what = "failed to start" if method == "ready" else f"died during {method}"
+            raise PoolError(f"learner {what}: {start_failure(e)}") from e
         except GetTimeoutError as e:
             raise PoolError(
                 f"learner {method} timed out ({timeout or self.call_timeout_s}s)"
@@ -107,38 +119,49 @@ class Roles:
         self.learners.shutdown()
 
 
+def _actor(cls: type, num_cpus: float, num_gpus: float = 0.0) -> Any:
+    return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS)
+
+
 def start_roles(cfg: Config, model_path: str) -> Roles:
+    """Learners first (the largest ask), then the pools; on any failure, stop what started."""
     dump = cfg.model_dump(mode="json")
-    t = cfg.train
-    rc, wc, fc = cfg.rollout, cfg.reward, cfg.reference
-
-    def actor(cls: type, num_cpus: float, num_gpus: float = 0.0) -> Any:
-        return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS)
-
+    t, rc, wc, fc = cfg.train, cfg.rollout, cfg.reward, cfg.reference
     common = {"call_timeout_s": t.call_timeout_s, "max_retries": t.max_retries}
-    learners = LearnerGroup(cfg, model_path)
-    rollout = Pool(
-        "rollout",
-        lambda i: actor(RolloutWorker, rc.num_cpus, rc.num_gpus).remote(dump, model_path, i),
-        rc.num_workers,
-        min_size=rc.min_workers,
-        max_size=rc.max_workers,
-        scale_up_wait_s=rc.scale_up_wait_s,
-        scale_down_idle_s=rc.scale_down_idle_s,
-        **common,
-    )
-    reward = Pool(
-        "reward",
-        lambda i: actor(RewardWorker, wc.num_cpus).remote(dump, i),
-        wc.num_workers,
-        **common,
-    )
-    reference = None
-    if cfg.grpo.kl_coef > 0:
-        reference = Pool(
-            "reference",
-            lambda i: actor(ReferenceWorker, fc.num_cpus, fc.num_gpus).remote(dump, model_path, i),
-            fc.num_workers,
+    started: list[Any] = []
+    try:
+        learners = LearnerGroup(cfg, model_path)
+        started.append(learners)
+        rollout = Pool(
+            "rollout",
+            lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus).remote(dump, model_path, i),
+            rc.num_workers,
+            min_size=rc.min_workers,
+            max_size=rc.max_workers,
+            scale_up_wait_s=rc.scale_up_wait_s,
+            scale_down_idle_s=rc.scale_down_idle_s,
             **common,
         )
+        started.append(rollout)
+        reward = Pool(
+            "reward",
+            lambda i: _actor(RewardWorker, wc.num_cpus).remote(dump, i),
+            wc.num_workers,
+            **common,
+        )
+        started.append(reward)
+        reference = None
+        if cfg.grpo.kl_coef > 0:
+            reference = Pool(
+                "reference",
+                lambda i: _actor(ReferenceWorker, fc.num_cpus, fc.num_gpus).remote(
+                    dump, model_path, i
+                ),
+                fc.num_workers,
+                **common,
+            )
+    except BaseException:
+        for role in reversed(started):  # a role that failed to start cleaned up after itself
+            role.shutdown()
+        raise
     return Roles(rollout, reward, reference, learners)

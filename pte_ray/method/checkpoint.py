@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pte_ray.method.model import ModelArgs, Transformer
@@ -83,7 +83,12 @@ def load_base(
     path = Path(path)
     cfg = _hf_config(path)
     files = _weight_files(path)
-    handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+    handles = []
+    for f in files:
+        try:
+            handles.append(safe_open(str(f), framework="pt", device="cpu"))
+        except (SafetensorError, OSError) as e:  # neither names the file
+            raise ValueError(f"cannot read weights file {f}: {e} (truncated or corrupt?)") from e
     where = {name: h for h in handles for name in h.keys()}
     args = model_args(cfg, set(where))
     if dtype is None:
