@@ -108,6 +108,8 @@ class LearnerSection(Section):
     zero_stage: Literal[0, 1, 2] = 2
     micro_batch: int = Field(default=16, ge=1)  # sequences per replay pass (grad accumulation)
     mini_batches: int = Field(default=1, ge=1)  # optimizer steps per RL step (PPO-style)
+    # Rollout (and reference) workers share the learners' placement-group bundles: on a GPU
+    # box, learner.num_gpus=0.5 + rollout.num_gpus=0.5 puts one of each on every GPU.
     colocate: bool = False
 
 
@@ -151,6 +153,12 @@ class Config(Section):
                 f"{self.train.prompts_per_step}: a GRPO group is never split across learners"
             )
         AdapterConfig(targets=tuple(self.adapter.targets))  # same check as the method layer
+        r = self.rollout
+        if self.learner.colocate and (r.min_workers or r.max_workers):
+            raise ValueError(
+                "learner.colocate=true fixes the rollout pool to the learners' bundles: "
+                "leave rollout.min_workers/max_workers unset (no autoscaling)"
+            )
         return self
 
     def cache_config(self) -> CacheConfig:

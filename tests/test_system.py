@@ -107,6 +107,40 @@ def test_two_learners_two_workers_uneven_groups(ray_cluster, base):
         ctl.shutdown()
 
 
+def test_colocated_workers_run_in_the_learners_bundles(ray_cluster, base):
+    from ray.util.state import list_actors
+
+    over = base(
+        "train.steps=1",
+        "learner.num_learners=2",
+        "learner.colocate=true",
+        "rollout.num_workers=2",
+        "grpo.kl_coef=0.05",  # reference workers are colocated too
+        "rollout.num_cpus=0.2",
+        "reference.num_cpus=0.1",
+        "learner.num_cpus=0.2",
+        "reward.num_cpus=0.1",
+    )
+    cfg = load_config(None, over)
+    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    try:
+        pg = ctl.roles.learners.pg
+        assert pg.bundle_specs == [{"CPU": 0.5}, {"CPU": 0.4}]  # learner + rollout (+ ref)
+        placed = {
+            a.class_name: a.placement_group_id
+            for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        }
+        for role in ("Learner", "RolloutWorker", "ReferenceWorker"):
+            assert placed[role] == pg.id.hex(), role
+        assert placed["RewardWorker"] is None
+        ctl.weights = ctl.roles.learners.publish()
+        assert ctl.train_step(0)["logprob_replay_diff"] <= 1e-4
+    finally:
+        ctl.shutdown()
+    with pytest.raises(ValueError, match="colocate"):
+        load_config(None, over + ["rollout.max_workers=4"])
+
+
 def test_train_writes_the_run_directory(ray_cluster, base, tmp_path):
     assert train.main(None, base("train.steps=3", "train.save_every=2")) == 0
     run = tmp_path / "run"

@@ -34,13 +34,25 @@ def _master_endpoint() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), _free_port()
 
 
+def _bundles(cfg: Config) -> list[dict[str, float]]:
+    """One bundle per learner; with ``learner.colocate`` each also holds its share of the
+    rollout (and reference) workers, spread round-robin over the bundles."""
+    lc, d = cfg.learner, cfg.learner.num_learners
+    out = [{"CPU": lc.num_cpus, "GPU": lc.num_gpus} for _ in range(d)]
+    if lc.colocate:
+        roles = [cfg.rollout] + ([cfg.reference] if cfg.grpo.kl_coef > 0 else [])
+        for role in roles:
+            for i in range(role.num_workers):
+                out[i % d]["CPU"] += role.num_cpus
+                out[i % d]["GPU"] += role.num_gpus
+    return [{k: v for k, v in b.items() if v > 0} for b in out]
+
+
 class LearnerGroup:
     """D learner actors forming one torch.distributed group, in one placement group."""
 
     def __init__(self, cfg: Config, model_path: str, ready_timeout_s: float = 900.0) -> None:
-        lc = cfg.learner
-        bundle = {"CPU": lc.num_cpus, **({"GPU": lc.num_gpus} if lc.num_gpus else {})}
-        self.pg = placement_group([bundle] * lc.num_learners, strategy="PACK")
+        self.pg = placement_group(_bundles(cfg), strategy="PACK")
         self.actors: list[Any] = []
         try:
             self._start(cfg, model_path, ready_timeout_s)
@@ -58,21 +70,24 @@ class LearnerGroup:
                 f"{ready_timeout_s:.0f}s: the cluster lacks the resources"
             ) from e
 
-        def on(i: int) -> PlacementGroupSchedulingStrategy:
-            return PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-
-        probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=on(0))
+        probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=self.on(0))
         addr, port = ray.get(probe.remote())
         dump = cfg.model_dump(mode="json")
         cls = ray.remote(Learner)
         self.actors = [
             cls.options(
-                num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, scheduling_strategy=on(i)
+                num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, scheduling_strategy=self.on(i)
             ).remote(dump, model_path, i, lc.num_learners, addr, port)
             for i in range(lc.num_learners)
         ]
         self.call_timeout_s = cfg.train.call_timeout_s
         self.all("ready", timeout=ready_timeout_s)
+
+    def on(self, i: int) -> PlacementGroupSchedulingStrategy:
+        """Schedule into bundle ``i % D`` of the learners' placement group."""
+        return PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=i % len(self.pg.bundle_specs)
+        )
 
     def all(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Call every rank (collectives need all of them) and wait, naming a failing rank."""
@@ -119,8 +134,9 @@ class Roles:
         self.learners.shutdown()
 
 
-def _actor(cls: type, num_cpus: float, num_gpus: float = 0.0) -> Any:
-    return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS)
+def _actor(cls: type, num_cpus: float, num_gpus: float = 0.0, strategy: Any = None) -> Any:
+    extra = {"scheduling_strategy": strategy} if strategy is not None else {}
+    return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS, **extra)
 
 
 def start_roles(cfg: Config, model_path: str) -> Roles:
@@ -132,9 +148,15 @@ def start_roles(cfg: Config, model_path: str) -> Roles:
     try:
         learners = LearnerGroup(cfg, model_path)
         started.append(learners)
+
+        def on(i: int) -> Any:  # a worker's place: a learner's bundle when colocated
+            return learners.on(i) if cfg.learner.colocate else None
+
         rollout = Pool(
             "rollout",
-            lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus).remote(dump, model_path, i),
+            lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus, on(i)).remote(
+                dump, model_path, i
+            ),
             rc.num_workers,
             min_size=rc.min_workers,
             max_size=rc.max_workers,
@@ -154,7 +176,7 @@ def start_roles(cfg: Config, model_path: str) -> Roles:
         if cfg.grpo.kl_coef > 0:
             reference = Pool(
                 "reference",
-                lambda i: _actor(ReferenceWorker, fc.num_cpus, fc.num_gpus).remote(
+                lambda i: _actor(ReferenceWorker, fc.num_cpus, fc.num_gpus, on(i)).remote(
                     dump, model_path, i
                 ),
                 fc.num_workers,
