@@ -221,10 +221,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"override {ov!r} is not key=value (e.g. cache.budget=64)")
         key, raw = ov.split("=", 1)
         _set(tree, key.strip(), yaml.safe_load(raw) if raw != "" else None)
-    if "output_dir" in tree:  # the run directory is set often enough to deserve a short key
-        if "output_dir" in tree.get("train", {}):
+    train = tree.get("train") or {}
+    if "output_dir" in tree and isinstance(train, dict):  # short key for the run directory
+        if "output_dir" in train:
             raise ValueError("output_dir and train.output_dir are both set; keep one")
-        tree.setdefault("train", {})["output_dir"] = tree.pop("output_dir")
+        tree["train"] = {**train, "output_dir": tree.pop("output_dir")}
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

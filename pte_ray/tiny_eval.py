@@ -6,12 +6,16 @@ engine at the default thought budget) is where the default GRPO run starts.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
-ANSWER_RE = re.compile(r"####\s*(-?\d+)")
+from pte_ray.rl.answers import extract_answer
+
+
+def _correct(text: str, answer: str) -> bool:
+    """Same extraction as the reward (``#### x``), without the last-number fallback."""
+    return extract_answer(text, last_number_fallback=False) == answer
 
 
 @torch.no_grad()
@@ -43,8 +47,7 @@ def full_cache_accuracy(
     correct = 0
     for row, seq in zip(rows, out[:, width:].tolist(), strict=True):
         seq = seq[: seq.index(eos_id)] if eos_id in seq else seq
-        found = ANSWER_RE.findall(tok.decode(seq))
-        correct += bool(found) and found[-1] == row["answer"]
+        correct += _correct(tok.decode(seq), row["answer"])
     return correct / len(rows)
 
 
@@ -63,6 +66,5 @@ def bounded_accuracy(
     out = generate(model, None, prompts, sp, CacheConfig(budget=budget), eos_ids=(eos_id,))
     correct = 0
     for row, seq in zip(rows, out.tokens, strict=True):
-        found = ANSWER_RE.findall(tok.decode([t for t in seq if t != eos_id]))
-        correct += bool(found) and found[-1] == row["answer"]
+        correct += _correct(tok.decode([t for t in seq if t != eos_id]), row["answer"])
     return correct / len(rows)

@@ -32,8 +32,12 @@ def test_overrides_parse_as_yaml():
     assert cfg.cache_config().budget_mode == "total"
 
 
-def test_output_dir_shorthand_sets_the_run_directory():
+def test_output_dir_shorthand_sets_the_run_directory(tmp_path):
     assert load_config(None, ["output_dir=runs/a"]).train.output_dir == "runs/a"
+    empty_train = tmp_path / "c.yaml"
+    empty_train.write_text("train:\ncache: {budget: 48}\n")
+    cfg = load_config(empty_train, ["output_dir=runs/b"])
+    assert (cfg.train.output_dir, cfg.cache.budget) == ("runs/b", 48)
     with pytest.raises(ValueError, match="both set"):
         load_config(None, ["output_dir=runs/a", "train.output_dir=runs/b"])
 
