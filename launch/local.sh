@@ -18,7 +18,9 @@ setup() {
   # Install torch first: an unpinned torch would pull GBs of CUDA wheels on a CPU machine.
   # On a GPU machine install the CUDA torch you want before running this.
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
-  "$PY" -m pip install -q -e ".[dev]"
+  # Exact versions the suite passed with (refresh: bash launch/lock.sh), so a fresh machine
+  # installs what was tested, not whatever is newest that day.
+  "$PY" -m pip install -q -c launch/constraints.txt -e ".[dev]"
 }
 
 isolated() {

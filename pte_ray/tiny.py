@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import math
 import os
+import platform
 import random
 import time
 from contextlib import contextmanager
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pte_ray.disk_cache import cache_root, cached
+from pte_ray.progress import progress, say
 from pte_ray.tiny_eval import bounded_accuracy, full_cache_accuracy
 from pte_ray.tiny_task import DEFAULT_SPEC, TaskSpec, make_task, write_task
 
@@ -42,10 +43,8 @@ __all__ = [
     "write_task",
 ]
 
-log = logging.getLogger(__name__)
-
 # Bump when the build code changes what a recipe produces, so stale caches are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: metadata records the build environment
 
 TINY_DIMS: dict[str, Any] = {
     "hidden_size": 128,
@@ -293,6 +292,7 @@ def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
     )
     losses: list[float] = []
     model.train()
+    bar = progress(recipe.warm_steps, "tiny model warm-start", "step")
     with _seeded(recipe.seed):
         for step in range(recipe.warm_steps):
             warm = min(1.0, (step + 1) / max(1, recipe.warmup_steps))
@@ -314,8 +314,43 @@ def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1)
+    bar.close()
     model.eval()
     return losses
+
+
+def build_environment() -> dict[str, Any]:
+    """What a build's numbers depend on besides the recipe.
+
+    Training 1000 fp32 steps is chaotic: a different GEMM kernel (CPU model and vector ISA,
+    MKL's code path), thread count (reduction order) or library version (tokenizer merges,
+    initialisation) gives a different, equally valid model. Recorded so builds can be compared.
+    """
+    import tokenizers
+    import transformers
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def build_tiny(
@@ -329,7 +364,10 @@ def build_tiny(
     recipe = recipe or TinyRecipe()
 
     def build(out: Path) -> None:
-        log.info("building the tiny model (about 3 min on 2 CPU cores) -> %s", out.parent)
+        say(
+            f"building the tiny model once (3-6 min on 2 CPU cores; torch threads "
+            f"{torch.get_num_threads()}) -> {out.parent}"
+        )
         t0 = time.perf_counter()
         hf_tok = build_tokenizer(out, recipe)
         tok = raw_tokenizer(recipe)
@@ -339,6 +377,7 @@ def build_tiny(
         losses = _warm_start(model, tok, recipe, eos_id)
         t_eval = time.perf_counter()
         test = make_task(recipe.eval_n, recipe.seed, "test", recipe.task)
+        say(f"tiny model: measuring held-out accuracy on {len(test)} problems (~1 min)")
         greedy = full_cache_accuracy(model, tok, test, eos_id, sample=False, seed=recipe.seed)
         sampled = full_cache_accuracy(model, tok, test, eos_id, sample=True, seed=recipe.seed)
         model.save_pretrained(str(out), safe_serialization=True)
@@ -367,19 +406,14 @@ def build_tiny(
                 "eval": time.perf_counter() - t_eval,
                 "total": time.perf_counter() - t0,
             },
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "environment": build_environment(),
             "build_pid": os.getpid(),
         }
         (out / "pte_ray_tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
-        log.info(
-            "tiny model built in %.0f s: greedy accuracy %.2f, sampled %.2f, sampled under a "
-            "%d-token thought budget %.2f",
-            meta["seconds"]["total"],
-            greedy,
-            sampled,
-            recipe.eval_budget,
-            bounded,
+        say(
+            f"tiny model built in {meta['seconds']['total']:.0f} s: greedy accuracy {greedy:.2f}, "
+            f"sampled {sampled:.2f}, sampled under a {recipe.eval_budget}-token thought budget "
+            f"{bounded:.2f}"
         )
 
     return cached(
@@ -406,7 +440,6 @@ def build_tiny_task(
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     model_dir = build_tiny()
     files = build_tiny_task()

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pte_ray.config import Config, dump_config, load_config
 from pte_ray.prepare import prepare
+from pte_ray.progress import progress, say
 from pte_ray.rl.grpo import group_advantages
 from pte_ray.run_dir import RunDir
 
@@ -44,7 +44,14 @@ class Controller:
 
         self.cfg, self.run, self.started_ray = cfg, run, started_ray
         self.data = prepare(cfg)  # validates model path and every data row before any compute
+        say(
+            f"starting roles: {cfg.rollout.num_workers} rollout, {cfg.reward.num_workers} reward, "
+            f"{cfg.learner.num_learners} learner (a first start compiles DeepSpeed's Adam op, "
+            "~1 min)"
+        )
+        t0 = time.perf_counter()
         self.roles = start_roles(cfg, self.data.model_path)
+        say(f"roles ready in {time.perf_counter() - t0:.0f} s")
         self.step = 0
         self.weights: tuple[int, list[Any]] | None = None
         self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
@@ -226,14 +233,7 @@ class Controller:
 
         cfg = self.cfg
         self.weights = self.roles.learners.publish()  # every worker starts on the same version
-        bar = tqdm(
-            total=cfg.train.steps,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=None,
-        )
+        bar = progress(cfg.train.steps, "train", "step", initial=self.step)
         first = last = None
         lag = cfg.train.max_staleness
         ahead = ThreadPoolExecutor(1) if lag > 0 else None

@@ -147,6 +147,23 @@ def test_timeout_kills_and_replaces_worker_and_caches_verdict():
         assert v.score("\\boxed{\\frac{x^2-1}{x-1}}", "x+1") == (1.0, "ok")
 
 
+def test_replaced_worker_is_warm_before_it_takes_an_item():
+    """A fresh worker's first symbolic check costs ~2 s on a cold machine (lazy parser and sympy
+    set-up), as long as the default timeout: a cold replacement would score a right answer 0."""
+    with Verifier(RewardConfig()) as v:  # the default timeout, as in training
+        v.warm_up()
+        first = v._pool.workers[0]
+        assert first.ready and first.warmup_s > 0  # it ran the known pairs before serving
+        first.proc.kill()  # a crash, or the OOM killer
+        first.proc.wait()
+        # a pair no warm-up or cache has seen: the replacement parses and simplifies it
+        assert v.score("\\boxed{\\frac{y^2-9}{y+3}}", "y-3") == (1.0, "ok")
+        assert v.workers_replaced == 1 and v._pool.workers[0].warmup_s > 0
+        assert v.score(SLOW, "3") == (0.0, "timeout")  # killed and replaced once more
+        assert v.score("\\boxed{\\frac{t^3-t}{t}}", "t^2-1") == (1.0, "ok")
+        assert v.workers_replaced == 2
+
+
 def test_batch_with_two_workers_one_timeout():
     with Verifier(RewardConfig(timeout_s=0.75, workers=2)) as v:
         comps = [SLOW, "\\boxed{(x+1)^2}", "\\boxed{x^2+1}", "\\boxed{\\sqrt{8}}"]

@@ -242,12 +242,17 @@ def test_cache_root_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_default_tiny_model_has_room_to_climb() -> None:
     path = build_tiny()  # ~3 min once per machine; the default run and test_learning need it too
     meta = json.loads((path / "pte_ray_tiny.json").read_text())
-    # right on most problems with the whole context, mostly wrong under the bounded cache:
-    # the gap is what the default run (GRPO with PTE at that budget) climbs
+    # The exact model depends on the machine (README, "The tiny model"): builds seen so far
+    # scored sampled / bounded 0.73 / 0.17 and 0.89 / 0.30. What every build must give: right on
+    # most problems with the whole context, far less often under the bounded cache, yet not
+    # never (GRPO needs some right samples). That gap is what the default run climbs.
     assert meta["eval_budget"] == load_config(None).cache.budget
-    assert 0.05 <= meta["bounded_sampled_accuracy"] <= 0.5
-    assert meta["sampled_accuracy"] >= meta["bounded_sampled_accuracy"] + 0.2
-    assert meta["greedy_accuracy"] <= 0.95
+    assert meta["sampled_accuracy"] >= 0.5
+    assert meta["bounded_sampled_accuracy"] >= 0.05
+    assert meta["bounded_sampled_accuracy"] <= meta["sampled_accuracy"] - 0.3
+    env = meta["environment"]  # what the numbers depend on, recorded with them
+    assert env["torch"] == torch.__version__ and env["threads"] >= 1
+    assert {"transformers", "tokenizers", "cpu", "cpu_capability", "python"} <= set(env)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     row = make_task(1, seed=0, split="test")[0]

@@ -20,6 +20,7 @@ class RewardWorker:
                 format_bonus=c.format_bonus,
             )
         )
+        self.verifier.warm_up()  # a cold verifier would make the first step's items slow
 
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id}

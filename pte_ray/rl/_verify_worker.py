@@ -74,6 +74,33 @@ def check(pred: str, gold: str, percent_as_fraction: bool) -> str:
     return "mismatch" if parsed else "parse_error"
 
 
+# Pairs with known verdicts, run before the worker says it is ready. The first symbolic check in
+# a new process pays for lazy imports and parser set-up (~2 s on a cold 2-core machine, as long as
+# the default item timeout), so a cold worker would score a correct answer "timeout". Running these
+# first keeps start-up out of every item's deadline, and a wrong verdict here (a broken install)
+# is reported at start instead of silently scoring every answer 0.
+WARMUP = (
+    ("\\frac{x^2-1}{x-1}", "x+1", "ok"),
+    ("(x+1)^2", "x^2+2x+1", "ok"),
+    ("2\\sqrt{2}", "\\sqrt{8}", "ok"),
+    ("\\{1,2\\}", "\\{2,1\\}", "ok"),
+    ("1+3i", "3i+1", "ok"),
+    ("50\\%", "\\frac{1}{2}", "ok"),
+    ("x^2+1", "(x+1)^2", "mismatch"),
+)
+
+
+def warm_up() -> dict[str, object]:
+    """Runs ``WARMUP``; the ready message carries its time and any pair that went wrong."""
+    t0 = time.perf_counter()
+    wrong = []
+    for pred, gold, want in WARMUP:
+        got = check(pred, gold, True)
+        if got != want:
+            wrong.append(f"{pred} vs {gold}: {got}, expected {want}")
+    return {"warmup_s": round(time.perf_counter() - t0, 4), "warmup_wrong": wrong}
+
+
 def _exit_with_parent(parent: int) -> None:
     """Die when the parent does, even mid-computation (stdin EOF is only seen between items)."""
     while os.getppid() == parent:
@@ -100,7 +127,7 @@ def main() -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints from any library must not corrupt the protocol
-    out.write(json.dumps({"ready": os.getpid()}) + "\n")
+    out.write(json.dumps({"ready": os.getpid(), **warm_up()}) + "\n")
     for line in sys.stdin.buffer:
         req = json.loads(line)
         try:

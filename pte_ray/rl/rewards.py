@@ -90,7 +90,7 @@ def clear_caches() -> None:
 
 
 class _Worker:
-    """One ``python`` subprocess speaking JSON lines; ready once it has imported sympy."""
+    """One ``python`` subprocess speaking JSON lines; ready once warm (it checked known pairs)."""
 
     def __init__(self, mem_limit_mb: int) -> None:
         self.proc = subprocess.Popen(
@@ -102,7 +102,8 @@ class _Worker:
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.fd = self.proc.stdout.fileno()
         self._buf = b""
-        self.ready = False
+        self.ready = False  # set once it has run the warm-up pairs (``_verify_worker.WARMUP``)
+        self.warmup_s = 0.0
 
     def send(self, msg: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -134,7 +135,14 @@ class _Worker:
                     f"verifier worker exited during start-up (code {self.proc.wait()}); "
                     "is math-verify installed, and mem_limit_mb large enough?"
                 ) from None
-            self.ready = msg is not None and "ready" in msg
+            if msg is not None and "ready" in msg:
+                if msg.get("warmup_wrong"):
+                    raise RuntimeError(
+                        "verifier self-check failed at start-up (broken math-verify / "
+                        f"latex2sympy2_extended install?): {'; '.join(msg['warmup_wrong'])}"
+                    )
+                self.warmup_s = float(msg.get("warmup_s", 0.0))
+                self.ready = True
 
     def has_line(self) -> bool:
         return b"\n" in self._buf
@@ -164,6 +172,10 @@ class _WorkerPool:
         self.start_timeout_s = start_timeout_s
         self.workers = [_Worker(mem_limit_mb) for _ in range(max(1, n))]
         self.replaced = 0
+
+    def wait_ready(self) -> None:
+        for worker in self.workers:
+            worker.wait_ready(self.start_timeout_s)
 
     def _replace(self, slot: int) -> None:
         self.workers[slot].kill()
@@ -231,9 +243,10 @@ class _WorkerPool:
 class Verifier:
     """Scores completions against gold answers; ``with Verifier(cfg) as v: v.score(c, a)``.
 
-    Worker processes start lazily on the first item that needs one, so constructing a Verifier
-    (e.g. in a Ray actor's ``__init__``) is cheap; ``close()`` kills them. Safe to call from
-    several threads (the symbolic part is serialised). Linux/macOS: uses ``select`` on pipes.
+    Worker processes start on the first item that needs one, or at ``warm_up()``; each runs
+    known pairs before it takes items, so its start-up never counts against an item's timeout
+    (a cold worker would score a correct answer "timeout"). ``close()`` kills them. Safe to
+    call from several threads (the symbolic part is serialised). Linux/macOS: ``select`` on pipes.
     """
 
     def __init__(self, cfg: RewardConfig | None = None) -> None:
@@ -306,6 +319,16 @@ class Verifier:
         self.counts.clear()
         return counts
 
+    def warm_up(self) -> None:
+        """Starts the worker processes now and waits until each has warmed up.
+
+        Called where start-up may take time (a reward actor's constructor), so that no step
+        pays for it; items never do either way (an item's deadline starts when a warm worker
+        takes it).
+        """
+        with self._lock:
+            self._start_pool().wait_ready()
+
     @property
     def workers_replaced(self) -> int:
         return self._pool.replaced if self._pool else 0
@@ -341,9 +364,12 @@ class Verifier:
         if len(self._cache) > self.cfg.cache_size:
             self._cache.popitem(last=False)
 
-    def _pool_run(self, keys: list[tuple[str, str, bool]]) -> list[str]:
+    def _start_pool(self) -> _WorkerPool:
         if self._pool is None:
             self._pool = _WorkerPool(
                 self.cfg.workers, self.cfg.mem_limit_mb, self.cfg.start_timeout_s
             )
-        return self._pool.run(keys, self.cfg.timeout_s)
+        return self._pool
+
+    def _pool_run(self, keys: list[tuple[str, str, bool]]) -> list[str]:
+        return self._start_pool().run(keys, self.cfg.timeout_s)
