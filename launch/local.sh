@@ -39,7 +39,7 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
   train) setup; isolated "$PY" -m pte_ray.cli train "$@" ;;
-  test) setup; isolated "$PY" -m pytest -q "$@" ;;
+  test) setup; isolated "$PY" -m pytest -q -rs "$@" ;;
   run) setup; isolated "$@" ;;
   setup) setup ;;
   *) echo "usage: bash launch/local.sh {train|test|run|setup} [args...]" >&2; exit 2 ;;

@@ -44,10 +44,10 @@ class CacheSection(Section):
 
 
 class AdapterSection(Section):
-    method: Literal["base", "lora", "lora_c", "pte"] = "pte"
+    method: Literal["base", "lora", "lora_c", "global_only", "pte"] = "pte"
     rank: int = Field(default=8, ge=1)
     alpha: float = 16.0
-    global_tokens: int = Field(default=16, ge=1)
+    global_tokens: int = Field(default=32, ge=1)  # the paper's and the design's G
     targets: list[str] = ["q", "k", "v", "o"]
     attention: Literal["softmax", "linear"] = "softmax"
 
@@ -66,6 +66,7 @@ class GRPOSection(Section):
     clip_low: float = Field(default=0.2, ge=0.0)
     clip_high: float = Field(default=0.28, ge=0.0)
     kl_coef: float = Field(default=0.0, ge=0.0)
+    kl_clamp: float = Field(default=10.0, gt=0.0)  # |ref - logp| bound inside k3's exp
     loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
 
 
@@ -191,7 +192,14 @@ class Config(Section):
     def grpo_config(self) -> GRPOConfig:
         g = self.grpo
         return GRPOConfig(
-            g.group_size, g.use_std, 1e-6, g.clip_low, g.clip_high, g.kl_coef, g.loss_agg
+            g.group_size,
+            g.use_std,
+            1e-6,
+            g.clip_low,
+            g.clip_high,
+            g.kl_coef,
+            g.loss_agg,
+            g.kl_clamp,
         )
 
 

@@ -14,7 +14,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default=None, help="checkpoint dir with adapter.safetensors")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help="a text file, one prompt per line")
-    p.add_argument("--method", default=None, help="base|lora|lora_c|pte (default: adapter's)")
+    p.add_argument(
+        "--method", default=None, help="base|lora|lora_c|global_only|pte (default: adapter's)"
+    )
     p.add_argument("--budget", type=int, default=None, help="thought budget (default: adapter's)")
     p.add_argument("--budget-mode", default=None, choices=["thought", "total"])
     p.add_argument("--evict-ratio", type=float, default=None)

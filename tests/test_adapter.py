@@ -21,7 +21,7 @@ def _logits(model, adapter, prompts):
     return out
 
 
-@pytest.mark.parametrize("method", ["lora", "lora_c", "pte"])
+@pytest.mark.parametrize("method", ["lora", "lora_c", "global_only", "pte"])
 def test_zero_init_A_starts_at_the_base_model(random_ckpt, method):
     model = load_base(random_ckpt("qwen2"))
     adapter = Adapter(model.args, AdapterConfig(method=method, rank=4, global_tokens=8))

@@ -122,3 +122,11 @@ def test_empty_prompt_is_named(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
     with pytest.raises(ValueError, match="empty prompt"):
         generate(model, None, [[1, 2], []], SamplingParams(max_new_tokens=4), CacheConfig())
+
+
+def test_evict_count_has_no_float_error():
+    # 0.07 * 100 == 7.000000000000001 in binary floating point; ceil made it 8
+    assert CacheConfig(budget=100, evict_ratio=0.07).evict_count() == 7
+    assert CacheConfig(budget=64, evict_ratio=0.25).evict_count() == 16
+    assert CacheConfig(budget=10, evict_ratio=0.33).evict_count() == 4
+    assert CacheConfig(budget=3, evict_ratio=0.01).evict_count() == 1

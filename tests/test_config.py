@@ -81,3 +81,10 @@ def test_weight_snapshot_round_trips_bit_for_bit():
     assert set(back) == set(state)
     for k, v in state.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v)
+
+
+def test_defaults_agree_with_the_design():
+    cfg = load_config(None)
+    assert cfg.adapter.global_tokens == 32 == cfg.adapter_config().global_tokens
+    assert load_config(None, ["adapter.method=global_only"]).cache_config().bounded
+    assert not load_config(None, ["adapter.method=lora"]).cache_config().bounded

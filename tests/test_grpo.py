@@ -100,3 +100,31 @@ def test_bad_grpo_config_is_named():
         GRPOConfig(loss_agg="sum")
     with pytest.raises(ValueError, match="kl_coef"):
         GRPOConfig(kl_coef=-1)
+
+
+def test_padding_cannot_turn_the_loss_into_nan():
+    """Pads carry old = ref = 0; a pad log-prob below about -88 overflowed exp in k3, and a
+    weight of 0 does not cancel inf (0 * inf = NaN)."""
+    cfg = GRPOConfig(kl_coef=0.1)
+    mask = torch.tensor([[True, True, False, False]])
+    old = torch.tensor([[-1.0, -2.0, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0, 0.0]])
+    adv = torch.tensor([1.0])
+    grads = []
+    for pad in (-3.0, -200.0):
+        logp = torch.tensor([[-1.2, -1.8, pad, pad]], requires_grad=True)
+        loss = GRPOLoss(old, adv, mask, cfg, ref)(
+            logp, torch.zeros(1, 4), torch.tensor([0]), slice(0, 4)
+        )
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+        assert (logp.grad[0, 2:] == 0).all()
+        grads.append((float(loss.detach()), logp.grad.clone()))
+    assert grads[0][0] == grads[1][0] and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_k3_is_clamped():
+    kl = k3_kl(torch.tensor([-25.0]), torch.tensor([-1.0]), clamp=10.0)
+    assert torch.isfinite(kl).all() and float(kl) == pytest.approx(math.exp(10) - 11)
+    with pytest.raises(ValueError, match="kl_clamp"):
+        GRPOConfig(kl_clamp=0.0)

@@ -60,12 +60,12 @@ def test_replay_matches_rollout_logprobs(random_ckpt, method, cfg):
 
 
 def test_pte_state_changes_the_output(random_ckpt):
-    """With evictions, PTE differs from static LoRA (lora_c) of the same weights."""
+    """With evictions, PTE differs from its static ablation (global_only) of the same weights."""
     model = load_base(random_ckpt("qwen2"))
     cfg = CacheConfig(budget=8)
     completions = [list(range(50, 90))] * 2
     a = replay(model, _perturbed(model, "pte"), PROMPTS[:2], completions, cfg).logprobs
-    b = replay(model, _perturbed(model, "lora_c"), PROMPTS[:2], completions, cfg).logprobs
+    b = replay(model, _perturbed(model, "global_only"), PROMPTS[:2], completions, cfg).logprobs
     assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)  # before the first eviction: same
     assert (a[:, 10:] - b[:, 10:]).abs().max() > 1e-3
 

@@ -84,12 +84,15 @@ def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path
         ctl.shutdown()
 
 
-def test_two_learners_two_workers_uneven_groups(ray_cluster, base):
+@pytest.mark.parametrize("mini_batches", [2, 6])
+def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches):
     over = base(
         "train.steps=1",
         "train.prompts_per_step=3",
         "learner.num_learners=2",
-        "learner.mini_batches=2",  # uneven parts per rank: sizes are all-reduced
+        # 2: uneven parts per rank (sizes are all-reduced); 6: rank 1 (4 samples) has empty
+        # parts while rank 0 (8) has none, and must still reduce a gradient for every parameter
+        f"learner.mini_batches={mini_batches}",
         "rollout.num_workers=2",
         "rollout.num_cpus=0.25",
         "learner.num_cpus=0.25",

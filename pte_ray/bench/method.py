@@ -23,7 +23,7 @@ import torch
 
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
-from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.config import METHODS, AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
 
@@ -35,7 +35,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-mode", default="thought", choices=["thought", "total"])
     p.add_argument("--evict-ratio", type=float, default=0.25)
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--method", default="pte", choices=["base", "lora", "lora_c", "pte"])
+    p.add_argument("--method", default="pte", choices=list(METHODS))
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--global-tokens", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

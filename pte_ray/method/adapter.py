@@ -2,9 +2,11 @@
 
 Design section 1. Per layer l and target linear W: ``y = W x + (alpha/r) A (S_l (B x))`` with
 B in R^{r x d_in} (Kaiming), A in R^{d_out x G} (zero, so training starts at the base model) and
-S_l in R^{G x r} the thought state of the sequence. Targets that share an input (q/k/v,
-gate/up) share one B matmul. The encoders of all layers are stacked so an eviction folds every
-layer's evicted keys/values into the state in a handful of batched ops.
+S_l in R^{G x r} the thought state of the sequence. The plain-LoRA baselines (``lora``,
+``lora_c``) drop S: ``y = W x + (alpha/r) A (B x)`` with A in R^{d_out x r}, and no encoder.
+Targets that share an input (q/k/v, gate/up) share one B matmul. The encoders of all layers are
+stacked so an eviction folds every layer's evicted keys/values into the state in a handful of
+batched ops.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class LayerAdapter(nn.Module):
     ) -> None:
         super().__init__()
         d_in, d_out = _dims(a)
-        self.rank, self.g, self.scale = cfg.rank, cfg.global_tokens, cfg.alpha / cfg.rank
+        self.rank, self.scale = cfg.rank, cfg.alpha / cfg.rank
+        self.plain = not cfg.uses_state  # plain LoRA: A is d_out x r and there is no S
+        self.g = cfg.rank if self.plain else cfg.global_tokens
         self.B = nn.ParameterDict()
         self.A = nn.ParameterDict()
         self._subs: dict[str, list[tuple[str, int]]] = {}
@@ -71,22 +75,24 @@ class LayerAdapter(nn.Module):
             b = (torch.rand(len(hit) * cfg.rank, d_in[group], generator=gen) * 2 - 1) * bound
             self.B[group] = nn.Parameter(b.to(dtype=dtype, device=device))
             for t in hit:
-                self.A[t] = nn.Parameter(
-                    torch.zeros(d_out[t], cfg.global_tokens, dtype=dtype, device=device)
-                )
+                self.A[t] = nn.Parameter(torch.zeros(d_out[t], self.g, dtype=dtype, device=device))
             self._subs[group] = [(t, d_out[t]) for t in subs]
 
     def add_delta(
         self, group: str, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
     ) -> torch.Tensor:
-        """y + (alpha/r) A (S (B x)) for the fused output ``y`` of ``group``; S is [B, G, r]."""
+        """y + (alpha/r) A (S (B x)) for the fused output ``y`` of ``group``; S is [B, G, r]
+        (plain LoRA: y + (alpha/r) A (B x), no S)."""
         if group not in self.B:
             return y
-        assert s is not None, "an adapter needs a thought state"
         bsz, t, _ = x.shape
         h = F.linear(x, self.B[group])  # [B, T, n*r]
         n = h.shape[-1] // self.rank
-        z = torch.matmul(h.view(bsz, t * n, self.rank), s.transpose(1, 2))  # [B, T*n, G]
+        if self.plain:
+            z = h  # [B, T, n*r]
+        else:
+            assert s is not None, "a thought-state adapter needs a state"
+            z = torch.matmul(h.view(bsz, t * n, self.rank), s.transpose(1, 2))  # [B, T*n, G]
         blocks = [
             self.A[name] if name in self.A else y.new_zeros(width, 0)
             for name, width in self._subs[group]
@@ -157,26 +163,28 @@ class Adapter(nn.Module):
         self.layers = nn.ModuleList(
             LayerAdapter(args, cfg, gen, dtype, device) for _ in range(args.n_layers)
         )
-        self.encoder = ThoughtEncoder(args, cfg, gen, dtype, device)
+        self.encoder = ThoughtEncoder(args, cfg, gen, dtype, device) if cfg.uses_state else None
 
-    def initial_state(self, batch: int) -> torch.Tensor:
-        """S_0 for every row: [L, B, G, r]. Reset for every new rollout."""
+    def initial_state(self, batch: int) -> torch.Tensor | None:
+        """S_0 for every row: [L, B, G, r] (None for plain LoRA). Reset for every rollout."""
+        if self.encoder is None:
+            return None
         s0 = self.encoder.initial_state()
         return s0[:, None].expand(-1, batch, -1, -1)
 
     def fold(
         self,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         k_evicted: torch.Tensor,
         v_evicted: torch.Tensor,
         valid: torch.Tensor,
         rows: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """S <- Norm(S + Enc(K_e, V_e)) for the evicting ``rows`` [B] bool; others unchanged.
 
-        Static LoRA (``lora``, ``lora_c``) keeps S fixed, so it returns ``state`` as is.
+        Every other method keeps its state (S_0, or none), so it returns ``state`` as is.
         """
-        if not self.cfg.dynamic:
+        if not self.cfg.dynamic or self.encoder is None or state is None:
             return state
         new = rms_normalise(state + self.encoder.encode(k_evicted, v_evicted, valid))
         return torch.where(rows[None, :, None, None], new, state)

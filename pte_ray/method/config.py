@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
-METHODS = ("base", "lora", "lora_c", "pte")
+METHODS = ("base", "lora", "lora_c", "global_only", "pte")
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 BudgetMode = Literal["thought", "total"]
-Method = Literal["base", "lora", "lora_c", "pte"]
+Method = Literal["base", "lora", "lora_c", "global_only", "pte"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,14 @@ class CacheConfig:
         return self.budget is not None
 
     def evict_count(self) -> int:
-        """Tokens evicted at once: ceil(evict_ratio * budget) (design section 1)."""
+        """Tokens evicted at once: ceil(evict_ratio * budget) (design section 1).
+
+        Computed on the decimal value of the ratio, so float error cannot round up a product
+        that is a whole number (0.07 * 100 is 7.000000000000001 in binary floating point).
+        """
         assert self.budget is not None
-        return max(1, math.ceil(self.evict_ratio * self.budget))
+        exact = Fraction(repr(float(self.evict_ratio))) * self.budget
+        return max(1, math.ceil(exact))
 
     def thought_capacity(self, prompt_len: int, max_new_tokens: int) -> int:
         """How many thought tokens one row may hold before it must evict."""
@@ -62,7 +68,12 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """PTE adapter: thought encoder + dynamic LoRA (design section 1)."""
+    """The trained adapter of each method (design section 1, the paper's Table 1 rows).
+
+    ``lora`` / ``lora_c``: plain LoRA ``W x + (alpha/r) A B x`` (full / bounded cache).
+    ``global_only``: ``A S_0 B`` with S_0 from the global tokens, never updated (the paper's
+    ablation). ``pte``: ``A S B`` with S folded from every eviction.
+    """
 
     method: Method = "pte"
     rank: int = 8
@@ -92,8 +103,13 @@ class AdapterConfig:
         return self.method != "base"
 
     @property
+    def uses_state(self) -> bool:
+        """Methods whose LoRA goes through a thought state S (and so have an encoder)."""
+        return self.method in ("global_only", "pte")
+
+    @property
     def dynamic(self) -> bool:
-        """Only PTE folds evicted tokens into the state; static LoRA keeps S = S_0."""
+        """Only PTE folds evicted tokens into the state; ``global_only`` keeps S = S_0."""
         return self.method == "pte"
 
 

@@ -76,7 +76,8 @@ def generate(
     gen = None
     if sp.seed is not None:
         gen = torch.Generator(device=dev).manual_seed(sp.seed)
-    state = adapter.initial_state(b).contiguous() if adapter is not None else None
+    state = adapter.initial_state(b) if adapter is not None else None
+    state = state.contiguous() if state is not None else None
     eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
     step = step_fn or model.forward
 

@@ -2,10 +2,17 @@
 
 The completion is cut at its eviction steps. Each segment is one teacher-forced forward against
 the bounded cache as it stood during the rollout; after it, the segment's loss is back-propagated
-at once and the cache contents and thought state are detached (truncated back-propagation), so
-nothing of an earlier segment stays in the graph. Gradient reaches the thought encoder through
-the state update computed at the segment's start. Rows with the same eviction schedule (all rows
-in mode ``thought``; rows of equal prompt length in mode ``total``, which includes every GRPO
+at once and the thought tokens it wrote and the thought state are detached (truncated
+back-propagation, design section 1), so nothing of an earlier segment stays in the graph.
+Gradient reaches the thought encoder through the state update computed at the segment's start.
+
+What is never detached is what the prefill made: the prompt's keys/values (never evicted, and
+changed by the adapter), the initial state S_0 (a function of the global tokens) and the first
+token's logits. Every segment reads them, so they enter each segment as leaf copies whose
+gradients add up, and one backward through the prefill at the end carries the sum on: the exact
+gradient through the whole never-evicted context at O(P) memory, and with no eviction exactly
+the gradient of one full-context backward. Rows with the same eviction schedule (all rows in
+mode ``thought``; rows of equal prompt length in mode ``total``, which includes every GRPO
 group) replay together.
 """
 
@@ -48,6 +55,45 @@ def _groups(
     return out
 
 
+class _Prefill:
+    """The prefill's outputs that every segment reads, as leaves (see the module docstring)."""
+
+    def __init__(self, roots: list[torch.Tensor], grad: bool) -> None:
+        self.roots = roots
+        self.leaves = [r.detach().requires_grad_(r.requires_grad) for r in roots] if grad else roots
+
+    def backward(self) -> None:
+        """One backward through the prefill with the gradients the segments left on the leaves."""
+        pairs = [(r, x.grad) for r, x in zip(self.roots, self.leaves) if x.grad is not None]
+        if pairs:
+            torch.autograd.backward([r for r, _ in pairs], [g for _, g in pairs])
+
+
+def _restart(cache: BoundedCache, prompt_kv: list[torch.Tensor]) -> None:
+    """Cache for the next segment: the prompt's K/V leaves + the thought region, detached."""
+    p = cache.p_max
+    it = iter(prompt_kv)
+    cache.kv = [
+        (
+            torch.cat([next(it), k[:, :, p:].detach()], 2),
+            torch.cat([next(it), v[:, :, p:].detach()], 2),
+        )
+        for k, v in cache.kv
+    ]
+
+
+def _check_schedule(
+    rows: list[int], completions: list[list[int]], sched: list[int], steps: list[list[int]]
+) -> None:
+    for i in rows:
+        want = [s for s in sched if s < len(completions[i]) - 1]
+        if list(steps[i]) != want:
+            raise ValueError(
+                f"row {i}: rollout evicted at {steps[i][:8]}, replay expects "
+                f"{want[:8]}: the rollout used another cache config or prompt"
+            )
+
+
 def replay(
     model: Transformer,
     adapter: Adapter | None,
@@ -72,63 +118,96 @@ def replay(
     if any(len(c) == 0 for c in completions):
         raise ValueError("replay needs at least one completion token per row")
     dev = model.device
-    b = len(prompts)
-    t_max = max(len(c) for c in completions)
-    max_new = max_new_tokens or t_max
-    logp_out = torch.zeros(b, t_max, device=dev)
-    ent_out = torch.zeros(b, t_max, device=dev)
-    lens = torch.tensor([len(c) for c in completions], device=dev)
-    mask = torch.arange(t_max, device=dev)[None] < lens[:, None]
-    n_segments, total_loss = 0, 0.0
-    grad = loss_fn is not None
-    for (cap, e), rows in _groups(prompts, cache_cfg, max_new).items():
+    b, t_max = len(prompts), max(len(c) for c in completions)
+    out = Replayed(
+        torch.zeros(b, t_max, device=dev),
+        torch.zeros(b, t_max, device=dev),
+        torch.arange(t_max, device=dev)[None]
+        < torch.tensor([len(c) for c in completions], device=dev)[:, None],
+        0,
+        0.0,
+    )
+    for (cap, e), rows in _groups(prompts, cache_cfg, max_new_tokens or t_max).items():
         t_g = max(len(completions[i]) for i in rows)
         sched = eviction_schedule(cap, e, t_g - 1)
         if eviction_steps is not None:
-            for i in rows:
-                want = [s for s in sched if s < len(completions[i]) - 1]
-                if list(eviction_steps[i]) != want:
-                    raise ValueError(
-                        f"row {i}: rollout evicted at {eviction_steps[i][:8]}, replay expects "
-                        f"{want[:8]}: the rollout used another cache config or prompt"
-                    )
-        rows_t = torch.tensor(rows, device=dev)
+            _check_schedule(rows, completions, sched, eviction_steps)
         toks = torch.full((len(rows), t_g), pad_id, dtype=torch.long)
         for j, i in enumerate(rows):
             toks[j, : len(completions[i])] = torch.tensor(completions[i])
-        toks = toks.to(dev)
-        bounds = [0, *sched, t_g - 1] if t_g > 1 else [0, 0]
-        with torch.set_grad_enabled(grad):
-            cache = BoundedCache(model, [len(prompts[i]) for i in rows], cache_cfg, max_new)
-            state = adapter.initial_state(len(rows)) if adapter is not None else None
-            ids, pos, slots, pmask = cache.prefill_inputs([prompts[i] for i in rows], pad_id)
-            max_pos = cache.p_max + t_g + 1
-            first, cache.kv = model(ids, pos, cache.kv, slots, pmask, adapter, state, True, max_pos)
-            cache.detach_()
-            for a, z in zip(bounds[:-1], bounds[1:]):
-                if a in sched:
-                    ev = cache.evict(cache.due())
-                    if adapter is not None and state is not None:
-                        state = adapter.fold(state.detach(), ev.keys, ev.values, ev.valid, ev.rows)
-                parts = [first] if a == 0 else []
-                if z > a:
-                    pos, slots, smask = cache.step_inputs(z - a)
-                    logits, cache.kv = model(
-                        toks[:, a:z], pos, cache.kv, slots, smask, adapter, state
-                    )
-                    parts.append(logits)
-                logits = torch.cat(parts, dim=1)
-                lo = 0 if a == 0 else a + 1
-                cols = slice(lo, z + 1)
-                logp = token_logprobs(logits, toks[:, cols], temperature)
-                ent = entropy(logits.detach(), temperature)
-                if loss_fn is not None:
-                    loss = loss_fn(logp, ent, rows_t, cols)
-                    if loss.requires_grad:
-                        loss.backward()
-                    total_loss += float(loss.detach())
-                logp_out[rows_t, cols] = logp.detach()
-                ent_out[rows_t, cols] = ent
-                cache.detach_()
-                n_segments += 1
-    return Replayed(logp_out * mask, ent_out * mask, mask, n_segments, total_loss)
+        with torch.set_grad_enabled(loss_fn is not None):
+            _replay_group(
+                model,
+                adapter,
+                [prompts[i] for i in rows],
+                toks.to(dev),
+                sched,
+                torch.tensor(rows, device=dev),
+                cache_cfg,
+                max_new_tokens or t_max,
+                temperature,
+                loss_fn,
+                pad_id,
+                out,
+            )
+    out.logprobs *= out.mask
+    out.entropy *= out.mask
+    return out
+
+
+def _replay_group(
+    model: Transformer,
+    adapter: Adapter | None,
+    prompts: list[list[int]],
+    toks: torch.Tensor,
+    sched: list[int],
+    rows_t: torch.Tensor,
+    cache_cfg: CacheConfig,
+    max_new: int,
+    temperature: float,
+    loss_fn: LossFn | None,
+    pad_id: int,
+    out: Replayed,
+) -> None:
+    """Rows that share one eviction schedule: prefill, then one forward per segment."""
+    grad = loss_fn is not None
+    t_g = toks.shape[1]
+    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, max_new)
+    s0 = adapter.initial_state(len(prompts)) if adapter is not None else None
+    ids, pos, slots, pmask = cache.prefill_inputs(prompts, pad_id)
+    first, kv = model(ids, pos, cache.kv, slots, pmask, adapter, s0, True, cache.p_max + t_g + 1)
+    prompt_kv = [x[:, :, : cache.p_max] for pair in kv for x in pair]
+    pre = _Prefill([first, *prompt_kv] + ([s0] if s0 is not None else []), grad)
+    first, state = pre.leaves[0], (pre.leaves[-1] if s0 is not None else None)
+    cache.kv = kv
+    leaves_kv = pre.leaves[1 : 1 + len(prompt_kv)]
+    if grad:
+        _restart(cache, leaves_kv)
+    bounds = [0, *sched, t_g - 1] if t_g > 1 else [0, 0]
+    for a, z in zip(bounds[:-1], bounds[1:]):
+        if a in sched:
+            ev = cache.evict(cache.due())
+            if adapter is not None and state is not None and adapter.cfg.dynamic:
+                # truncated: S from earlier segments is detached; the fold itself has grad
+                state = adapter.fold(state.detach(), ev.keys, ev.values, ev.valid, ev.rows)
+        parts = [first] if a == 0 else []
+        if z > a:
+            pos, slots, smask = cache.step_inputs(z - a)
+            logits, cache.kv = model(toks[:, a:z], pos, cache.kv, slots, smask, adapter, state)
+            parts.append(logits)
+        logits = torch.cat(parts, dim=1)
+        cols = slice(0 if a == 0 else a + 1, z + 1)
+        logp = token_logprobs(logits, toks[:, cols], temperature)
+        ent = entropy(logits.detach(), temperature)
+        if loss_fn is not None:
+            loss = loss_fn(logp, ent, rows_t, cols)
+            if loss.requires_grad:
+                loss.backward()
+            out.loss += float(loss.detach())
+        out.logprobs[rows_t, cols] = logp.detach()
+        out.entropy[rows_t, cols] = ent
+        if grad:
+            _restart(cache, leaves_kv)
+        out.segments += 1
+    if grad:
+        pre.backward()

@@ -22,6 +22,7 @@ class GRPOConfig:
     clip_high: float = 0.28
     kl_coef: float = 0.0
     loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
+    kl_clamp: float = 10.0  # |ref - logp| is clamped here before k3's exp (verl: 10)
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
@@ -32,6 +33,8 @@ class GRPOConfig:
             )
         if self.kl_coef < 0:
             raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef!r}")
+        if self.kl_clamp <= 0:
+            raise ValueError(f"grpo.kl_clamp must be > 0, got {self.kl_clamp!r}")
         if self.loss_agg not in ("token-mean", "seq-mean"):
             raise ValueError(
                 f"grpo.loss_agg must be 'token-mean' or 'seq-mean', got {self.loss_agg!r}"
@@ -61,9 +64,13 @@ def token_weights(mask: torch.Tensor, agg: str) -> torch.Tensor:
     return per_seq / max(mask.shape[0], 1)
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
-    d = ref_logp - logp
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref): exp(d) - d - 1 >= 0 with d = ref - logp.
+
+    k3 is unbounded (2.6e10 at logp -25 vs ref -1: one token would swamp a step), so d is
+    clamped to [-clamp, clamp] first; the gradient is zero where the clamp bites.
+    """
+    d = (ref_logp - logp).clamp(-clamp, clamp)
     return torch.exp(d) - d - 1.0
 
 
@@ -73,8 +80,18 @@ def token_loss(
     adv: torch.Tensor,
     cfg: GRPOConfig,
     ref_logp: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token GRPO loss (same shape as ``logp``; ``adv`` broadcasts) and per-token stats."""
+    """Per-token GRPO loss (same shape as ``logp``; ``adv`` broadcasts) and per-token stats.
+
+    ``mask`` marks real tokens. Padding is taken out with ``torch.where`` before any ``exp``:
+    a weight of 0 does not cancel an overflow (0 * inf = NaN), and a pad token's log-prob can
+    be anything. Padded positions get loss 0 and no gradient.
+    """
+    if mask is not None:
+        logp = torch.where(mask, logp, old_logp.detach())
+        if ref_logp is not None:
+            ref_logp = torch.where(mask, ref_logp, logp.detach())
     ratio = torch.exp(logp - old_logp)
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
@@ -83,7 +100,7 @@ def token_loss(
     if cfg.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs")
-        kl = k3_kl(logp, ref_logp)
+        kl = k3_kl(logp, ref_logp, cfg.kl_clamp)
         loss = loss + cfg.kl_coef * kl
         stats["kl"] = kl.detach()
     return loss, stats
@@ -118,7 +135,10 @@ class GRPOLoss:
         w = self.weights[rows][:, cols]
         ref = self.ref_logp[rows][:, cols] if self.ref_logp is not None else None
         adv = self.adv[rows][:, None]
-        loss_tok, st = token_loss(logp, self.old_logp[rows][:, cols], adv, self.cfg, ref)
+        m = self.mask[rows][:, cols]
+        loss_tok, st = token_loss(logp, self.old_logp[rows][:, cols], adv, self.cfg, ref, m)
+        if not m.all():
+            loss_tok = torch.where(m, loss_tok, torch.zeros_like(loss_tok))
         loss = (w * loss_tok).sum()
         with torch.no_grad():
             self.sums["loss"] += float(loss)

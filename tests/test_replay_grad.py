@@ -1,0 +1,151 @@
+"""Replay's gradients against exact fp64 references (values alone can hide a wrong gradient).
+
+(a) With no eviction, segment replay must give exactly the gradient of one plain full-context
+forward + backward: nothing is truncated then. (b) With evictions, it must equal a token-by-token
+implementation of the design's truncated back-propagation: at each eviction the thought tokens
+in the cache and the state S are detached, the fold itself keeps its grad, and the prompt's
+keys/values (never evicted) and S_0 of the static ``global_only`` keep theirs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pte_ray.method.adapter import Adapter
+from pte_ray.method.cache import BoundedCache
+from pte_ray.method.checkpoint import load_base
+from pte_ray.method.config import AdapterConfig, CacheConfig
+from pte_ray.method.replay import replay
+from pte_ray.method.sampling import token_logprobs
+
+PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)]]
+COMPLETIONS = [list(range(50, 90)), list(range(60, 85)), list(range(100, 137))]
+
+
+def _setup(random_ckpt, method: str):
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    adapter = Adapter(
+        model.args, AdapterConfig(method=method, rank=4, global_tokens=8), dtype=torch.float64
+    )
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # A off zero, so every parameter gets a gradient
+        for name, p in adapter.named_parameters():
+            if ".A." in name:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.1)
+    weights = torch.rand(len(PROMPTS), max(map(len, COMPLETIONS)), generator=gen).double()
+    for i, c in enumerate(COMPLETIONS):
+        weights[i, len(c) :] = 0.0  # a loss on real tokens only, as GRPO's
+    return model, adapter, weights
+
+
+def _grads(adapter: Adapter) -> dict[str, torch.Tensor]:
+    out = {n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None}
+    adapter.zero_grad(set_to_none=True)
+    return out
+
+
+def _replay_grads(model, adapter, weights, cfg) -> dict[str, torch.Tensor]:
+    def loss_fn(lp, ent, rows, cols):
+        return -(lp * weights[rows][:, cols]).sum()
+
+    replay(model, adapter, PROMPTS, COMPLETIONS, cfg, 1.0, 64, loss_fn=loss_fn)
+    return _grads(adapter)
+
+
+def _full_context_grads(model, adapter, weights) -> dict[str, torch.Tensor]:
+    """One teacher-forced forward over prompt + completion per row, one backward."""
+    total = 0.0
+    for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS, strict=True)):
+        ids = torch.tensor([p + c[:-1]])
+        n = ids.shape[1]
+        pos = torch.arange(n)[None]
+        mask = torch.ones(n, n, dtype=torch.bool).tril()[None]
+        state = adapter.initial_state(1)
+        logits, _ = model(ids, pos, model.new_kv(1, n), pos, mask, adapter, state)
+        lp = token_logprobs(logits[:, len(p) - 1 :], torch.tensor([c]), 1.0)
+        total = total - (lp * weights[i, : len(c)]).sum()
+    total.backward()
+    return _grads(adapter)
+
+
+def _truncated_token_by_token_grads(model, adapter, weights, cfg) -> dict[str, torch.Tensor]:
+    """The design's truncated back-propagation, one token at a time, one backward at the end."""
+    total = 0.0
+    for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS, strict=True)):
+        cache = BoundedCache(model, [len(p)], cfg, 64)
+        state = adapter.initial_state(1)
+        ids, pos, slots, mask = cache.prefill_inputs([p], 0)
+        logits, cache.kv = model(ids, pos, cache.kv, slots, mask, adapter, state, True, 200)
+        total = total - weights[i, 0] * token_logprobs(logits, torch.tensor([[c[0]]]), 1.0)[0, 0]
+        for t in range(1, len(c)):
+            due = cache.due()
+            if due:
+                pm = cache.p_max  # earlier thought tokens leave the graph; the prompt stays
+                cache.kv = [
+                    (torch.cat([k[:, :, :pm], k[:, :, pm:].detach()], 2),
+                     torch.cat([v[:, :, :pm], v[:, :, pm:].detach()], 2))
+                    for k, v in cache.kv
+                ]  # fmt: skip
+                ev = cache.evict(due)
+                if adapter.cfg.dynamic:
+                    state = adapter.fold(state.detach(), ev.keys, ev.values, ev.valid, ev.rows)
+            pos, slots, mask = cache.step_inputs(1)
+            tok = torch.tensor([[c[t - 1]]])
+            logits, cache.kv = model(tok, pos, cache.kv, slots, mask, adapter, state)
+            lp = token_logprobs(logits, torch.tensor([[c[t]]]), 1.0)[0, 0]
+            total = total - weights[i, t] * lp
+    total.backward()
+    return _grads(adapter)
+
+
+def _assert_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys() and want
+    for name, g in want.items():
+        assert g.abs().max() > 0, f"{name}: zero reference gradient"
+        rel = (got[name] - g).norm() / g.norm()
+        assert rel < 1e-10, f"{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("method", "cfg"),
+    [
+        ("pte", CacheConfig(budget=64)),  # bounded, but nothing is ever evicted here
+        ("global_only", CacheConfig(budget=64)),
+        ("lora_c", CacheConfig(budget=64)),
+        ("lora", CacheConfig(budget=None)),
+    ],
+)
+def test_no_eviction_replay_equals_one_full_context_backward(random_ckpt, method, cfg):
+    model, adapter, weights = _setup(random_ckpt, method)
+    _assert_equal(
+        _replay_grads(model, adapter, weights, cfg), _full_context_grads(model, adapter, weights)
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "cfg"),
+    [
+        ("pte", CacheConfig(budget=8)),
+        ("pte", CacheConfig(budget=24, budget_mode="total")),  # rows evict at different steps
+        ("global_only", CacheConfig(budget=8)),
+        ("lora_c", CacheConfig(budget=8, evict_ratio=0.5)),
+    ],
+)
+def test_replay_equals_token_by_token_truncated_backprop(random_ckpt, method, cfg):
+    model, adapter, weights = _setup(random_ckpt, method)
+    want = _truncated_token_by_token_grads(model, adapter, weights, cfg)
+    _assert_equal(_replay_grads(model, adapter, weights, cfg), want)
+
+
+def test_plain_lora_has_no_state_and_global_only_keeps_s0(random_ckpt):
+    model = load_base(random_ckpt("qwen2"))
+    lora = Adapter(model.args, AdapterConfig(method="lora_c", rank=4, global_tokens=8))
+    assert lora.encoder is None and lora.initial_state(2) is None
+    assert lora.layers[0].A["q"].shape == (model.args.q_dim, 4)  # d_out x r, not d_out x G
+    glob = Adapter(model.args, AdapterConfig(method="global_only", rank=4, global_tokens=8))
+    s0 = glob.initial_state(2)
+    k = torch.randn(model.args.n_layers, 2, 3, model.args.kv_dim)
+    every = torch.ones(2, 3, dtype=torch.bool)
+    folded = glob.fold(s0, k, k, every, torch.ones(2, dtype=torch.bool))
+    assert torch.equal(folded, s0)
