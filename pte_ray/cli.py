@@ -1,4 +1,4 @@
-"""`pte-ray` entry points: train, generate, bench."""
+"""`pte-ray` entry points: train, eval, generate, bench."""
 
 from __future__ import annotations
 
@@ -32,6 +32,29 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.config, args.overrides, resume=args.resume)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pte_ray.evaluate import eval_config, evaluate, table
+
+    cfg = eval_config(args.config, args.overrides, args.adapter)
+    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    res = evaluate(
+        cfg,
+        args.adapter,
+        args.bench or ["tiny"],
+        samples=args.samples,
+        ks=ints(args.pass_k) if args.pass_k else None,
+        seeds=ints(args.seeds),
+        out_dir=args.out,
+        batch=args.batch,
+        limit=args.limit,
+        device=args.device,
+    )
+    for metric in next(iter(res["benchmarks"].values())):
+        print(table(res, metric))
+    print(f"wrote {res['out_dir']}/results.json and completions.parquet", file=sys.stderr)
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from pte_ray.generate import main as generate_main
 
@@ -47,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
     t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="accuracy of a checkpoint (or the base model) on benchmarks")
+    e.add_argument("--config", default=None, help="YAML config (model, cache, sampling, data)")
+    e.add_argument("--adapter", default=None, help="checkpoint dir (none: the base model)")
+    e.add_argument(
+        "--bench",
+        action="append",
+        default=[],
+        help="math500 | gsm8k | aime (bundled samples) | tiny | a JSONL/Parquet path; repeatable",
+    )
+    e.add_argument("--samples", type=int, default=1, help="completions per problem (n)")
+    e.add_argument("--pass-k", default=None, help="k values for pass@k, e.g. 1,4 (default 1,n)")
+    e.add_argument("--seeds", default="0", help="comma-separated seeds: mean +- std over them")
+    e.add_argument("--out", default=None, help="output dir (default runs/eval-<time>)")
+    e.add_argument("--batch", type=int, default=32, help="sequences per generate call")
+    e.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
+    e.set_defaults(func=_eval)
 
     g = sub.add_parser("generate", help="generate with a checkpoint under the bounded cache")
     from pte_ray.generate import add_args as add_generate_args
@@ -70,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"pte-ray: error: {e}", file=sys.stderr)
         return 2
 

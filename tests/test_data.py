@@ -107,7 +107,8 @@ BAD_JSONL = [
     ({2: b'{"answer": "1"}'}, "row 2: missing column 'prompt'"),
     ({5: b'{"prompt": "hi"}'}, "row 5: missing column 'answer'"),
     ({6: b'{"prompt": "   ", "answer": "1"}'}, "row 6: empty prompt"),
-    ({7: b'{"prompt": "hi", "answer": 12}'}, "row 7: answer is int, expected a string"),
+    ({7: b'{"prompt": "hi", "answer": 1.5}'}, "row 7: answer is float, expected a string"),
+    ({7: b'{"prompt": "hi", "answer": true}'}, "row 7: answer is bool, expected a string"),
     ({8: b'{"prompt": "hi", "answer": ""}'}, "row 8: empty answer"),
     ({9: b'["prompt", "answer"]'}, "row 9: row is a list"),
     ({1: b'{"prompt": ["a"], "answer": "1"}'}, "row 1: prompt is list"),
@@ -300,3 +301,8 @@ def test_rollout_writer_rejects_bad_rows(tmp_path: Path, change, match: str):
     with pytest.raises(ValueError, match=match):
         RolloutWriter(tmp_path).write(1, rows)
     assert not list((tmp_path / "rollouts").iterdir())
+
+
+def test_integer_answers_are_read_as_text(tmp_path: Path):
+    path = write_jsonl(tmp_path / "aime.jsonl", [{"prompt": "p", "answer": 204}])
+    assert load_prompts(DataConfig(path=str(path)))[0].answer == "204"

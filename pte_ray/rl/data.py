@@ -191,6 +191,8 @@ def _validate(rec: Any, cfg: DataConfig) -> tuple[str, list[dict[str, str]] | No
     if cfg.answer_key not in rec:
         return _Bad(f"missing column {cfg.answer_key!r}")
     answer = rec[cfg.answer_key]
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        answer = str(answer)  # AIME-style sets store integer answers
     if not isinstance(answer, str):
         return _Bad(f"answer is {type(answer).__name__}, expected a string (quote it)")
     if not answer.strip():

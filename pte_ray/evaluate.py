@@ -1,0 +1,290 @@
+"""`pte-ray eval`: accuracy of a checkpoint (or the base model) on math benchmarks.
+
+The same engine as training (the method layer's bounded-cache decode) and the same verifier, so
+an evaluation number means what a training reward means. For each benchmark and seed it draws
+``samples`` completions per problem and reports mean@n (the fraction right) and the unbiased
+pass@k (Chen et al., 2021: 1 - C(n-c, k) / C(n, k)); over seeds, mean and std. Small public
+samples in the MATH500, GSM8K and AIME formats ship in ``pte_ray/evalsets`` so it runs offline;
+real sets are passed by path. Output goes to a temp folder renamed into place when complete,
+so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pte_ray.config import Config, load_config
+from pte_ray.progress import progress
+from pte_ray.rl.data import DataConfig, load_dataset, render_prompt
+from pte_ray.rl.rewards import RewardConfig, Verifier
+
+EVALSETS = Path(__file__).with_name("evalsets")
+BUNDLED = {"math500": "math500.jsonl", "gsm8k": "gsm8k.jsonl", "aime": "aime.jsonl"}
+PROMPT_KEYS = ("prompt", "problem", "question", "Problem", "Question")
+ANSWER_KEYS = ("answer", "Answer")
+ADAPTER_KEYS = ("method", "rank", "alpha", "global_tokens", "targets", "attention")
+
+
+@dataclass
+class Bench:
+    name: str
+    path: str
+    prompt_key: str
+    answer_key: str
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def resolve_bench(spec: str, cfg: Config) -> Bench:
+    """A bundled name (math500, gsm8k, aime), 'tiny' (the tiny task's test split) or a path."""
+    if spec in BUNDLED:
+        path, name = EVALSETS / BUNDLED[spec], spec
+    elif spec == "tiny":
+        from pte_ray.tiny import build_tiny_task
+
+        path, name = build_tiny_task()["test"], spec
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"benchmark {spec!r}: no such file or directory (bundled: {sorted(BUNDLED)}, tiny)"
+            )
+        name = path.stem
+    first = _first_row(path)
+    pkey = next((k for k in (cfg.data.prompt_key, *PROMPT_KEYS) if k in first), None)
+    akey = next((k for k in (cfg.data.answer_key, *ANSWER_KEYS) if k in first), None)
+    if pkey is None or akey is None:
+        raise ValueError(
+            f"benchmark {path}: row 1 has columns {sorted(first)}; need a prompt column "
+            f"({', '.join(PROMPT_KEYS)} or data.prompt_key) and an answer column "
+            f"({', '.join(ANSWER_KEYS)} or data.answer_key)"
+        )
+    return Bench(name, str(path), pkey, akey)
+
+
+def _first_row(path: Path) -> dict[str, Any]:
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    for f in files:
+        if f.suffix == ".parquet":
+            return {k: None for k in pq.read_schema(f).names}
+        if f.suffix in (".jsonl", ".json"):
+            with f.open() as fh:
+                line = fh.readline()
+            row = json.loads(line) if f.suffix == ".jsonl" else json.loads(f.read_text())[0]
+            return row if isinstance(row, dict) else {}
+    raise ValueError(f"benchmark {path}: no .jsonl, .json or .parquet file")
+
+
+def eval_config(config: str | None, overrides: list[str], adapter_dir: str | None) -> Config:
+    """The run config with the adapter's own settings; a flag that contradicts them is an error."""
+    if adapter_dir is None:
+        return load_config(config, ["adapter.method=base", *overrides])
+    meta_file = Path(adapter_dir) / "adapter.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"--adapter {adapter_dir}: no adapter.json (not a checkpoint?)")
+    saved = json.loads(meta_file.read_text()).get("adapter", {})
+    asked = load_config(config, overrides).adapter
+    explicit = {o.split("=", 1)[0].strip() for o in overrides}
+    for key in ADAPTER_KEYS:
+        want, have = getattr(asked, key), saved.get(key)
+        if have is not None and f"adapter.{key}" in explicit and _norm(want) != _norm(have):
+            raise ValueError(
+                f"adapter.{key}={want!r} does not match the checkpoint {meta_file} "
+                f"(trained with {key}={have!r})"
+            )
+    keep = [f"adapter.{k}={json.dumps(saved[k])}" for k in ADAPTER_KEYS if k in saved]
+    return load_config(config, [*keep, *overrides])
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+class _Engine:
+    """Model + adapter on one device, and the verifier."""
+
+    def __init__(self, cfg: Config, adapter_dir: str | None, device: str) -> None:
+        from transformers import AutoTokenizer
+
+        from pte_ray.engines.torch_engine import resolve_dtype
+        from pte_ray.method.adapter import Adapter
+        from pte_ray.method.checkpoint import load_adapter, load_base
+        from pte_ray.prepare import resolve_model
+
+        path = resolve_model(cfg.model.path)
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = load_base(path, resolve_dtype(cfg.model.dtype, device), device)
+        acfg = cfg.adapter_config()
+        self.adapter = None
+        if acfg.has_adapter:
+            self.adapter = Adapter(self.model.args, acfg, self.model.dtype, device)
+            if adapter_dir is not None:
+                load_adapter(self.adapter, adapter_dir)
+        r = cfg.reward
+        self.verifier = Verifier(RewardConfig(r.timeout_s, r.last_number_fallback))
+        self.verifier.warm_up()
+        self.eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
+
+def _problems(bench: Bench, cfg: Config, limit: int | None) -> tuple[list, list[str], DataConfig]:
+    d = cfg.data
+    dcfg = DataConfig(
+        bench.path,
+        bench.prompt_key,
+        bench.answer_key,
+        None,
+        d.system_prompt,
+        d.instruction,
+        d.apply_chat_template,
+    )
+    examples = load_dataset(dcfg)[0][:limit]  # GSM8K's answers end in "#### 72"
+    return examples, [e.answer.split("####")[-1].strip() for e in examples], dcfg
+
+
+def _run_bench(
+    eng: _Engine, cfg: Config, bench: Bench, seed: int, n: int, batch: int, limit: int | None, bar
+) -> list[dict[str, Any]]:
+    """Every completion of one benchmark under one seed, scored."""
+    from pte_ray.method.decode import generate
+
+    examples, golds, dcfg = _problems(bench, cfg, limit)
+    special = not cfg.data.apply_chat_template
+    texts = [render_prompt(e, dcfg, eng.tok) for e in examples]
+    ids = [eng.tok(t, add_special_tokens=special).input_ids for t in texts]
+    jobs = [(i, s) for i in range(len(examples)) for s in range(n)]
+    rows: list[dict[str, Any]] = []
+    for b0 in range(0, len(jobs), batch):
+        part = jobs[b0 : b0 + batch]
+        state = np.random.SeedSequence([seed, b0]).generate_state(1)[0]
+        sp = cfg.sampling_params(seed=int(state))
+        with torch.no_grad():
+            out = generate(
+                eng.model, eng.adapter, [ids[i] for i, _ in part], sp, cfg.cache_config(),
+                eos_ids=eng.eos, pad_id=eng.pad, decode=eng.tok.decode,
+            )  # fmt: skip
+        comps = [eng.tok.decode(t, skip_special_tokens=True) for t in out.tokens]
+        scored = eng.verifier.score_batch(comps, [golds[i] for i, _ in part])
+        for j, ((i, s), (reward, status)) in enumerate(zip(part, scored, strict=True)):
+            rows.append(
+                {"benchmark": bench.name, "seed": seed, "problem": i, "sample": s,
+                 "prompt": texts[i], "answer": golds[i], "completion": comps[j],
+                 "correct": status == "ok", "reward": reward, "status": status,
+                 "num_tokens": len(out.tokens[j]), "evictions": len(out.eviction_steps[j])}
+            )  # fmt: skip
+        bar.update(len(part))
+    return rows
+
+
+def _scores(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, float]:
+    right: dict[int, int] = {}
+    for r in rows:
+        right[r["problem"]] = right.get(r["problem"], 0) + int(r["correct"])
+    out = {f"mean@{n}": sum(right.values()) / (n * len(right))}
+    for k in ks:
+        out[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in right.values()]))
+    return out
+
+
+def evaluate(
+    cfg: Config,
+    adapter_dir: str | None,
+    benches: list[str],
+    samples: int = 1,
+    ks: list[int] | None = None,
+    seeds: list[int] | None = None,
+    out_dir: str | None = None,
+    batch: int = 32,
+    limit: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Scores every benchmark under every seed; writes results.json + completions.parquet."""
+    ks = sorted(set(ks or [1, samples]))
+    seeds = seeds or [0]
+    if samples < 1 or batch < 1:
+        raise ValueError(f"--samples and --batch must be >= 1, got {samples} and {batch}")
+    if max(ks) > samples:
+        raise ValueError(f"pass@{max(ks)} needs --samples >= {max(ks)}, got --samples {samples}")
+    specs = [resolve_bench(b, cfg) for b in benches]  # bad names / columns fail before compute
+    for bench in specs:
+        _problems(bench, cfg, limit)
+    out = Path(out_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} exists and is not empty")
+    eng = _Engine(cfg, adapter_dir, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    total = sum(len(_problems(b, cfg, limit)[0]) for b in specs) * samples * len(seeds)
+    bar = progress(total, "eval", "sample")
+    rows: list[dict[str, Any]] = []
+    per_seed: dict[str, list[dict[str, float]]] = {b.name: [] for b in specs}
+    t0 = time.perf_counter()
+    for seed in seeds:
+        for bench in specs:
+            got = _run_bench(eng, cfg, bench, seed, samples, batch, limit, bar)
+            per_seed[bench.name].append(_scores(got, samples, ks))
+            rows += got
+    bar.close()
+    eng.verifier.close()
+    results = {
+        "method": cfg.adapter.method,
+        "adapter": adapter_dir,
+        "cache": cfg.cache_config().__dict__,
+        "samples": samples,
+        "seeds": seeds,
+        "seconds": time.perf_counter() - t0,
+        "benchmarks": {name: _mean_std(v) for name, v in per_seed.items()},
+    }
+    _write(out, results, rows)
+    results["out_dir"] = str(out)
+    return results
+
+
+def _mean_std(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {"mean": float(np.mean([d[k] for d in per_seed])),
+            "std": float(np.std([d[k] for d in per_seed]))}
+        for k in per_seed[0]
+    }  # fmt: skip
+
+
+def _write(out: Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        pq.write_table(pa.Table.from_pylist(rows), tmp / "completions.parquet")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def table(results: dict[str, Any], metric: str) -> str:
+    """The paper's layout: one row per method, one column per benchmark, then the average."""
+    names = list(results["benchmarks"])
+    cells = [results["benchmarks"][b][metric] for b in names]
+    avg = float(np.mean([c["mean"] for c in cells]))
+    head = "| method | " + " | ".join(names) + " | avg |"
+    rule = "|---" * (len(names) + 2) + "|"
+    body = " | ".join(f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in cells)
+    return f"{metric} (%)\n{head}\n{rule}\n| {results['method']} | {body} | {100 * avg:.1f} |"

@@ -1,0 +1,89 @@
+"""`pte-ray eval`: pass@k, bundled benchmarks, outputs, and bad input that fails cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pte_ray.cli import main as cli
+from pte_ray.config import load_config
+from pte_ray.evaluate import _problems, eval_config, evaluate, pass_at_k, resolve_bench
+from pte_ray.method.adapter import Adapter
+from pte_ray.method.checkpoint import load_base, save_adapter
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - (3 * 2) / (5 * 4))
+    assert pass_at_k(5, 0, 3) == 0.0 and pass_at_k(5, 3, 3) == 1.0 and pass_at_k(4, 1, 4) == 1.0
+    with pytest.raises(ValueError, match="at least 6 samples"):
+        pass_at_k(5, 1, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "gold"), [("gsm8k", "18"), ("math500", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+                       ("aime", "204")]
+)  # fmt: skip
+def test_bundled_benchmarks_load_in_their_own_formats(name, gold):
+    cfg = load_config(None)
+    bench = resolve_bench(name, cfg)
+    examples, golds, _ = _problems(bench, cfg, None)
+    assert len(examples) >= 4 and golds[0] == gold
+
+
+@pytest.fixture
+def checkpoint(random_ckpt, tmp_path):
+    """A pte adapter saved the way the learner saves it."""
+    model_path = random_ckpt("qwen2")
+    cfg = load_config(None, [f"model.path={model_path}", "adapter.rank=4"])
+    adapter = Adapter(load_base(model_path).args, cfg.adapter_config())
+    meta = {"adapter": cfg.adapter_config().__dict__ | {"targets": list(cfg.adapter.targets)}}
+    save_adapter(adapter, tmp_path / "ckpt", meta)
+    return model_path, tmp_path / "ckpt"
+
+
+def test_eval_writes_results_and_every_completion(checkpoint, task_file, tmp_path, capsys):
+    model_path, ckpt = checkpoint
+    over = [f"model.path={model_path}", "sampling.max_new_tokens=12", "cache.budget=8"]
+    args = ["eval", "--adapter", str(ckpt), "--bench", str(task_file), "--bench", "gsm8k"]
+    args += ["--limit", "3", "--samples", "2", "--seeds", "0,1", "--out", str(tmp_path / "ev")]
+    assert cli(args + over) == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["method"] == "pte" and res["seeds"] == [0, 1]
+    assert set(res["benchmarks"]) == {task_file.stem, "gsm8k"}
+    assert set(res["benchmarks"]["gsm8k"]) == {"mean@2", "pass@1", "pass@2"}
+    rows = pq.read_table(tmp_path / "ev" / "completions.parquet").to_pylist()
+    assert len(rows) == 2 * 3 * 2 * 2  # benchmarks x problems x samples x seeds
+    assert all(r["evictions"] >= 0 and r["status"] for r in rows)
+    seed0 = [r["completion"] for r in rows if r["seed"] == 0]
+    assert seed0 != [r["completion"] for r in rows if r["seed"] == 1]
+    assert "| pte |" in capsys.readouterr().out
+
+
+def test_eval_bad_input_names_the_problem_and_writes_nothing(checkpoint, tmp_path):
+    model_path, ckpt = checkpoint
+    out = tmp_path / "out"
+    base = [f"model.path={model_path}"]
+    bad_col = tmp_path / "bad.jsonl"
+    bad_col.write_text(json.dumps({"text": "q", "solution": "1"}) + "\n")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        evaluate(
+            eval_config(None, base, None), None, [str(tmp_path / "missing.jsonl")], out_dir=str(out)
+        )
+    with pytest.raises(ValueError, match=r"columns \['solution', 'text'\]"):
+        evaluate(eval_config(None, base, None), None, [str(bad_col)], out_dir=str(out))
+    with pytest.raises(ValueError, match="pass@4 needs --samples >= 4"):
+        evaluate(
+            eval_config(None, base, None), None, ["gsm8k"], samples=2, ks=[4], out_dir=str(out)
+        )
+    with pytest.raises(ValueError, match=r"adapter.method='lora_c' does not match .*method='pte'"):
+        eval_config(None, [*base, "adapter.method=lora_c"], str(ckpt))
+    with pytest.raises(FileNotFoundError, match="no adapter.json"):
+        eval_config(None, base, str(tmp_path))
+    assert not out.exists()
+    (ckpt / "adapter.json").write_text(json.dumps({"adapter": {"method": "pte", "rank": 2}}))
+    with pytest.raises(ValueError, match="shape"):  # the tensors say rank 4
+        evaluate(eval_config(None, base, str(ckpt)), str(ckpt), ["gsm8k"], out_dir=str(out))
+    assert not out.exists()
