@@ -44,28 +44,66 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-hf", action="store_true", help="also time HF generate, full cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-sweep", default=None, help="e.g. '1,8': peak memory at 1x and 8x")
+    p.add_argument(
+        "--compare-lora",
+        action="store_true",
+        help="replay: also a full-cache LoRA backward of the same sequences, in its own process",
+    )
+    p.add_argument(
+        "--base-rollout",
+        action="store_true",
+        help="replay: sequences from the base model under the bounded cache (same for every "
+        "method, so methods are compared on identical tokens)",
+    )
+
+
+def _proc_kb(field: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return None
 
 
 class PeakMemory:
-    """Peak RSS (CPU: the process's high-water mark, no sampling thread to slow the loop) or
-    peak CUDA memory of a ``with`` block. Run each measurement in a fresh process (what
-    ``--memory-sweep`` does) for RSS peaks to be comparable."""
+    """Peak memory of a ``with`` block and what it added: ``peak_mb`` and ``extra_mb``.
+
+    CUDA: the allocator's peak. CPU (Linux): the resident high-water mark, reset at entry
+    (``/proc/self/clear_refs``), so what ran before (model load, the rollout) cannot mask it;
+    elsewhere the process's lifetime peak (then run each measurement in a fresh process).
+    """
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
-        self.peak_mb = 0.0
+        self.peak_mb = self.before_mb = 0.0
 
     def __enter__(self) -> PeakMemory:
         if self.cuda:
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.before_mb = torch.cuda.memory_allocated() / 2**20
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        self.before_mb = (_proc_kb("VmRSS") or 0.0) / 1024
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.cuda:
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return
+        hwm = _proc_kb("VmHWM")
+        self.peak_mb = (hwm or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+    @property
+    def extra_mb(self) -> float:
+        return max(0.0, self.peak_mb - self.before_mb)
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]], Path]:
@@ -190,9 +228,16 @@ def _hf_generate(
 def run_replay(args: argparse.Namespace) -> dict[str, Any]:
     if args.memory_sweep:
         return _sweep(args, "replay")
+    if args.compare_lora:
+        return _compare_lora(args)
     model, adapter, prompts, _ = _setup(args)
     cfg = _cache_cfg(args)
-    out = _rollout(args, model, adapter, prompts)()
+    if args.base_rollout:
+        bounded = argparse.Namespace(**{**vars(args), "method": "base"})
+        out = _rollout(bounded, model, None, prompts)()
+    else:
+        out = _rollout(args, model, adapter, prompts)()
+    steps = out.eviction_steps if cfg.bounded or not args.base_rollout else None
     train = adapter is not None
 
     def go() -> Any:
@@ -205,7 +250,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
             cfg,
             1.0,
             args.max_new_tokens,
-            out.eviction_steps,
+            steps,
             loss_fn=loss,
         )
 
@@ -227,26 +272,34 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
         "evictions": sum(out.evictions),
         "max_abs_logprob_diff": diff,
         ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
+        "replay_extra_mb": mem.extra_mb,  # what replay added on top of weights and rollout
+    }
+
+
+def _compare_lora(args: argparse.Namespace) -> dict[str, Any]:
+    """This method's replay and a full-cache LoRA backward of the same tokens, each in a fresh
+    process; the ratio of the memory each adds is the learner-memory figure of the paper."""
+    runs = [
+        _subprocess_bench(args, "replay", {"compare_lora": False, "base_rollout": True}),
+        _subprocess_bench(
+            args, "replay", {"compare_lora": False, "base_rollout": True, "method": "lora"}
+        ),
+    ]
+    return {
+        "bench": "replay-vs-full-cache-lora",
+        "runs": runs,
+        "extra_mb_ratio": runs[0]["replay_extra_mb"] / max(runs[1]["replay_extra_mb"], 1e-9),
+        "time_ratio": runs[0]["wall_s"] / runs[1]["wall_s"],
     }
 
 
 def _sweep(args: argparse.Namespace, which: str) -> dict[str, Any]:
     """Run the benchmark in fresh processes at several multiples of the budget."""
     mults = [int(x) for x in str(args.memory_sweep).split(",")]
-    runs = []
-    for m in mults:
-        argv = [sys.executable, "-m", "pte_ray.cli", "bench", which]
-        for k, v in vars(args).items():
-            if k in ("memory_sweep", "func", "bench", "command") or v in (None, False):
-                continue
-            flag = "--" + k.replace("_", "-")
-            if k == "max_new_tokens":
-                v = m * args.budget
-            argv += [flag] if v is True else [flag, str(v)]
-        out = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
-        if out.returncode:
-            raise RuntimeError(f"sweep run {m}x failed:\n{out.stderr[-2000:]}")
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = [
+        _subprocess_bench(args, which, {"memory_sweep": None, "max_new_tokens": m * args.budget})
+        for m in mults
+    ]
     key = "peak_cuda_mb" if "peak_cuda_mb" in runs[0] else "peak_rss_mb"
     return {
         "bench": f"{which}-memory-sweep",
@@ -254,3 +307,17 @@ def _sweep(args: argparse.Namespace, which: str) -> dict[str, Any]:
         "runs": runs,
         f"{key}_ratio_last_to_first": runs[-1][key] / runs[0][key],
     }
+
+
+def _subprocess_bench(args: argparse.Namespace, which: str, change: dict[str, Any]) -> dict:
+    """``pte-ray bench WHICH`` with ``args`` updated by ``change``, in a fresh process."""
+    argv = [sys.executable, "-m", "pte_ray.cli", "bench", which]
+    for k, v in {**vars(args), **change}.items():
+        if k in ("func", "bench", "command") or v in (None, False):
+            continue
+        flag = "--" + k.replace("_", "-")
+        argv += [flag] if v is True else [flag, str(v)]
+    out = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
+    if out.returncode:
+        raise RuntimeError(f"bench run {change} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
