@@ -4,7 +4,8 @@ This is the promise of `pte-ray train` with no arguments (README, "Status"), so 
 the real system: the warm-started tiny model, the default config, Ray actors, DeepSpeed. The
 full-cache model is right ~75% of the time and loses count of its lines under the 64-token
 thought budget (~20%); 80 of the default 150 steps take ~3 min on 2 CPU cores and, measured,
-climb from 0.21 (first 10 steps) to 0.59 (last 10).
+climb from 0.24 (first 10 steps) to 0.60 (last 10). The exact model depends on the machine
+(README, "The tiny model"): a build that starts higher still has to gain 0.2.
 """
 
 from __future__ import annotations
