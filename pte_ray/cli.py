@@ -1,4 +1,4 @@
-"""`pte-ray` entry points: train, eval, generate, bench."""
+"""`pte-ray` entry points: train, eval, compare, generate, bench."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -49,9 +50,39 @@ def _eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
     )
-    for metric in next(iter(res["benchmarks"].values())):
+    metrics = dict.fromkeys(m for b in res["benchmarks"].values() for m in b)
+    for metric in metrics:
         print(table(res, metric))
     print(f"wrote {res['out_dir']}/results.json and completions.parquet", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import ray
+
+    from pte_ray.compare import compare, print_table
+    from pte_ray.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    started = not ray.is_initialized()
+    if started:  # one local cluster for every run
+        ray.init(address=cfg.train.ray_address or os.environ.get("RAY_ADDRESS"))
+    try:
+        out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = compare(
+            args.config,
+            args.overrides,
+            [m for m in args.methods.split(",") if m],
+            [int(s) for s in args.seeds.split(",") if s.strip()],
+            args.bench or ["tiny"],
+            out,
+            args.samples,
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    print(print_table(summary))
+    print(f"wrote {out}/compare.json and compare.png", file=sys.stderr)
     return 0
 
 
@@ -89,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
     e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="train + evaluate several methods x seeds (Table 1)")
+    c.add_argument("--config", default=None, help="YAML config shared by every run")
+    c.add_argument("--methods", default="lora,lora_c,global_only,pte", help="comma-separated")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated training / eval seeds")
+    c.add_argument("--bench", action="append", default=[], help="held-out benchmark(s), as eval")
+    c.add_argument("--samples", type=int, default=1, help="completions per problem in eval")
+    c.add_argument("--out", default=None, help="output dir (default runs/compare-<time>)")
+    c.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
+    c.set_defaults(func=_compare)
 
     g = sub.add_parser("generate", help="generate with a checkpoint under the bounded cache")
     from pte_ray.generate import add_args as add_generate_args

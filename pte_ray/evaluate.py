@@ -43,6 +43,7 @@ class Bench:
     path: str
     prompt_key: str
     answer_key: str
+    has_distance: bool = False  # the recall task's rows carry it: accuracy per distance
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -58,10 +59,10 @@ def resolve_bench(spec: str, cfg: Config) -> Bench:
     """A bundled name (math500, gsm8k, aime), 'tiny' (the tiny task's test split) or a path."""
     if spec in BUNDLED:
         path, name = EVALSETS / BUNDLED[spec], spec
-    elif spec == "tiny":
-        from pte_ray.tiny import build_tiny_task
+    elif spec in ("tiny", "tiny-recall"):  # the tiny tasks' held-out splits
+        from pte_ray.tiny import RECIPES, build_tiny_task
 
-        path, name = build_tiny_task()["test"], spec
+        path, name = build_tiny_task(recipe=RECIPES[spec])["test"], spec
     else:
         path = Path(spec)
         if not path.exists():
@@ -78,7 +79,7 @@ def resolve_bench(spec: str, cfg: Config) -> Bench:
             f"({', '.join(PROMPT_KEYS)} or data.prompt_key) and an answer column "
             f"({', '.join(ANSWER_KEYS)} or data.answer_key)"
         )
-    return Bench(name, str(path), pkey, akey)
+    return Bench(name, str(path), pkey, akey, "distance" in first)
 
 
 def _first_row(path: Path) -> dict[str, Any]:
@@ -161,6 +162,16 @@ def _problems(bench: Bench, cfg: Config, limit: int | None) -> tuple[list, list[
     return examples, [e.answer.split("####")[-1].strip() for e in examples], dcfg
 
 
+def _distances(bench: Bench) -> list[int | None]:
+    """The ``distance`` column in file order (None where a benchmark has none)."""
+    if not bench.has_distance:
+        return []
+    path = Path(bench.path)
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=["distance"]).column("distance").to_pylist()
+    return [json.loads(line).get("distance") for line in path.read_text().splitlines() if line]
+
+
 def _run_bench(
     eng: _Engine, cfg: Config, bench: Bench, seed: int, n: int, batch: int, limit: int | None, bar
 ) -> list[dict[str, Any]]:
@@ -168,6 +179,7 @@ def _run_bench(
     from pte_ray.method.decode import generate
 
     examples, golds, dcfg = _problems(bench, cfg, limit)
+    dist = _distances(bench)
     special = not cfg.data.apply_chat_template
     texts = [render_prompt(e, dcfg, eng.tok) for e in examples]
     ids = [eng.tok(t, add_special_tokens=special).input_ids for t in texts]
@@ -189,7 +201,8 @@ def _run_bench(
                 {"benchmark": bench.name, "seed": seed, "problem": i, "sample": s,
                  "prompt": texts[i], "answer": golds[i], "completion": comps[j],
                  "correct": status == "ok", "reward": reward, "status": status,
-                 "num_tokens": len(out.tokens[j]), "evictions": len(out.eviction_steps[j])}
+                 "num_tokens": len(out.tokens[j]), "evictions": len(out.eviction_steps[j]),
+                 "distance": dist[i] if dist else None}
             )  # fmt: skip
         bar.update(len(part))
     return rows
@@ -202,6 +215,9 @@ def _scores(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, floa
     out = {f"mean@{n}": sum(right.values()) / (n * len(right))}
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in right.values()]))
+    for d in sorted({r["distance"] for r in rows if r["distance"] is not None}):
+        hits = [r["correct"] for r in rows if r["distance"] == d]
+        out[f"acc@d={d}"] = sum(hits) / len(hits)  # accuracy by evictions since the value
     return out
 
 
@@ -282,9 +298,12 @@ def _write(out: Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> No
 def table(results: dict[str, Any], metric: str) -> str:
     """The paper's layout: one row per method, one column per benchmark, then the average."""
     names = list(results["benchmarks"])
-    cells = [results["benchmarks"][b][metric] for b in names]
-    avg = float(np.mean([c["mean"] for c in cells]))
+    cells = [results["benchmarks"][b].get(metric) for b in names]
+    have = [c["mean"] for c in cells if c is not None]
     head = "| method | " + " | ".join(names) + " | avg |"
     rule = "|---" * (len(names) + 2) + "|"
-    body = " | ".join(f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in cells)
-    return f"{metric} (%)\n{head}\n{rule}\n| {results['method']} | {body} | {100 * avg:.1f} |"
+    body = " | ".join(
+        f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" if c is not None else "-" for c in cells
+    )
+    avg = f"{100 * float(np.mean(have)):.1f}"
+    return f"{metric} (%)\n{head}\n{rule}\n| {results['method']} | {body} | {avg} |"

@@ -32,10 +32,12 @@ class Prepared:
 
 
 def resolve_model(path: str) -> str:
-    if path == "tiny":
+    from pte_ray.tiny import RECIPES
+
+    if path in RECIPES:  # 'tiny', 'tiny-recall': built and cached by the project
         from pte_ray.tiny import build_tiny
 
-        return str(build_tiny())
+        return str(build_tiny(recipe=RECIPES[path]))
     local = Path(path)
     if not local.exists() and "/" in path and not local.is_absolute() and path.count("/") == 1:
         local = _download(path)  # a hub id such as Qwen/Qwen2.5-3B-Instruct
@@ -58,10 +60,12 @@ def _download(repo_id: str) -> Path:
 
 
 def resolve_data(path: str) -> str:
-    if path == "tiny":
+    from pte_ray.tiny import RECIPES
+
+    if path in RECIPES:
         from pte_ray.tiny import build_tiny_task
 
-        return str(build_tiny_task()["train"])
+        return str(build_tiny_task(recipe=RECIPES[path])["train"])
     if not Path(path).exists():
         raise FileNotFoundError(f"data.train {path!r} does not exist")
     return path

@@ -27,7 +27,15 @@ import torch
 from pte_ray.disk_cache import cache_root, cached
 from pte_ray.progress import progress, say
 from pte_ray.tiny_eval import bounded_accuracy, full_cache_accuracy
-from pte_ray.tiny_task import DEFAULT_SPEC, TaskSpec, make_task, write_task
+from pte_ray.tiny_task import (
+    DEFAULT_SPEC,
+    RecallSpec,
+    TaskSpec,
+    make_task,
+    recall_distance,
+    write_rows,
+    write_task,
+)
 
 __all__ = [
     "TINY_DIMS",
@@ -92,7 +100,7 @@ class TinyRecipe:
     seed: int = 0
     vocab_size: int = 512  # BPE target; the trained vocabulary may be smaller
     dims: tuple[tuple[str, Any], ...] = tuple(TINY_DIMS.items())
-    task: TaskSpec = DEFAULT_SPEC
+    task: TaskSpec | RecallSpec = DEFAULT_SPEC
     tokenizer_corpus: int = 2000  # task problems in the tokenizer's training corpus
     warm_steps: int = 1000
     batch_size: int = 16
@@ -111,6 +119,14 @@ class TinyRecipe:
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
+
+# Tasks by name (``model.path`` / ``data.train`` / ``eval --bench``): the counting task of the
+# default run, and the recall task whose answer must survive eviction (tiny_task.RecallSpec).
+RECIPES: dict[str, TinyRecipe] = {
+    "tiny": TinyRecipe(),
+    "tiny-recall": TinyRecipe(task=RecallSpec(), warm_steps=1500),
+}
 
 
 def _tokenizer_corpus(recipe: TinyRecipe) -> list[str]:
@@ -431,9 +447,16 @@ def build_tiny_task(
     )
     name = f"task-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
+    def encode(text: str) -> list[int]:
+        return raw_tokenizer(recipe).encode(text).ids  # trained once per process (lru_cache)
+
     def build(out: Path) -> None:
-        write_task(out / "train.jsonl", recipe.train_file_n, recipe.seed, "train", recipe.task)
-        write_task(out / "test.jsonl", recipe.test_file_n, recipe.seed, "test", recipe.task)
+        for split, n in (("train", recipe.train_file_n), ("test", recipe.test_file_n)):
+            rows = make_task(n, recipe.seed, split, recipe.task)
+            if isinstance(recipe.task, RecallSpec):  # accuracy per distance needs it
+                for row in rows:
+                    row["distance"] = recall_distance(encode, row)
+            write_rows(out / f"{split}.jsonl", rows)
 
     folder = cached(cache_root(cache_dir), name, "test.jsonl", False, build)
     return {"train": folder / "train.jsonl", "test": folder / "test.jsonl"}

@@ -172,6 +172,7 @@ class Controller:
             "entropy": sum(m["entropy"] for m in learned) / len(learned),
             "clip_frac": sum(m["clip_frac"] for m in learned) / len(learned),
             "grad_norm": learned[0]["grad_norm"],
+            "learner_peak_mb": max(m["peak_mb"] for m in learned),
             "tokens_per_s": global_tokens / max(rollout_wall, 1e-9),
             "completion_tokens_mean": global_tokens / n,
             "evictions_per_seq": sum(len(e) for e in ro["eviction_steps"]) / n,

@@ -16,7 +16,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "launch" / "configs").gl
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
-    if path.stem != "tiny":  # the paper's settings
+    if not path.stem.startswith("tiny"):  # the paper's settings
         assert (cfg.adapter.rank, cfg.adapter.global_tokens, cfg.cache.evict_ratio) == (
             32,
             32,

@@ -28,6 +28,7 @@ from pte_ray.tiny import (
     raw_tokenizer,
     write_task,
 )
+from pte_ray.tiny_task import RecallSpec, recall_distance
 
 TEXTS = [
     "Start at 44 and add 5, 11 times.\n11: 44+5=49\n10: 49+5=54\n#### 99",
@@ -259,3 +260,33 @@ def test_default_tiny_model_has_room_to_climb() -> None:
     ids = tok(row["prompt"], return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert re.match(r"\d+: \d+\+\d+=", tok.decode(out[0, ids.shape[1] :]))
+
+
+def test_recall_task_answer_is_written_once_and_never_restated() -> None:
+    rows = make_task(300, seed=0, spec=RecallSpec())
+    raw = raw_tokenizer()
+    dists = []
+    for row in rows:
+        start, add, steps, keep = map(int, re.findall(r"\d+", row["prompt"]))
+        value = start + (steps - keep + 1) * add
+        assert row["answer"] == str(value) and row["solution"].endswith(f"#### {value}")
+        body = row["solution"].rsplit("\n", 1)[0]
+        assert f"{keep}: {value}*" in body
+        assert body.count("*") == 1
+        totals = re.findall(r": (\d+)\*?$", body, flags=re.M)
+        assert totals.count(str(value)) == 1  # written once, never restated
+        dists.append(recall_distance(lambda t: raw.encode(t).ids, row))
+    assert make_task(300, seed=0, spec=RecallSpec()) == rows
+    test = make_task(100, seed=0, split="test", spec=RecallSpec())
+    assert {r["prompt"] for r in rows}.isdisjoint(r["prompt"] for r in test)
+    # kept lines near the end stay in the window; far ones were evicted 1, 2, ... times before
+    assert {0, 1, 2} <= set(dists) and max(dists) >= 4
+
+
+def test_recall_distance_counts_evictions_between_value_and_answer() -> None:
+    row = {"solution": "a*" + " b" * 200 + "\n#### 5"}  # one token per " b" with this encoder
+    enc = str.split  # tokens: "a*"-prefix words; the value ends at thought token 0
+    assert recall_distance(enc, {"solution": "x*\n#### 5"}, budget=64, evict_n=16) == 0
+    # the answer comes after 201 tokens: evictions before writing tokens 64, 80, ..., 192 (9);
+    # token 0 left in the first one, so it was evicted 9 evictions before the answer
+    assert recall_distance(enc, row, budget=64, evict_n=16) == 9

@@ -33,6 +33,15 @@ def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
     return out
 
 
+def _peak_mb(device: torch.device) -> float:
+    """This learner's peak memory so far: CUDA allocations, or the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _accumulate_into(acc: torch.Tensor):
     """A post-accumulate-grad hook: add the fresh gradient to ``acc`` in fp32, clear ``.grad``."""
 
@@ -128,6 +137,7 @@ class Learner:
             "grad_norm": float(norm) if norm is not None else float("nan"),
             "samples": n,
             "version": self.version,
+            "peak_mb": _peak_mb(self.model.device),
         }
 
     def _optimizer_step(self, batch: dict[str, Any], part: range) -> tuple[dict[str, float], float]:
