@@ -285,6 +285,22 @@ def _batch(items: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tenso
     return ids, attn, target
 
 
+def _answer_id(tok) -> int:
+    """The id of "####": the answer follows it."""
+    return tok.get_vocab().get("####", -1)
+
+
+def _weighted_loss(logits, ids, mask, answer_id: int, weight: float):
+    """Mean next-token loss with ``weight`` on "####" and the answer after it."""
+    target = ids[:, 1:]
+    w = torch.ones_like(target, dtype=torch.float32)
+    after = (target == answer_id).long().cumsum(1) > 0
+    w[after] = weight
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+    w = w * mask
+    return (ce * w).sum() / w.sum()
+
+
 def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
     """Teacher-forced next-token loss on the solution part; AdamW with warmup + cosine decay.
 
@@ -307,6 +323,8 @@ def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
         betas=(0.9, 0.98),
     )
     losses: list[float] = []
+    weight = float(getattr(recipe.task, "answer_weight", 1.0))
+    answer_id = _answer_id(tok)
     model.train()
     bar = progress(recipe.warm_steps, "tiny model warm-start", "step")
     with _seeded(recipe.seed):
@@ -324,7 +342,10 @@ def _warm_start(model, tok, recipe: TinyRecipe, eos_id: int) -> list[float]:
             ids, attn, target = _batch(items, eos_id)
             logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
             mask = target[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask])
+            if weight == 1.0:
+                loss = torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask])
+            else:
+                loss = _weighted_loss(logits, ids, mask, answer_id, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -41,41 +41,47 @@ DEFAULT_SPEC = TaskSpec()
 
 @dataclass(frozen=True)
 class RecallSpec:
-    """The recall task: count by ``add`` for N steps, then answer with the total of step M.
+    """The recall task: two counts, and the answer is where the first one ended.
 
-    Prompt ``Count from 44 by 5, 24 steps. Keep 19.``; solution ``24: 49`` ... ``19: 74*`` ...
-    ``1: 164`` then ``#### 74``. Each line needs only the previous line and the prompt, as in
-    the counting task, but the answer is the line marked ``*``, written once and never restated:
-    with the whole context a copy, under the bounded cache gone once M lines are more than the
-    window back (recomputing it, start + (N - M + 1) * add, is a multiplication the tiny model
-    cannot do in one token). What PTE's state must carry. ``distance`` (written into each row
-    for the default 64-token budget) counts the evictions between the marked value's eviction
-    and the answer: 0 = still in the window, 1 = evicted by the last eviction before the answer
-    (what truncated back-propagation can credit), 2+ = earlier.
+    Prompt ``Count from 21 by 5, 3 steps. Then from 40 by 3, 18 steps. Answer the first.``;
+    solution ``3: 26`` ``2: 31`` ``1: 36`` ``then`` ``18: 43`` ... ``1: 94`` ``#### 36``. Each
+    line needs only the previous line and the prompt, as in the counting task; the answer is
+    the first count's last total, written once and never restated. With the whole context it
+    is a copy (the value just before ``then``: no label matching, which a tiny model learns
+    only after a long plateau); under the bounded cache it is gone once the second count is
+    longer than the window (recomputing it, start + steps * add, is a multiplication the tiny
+    model cannot do in one token). What PTE's state must carry. The second count's length is
+    the distance knob: ``distance`` (written into each row for the default 64-token budget)
+    counts the evictions between the value's eviction and the answer: 0 = still in the
+    window, 1 = evicted by the last eviction before the answer (what truncated
+    back-propagation can credit), 2+ = earlier.
     """
 
-    min_steps: int = 16
-    max_steps: int = 24
+    min_first: int = 2
+    max_first: int = 4
+    min_steps: int = 6  # of the second count
+    max_steps: int = 16
     digits: int = 1
     start_max: int = 99
-    min_keep: int = 2  # the marked line's label M, drawn from [min_keep, N]
+    # Warm-start loss weight of the answer ("####" and after): 3 tokens in ~150, which at
+    # weight 1 the model learns long after it counts well.
+    answer_weight: float = 5.0
 
     def __post_init__(self) -> None:
-        if not 2 <= self.min_keep <= self.min_steps <= self.max_steps:
-            raise ValueError(f"need 2 <= min_keep <= min_steps <= max_steps: {self}")
+        if not (1 <= self.min_first <= self.max_first and 1 <= self.min_steps <= self.max_steps):
+            raise ValueError(f"need 1 <= min <= max for both counts: {self}")
         if self.digits < 1 or self.start_max < 1:
             raise ValueError(f"need digits >= 1 and start_max >= 1: {self}")
 
 
-def format_recall(start: int, add: int, steps: int, keep: int) -> tuple[str, str, str]:
+def format_recall(s1: int, a1: int, k: int, s2: int, a2: int, n: int) -> tuple[str, str, str]:
     """(prompt, solution, answer) of one recall problem."""
-    prompt = f"Count from {start} by {add}, {steps} steps. Keep {keep}.\n"
-    lines, total, kept = [], start, start
-    for left in range(steps, 0, -1):
-        total += add
-        lines.append(f"{left}: {total}" + ("*" if left == keep else ""))
-        kept = total if left == keep else kept
-    return prompt, "\n".join(lines) + f"\n#### {kept}", str(kept)
+    prompt = f"Count from {s1} by {a1}, {k} steps. Then from {s2} by {a2}, {n} steps. "
+    prompt += "Answer the first.\n"
+    first = [f"{left}: {s1 + a1 * (k - left + 1)}" for left in range(k, 0, -1)]
+    second = [f"{left}: {s2 + a2 * (n - left + 1)}" for left in range(n, 0, -1)]
+    answer = str(s1 + a1 * k)
+    return prompt, "\n".join([*first, "then", *second, f"#### {answer}"]), answer
 
 
 def format_prompt(start: int, add: int, steps: int) -> str:
@@ -117,8 +123,15 @@ def make_task(
             rng.randint(2, 10**spec.digits - 1),
             rng.randint(spec.min_steps, spec.max_steps),
         )
-        if isinstance(spec, RecallSpec):
-            key = (*key, rng.randint(spec.min_keep, key[2]))
+        if isinstance(spec, RecallSpec):  # (s1, a1, k, s2, a2, n)
+            key = (
+                key[0],
+                key[1],
+                rng.randint(spec.min_first, spec.max_first),
+                rng.randint(1, spec.start_max),
+                rng.randint(2, 10**spec.digits - 1),
+                key[2],
+            )
         if key in seen or is_test_problem(*key) != (split == "test"):
             continue
         seen.add(key)
@@ -146,7 +159,7 @@ def recall_distance(encode, row: dict[str, str], budget: int = 64, evict_n: int 
     """Evictions between the marked value's and the answer's, under a ``budget``-token thought
     window that evicts ``evict_n`` at a time (0: the value is still in the window)."""
     sol = row["solution"]
-    value_end = len(encode(sol[: sol.index("*")])) - 1  # thought index of the value's last token
+    value_end = len(encode(sol[: sol.index("\nthen")])) - 1  # index of the value's last token
     answer_at = len(encode(sol[: sol.rindex("####") + 4]))  # index of the answer's first token
     done = 0 if answer_at - 1 < budget else (answer_at - 1 - budget) // evict_n + 1
     evicted_by = value_end // evict_n  # the eviction that removes it

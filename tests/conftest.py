@@ -49,6 +49,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     port, dash = _free_port(), _free_port()
+    temp_dir = str(tmp_path_factory.mktemp("ray"))
     cmd = [
         "ray",
         "start",
@@ -59,7 +60,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         f"--dashboard-port={dash}",
         "--num-cpus=2",
         "--disable-usage-stats",
-        f"--temp-dir={tmp_path_factory.mktemp('ray')}",
+        f"--temp-dir={temp_dir}",
     ]
     subprocess.run(cmd, check=True, capture_output=True)
     address = f"127.0.0.1:{port}"
@@ -68,7 +69,31 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
         ray.shutdown()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        _stop_cluster(temp_dir)
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stops this session's cluster only. ``ray stop`` would kill every Ray process on the
+    machine: another test run's cluster (CI beside a developer's run) or a user's own."""
+    import psutil
+
+    roots = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if temp_dir in " ".join(p.info["cmdline"] or [])
+    ]
+    procs = set(roots)
+    for root in roots:
+        try:
+            procs.update(root.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(procs), timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -267,26 +267,28 @@ def test_recall_task_answer_is_written_once_and_never_restated() -> None:
     raw = raw_tokenizer()
     dists = []
     for row in rows:
-        start, add, steps, keep = map(int, re.findall(r"\d+", row["prompt"]))
-        value = start + (steps - keep + 1) * add
+        s1, a1, k, s2, a2, n = map(int, re.findall(r"\d+", row["prompt"]))
+        value = s1 + a1 * k
         assert row["answer"] == str(value) and row["solution"].endswith(f"#### {value}")
-        body = row["solution"].rsplit("\n", 1)[0]
-        assert f"{keep}: {value}*" in body
-        assert body.count("*") == 1
-        totals = re.findall(r": (\d+)\*?$", body, flags=re.M)
-        assert totals.count(str(value)) == 1  # written once, never restated
+        first, second = row["solution"].rsplit("\n", 1)[0].split("\nthen\n")
+        assert first.endswith(f"1: {value}") and len(first.splitlines()) == k
+        assert second.endswith(f"1: {s2 + a2 * n}") and len(second.splitlines()) == n
+        assert first.count(f": {value}") == 1  # written once; the second count's totals
+        assert re.findall(r": (\d+)$", second, flags=re.M) == [  # come from its own start
+            str(s2 + a2 * j) for j in range(1, n + 1)
+        ]
         dists.append(recall_distance(lambda t: raw.encode(t).ids, row))
     assert make_task(300, seed=0, spec=RecallSpec()) == rows
     test = make_task(100, seed=0, split="test", spec=RecallSpec())
     assert {r["prompt"] for r in rows}.isdisjoint(r["prompt"] for r in test)
-    # kept lines near the end stay in the window; far ones were evicted 1, 2, ... times before
-    assert {0, 1, 2} <= set(dists) and max(dists) >= 4
+    # short second counts leave it in the window; long ones evicted it 1, 2, ... times before
+    assert {0, 1, 2, 3} <= set(dists)
 
 
 def test_recall_distance_counts_evictions_between_value_and_answer() -> None:
-    row = {"solution": "a*" + " b" * 200 + "\n#### 5"}  # one token per " b" with this encoder
-    enc = str.split  # tokens: "a*"-prefix words; the value ends at thought token 0
-    assert recall_distance(enc, {"solution": "x*\n#### 5"}, budget=64, evict_n=16) == 0
+    row = {"solution": "a\nthen" + " b" * 200 + "\n#### 5"}  # words are tokens here
+    enc = str.split  # the value "a" is thought token 0
+    assert recall_distance(enc, {"solution": "x\nthen\n#### 5"}, budget=64, evict_n=16) == 0
     # the answer comes after 201 tokens: evictions before writing tokens 64, 80, ..., 192 (9);
     # token 0 left in the first one, so it was evicted 9 evictions before the answer
     assert recall_distance(enc, row, budget=64, evict_n=16) == 9
