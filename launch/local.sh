@@ -14,13 +14,20 @@ export PTE_RAY_CACHE="${PTE_RAY_CACHE:-$HOME/.cache/pte_ray}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PTE_RAY_CACHE/torch_extensions}"
 PY="${PYTHON:-python3}"
 
+pip_install() {
+  # pip's own lines show progress on a first install (minutes); what is already there is not news
+  "$PY" -m pip install --progress-bar off "$@" 2>&1 |
+    { grep -vE "already satisfied|is ignored: it is neither|Running pip as the 'root' user" || true; }
+}
+
 setup() {
+  echo "local.sh: checking the install (a first one downloads and installs for several minutes)" >&2
   # Install torch first: an unpinned torch would pull GBs of CUDA wheels on a CPU machine.
   # On a GPU machine install the CUDA torch you want before running this.
-  "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
+  "$PY" -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
   # Exact versions the suite passed with (refresh: bash launch/lock.sh), so a fresh machine
   # installs what was tested, not whatever is newest that day.
-  "$PY" -m pip install -q -c launch/constraints.txt -e ".[dev]"
+  pip_install -c launch/constraints.txt -e ".[dev]"
 }
 
 isolated() {
