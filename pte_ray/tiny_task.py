@@ -41,20 +41,25 @@ DEFAULT_SPEC = TaskSpec()
 
 @dataclass(frozen=True)
 class RecallSpec:
-    """The recall task: two counts, and the answer is where the first one ended.
+    """The recall task: two counts, and the answer is where each one ended, last one first.
 
-    Prompt ``Count from 21 by 5, 3 steps. Then from 40 by 3, 18 steps. Answer the first.``;
-    solution ``3: 26`` ``2: 31`` ``1: 36`` ``then`` ``18: 43`` ... ``1: 94`` ``#### 36``. Each
-    line needs only the previous line and the prompt, as in the counting task; the answer is
-    the first count's last total, written once and never restated. With the whole context it
-    is a copy (the value just before ``then``: no label matching, which a tiny model learns
-    only after a long plateau); under the bounded cache it is gone once the second count is
-    longer than the window (recomputing it, start + steps * add, is a multiplication the tiny
-    model cannot do in one token). What PTE's state must carry. The second count's length is
-    the distance knob: ``distance`` (written into each row for the default 64-token budget)
-    counts the evictions between the value's eviction and the answer: 0 = still in the
-    window, 1 = evicted by the last eviction before the answer (what truncated
-    back-propagation can credit), 2+ = earlier.
+    Prompt ``Count from 21 by 5, 3 steps. Then from 40 by 3, 18 steps. Answer both.``;
+    solution ``3: 26`` ``2: 31`` ``1: 36`` ``then`` ``18: 43`` ... ``1: 94`` ``#### 94 36``.
+    Each line needs only the previous line and the prompt, as in the counting task. The
+    answer's second number is the first count's last total, written once and never restated.
+    With the whole context it is a copy (the value just before ``then``: no label matching,
+    which a tiny model learns only after a long plateau); under the bounded cache it is gone
+    once the second count is longer than the window (recomputing it, start + steps * add, is
+    a multiplication the tiny model cannot do in one token). What PTE's state must carry.
+
+    The answer's first number (the second count's end, still in the window) is there so that
+    the task cannot be gamed: with only the first total asked for, GRPO learned to cut the
+    second count short until the value stayed in the window (``version`` 2; README). Both
+    numbers are compared as one (spaces are dropped: ``94 36`` == ``9436``), so each must be
+    right. The second count's length is the distance knob: ``distance`` (written into each row
+    for the default 64-token budget) counts the evictions between the value's eviction and
+    its recall: 0 = still in the window, 1 = evicted by the last eviction before the recall
+    (what truncated back-propagation can credit), 2+ = earlier.
     """
 
     min_first: int = 2
@@ -66,6 +71,8 @@ class RecallSpec:
     # Warm-start loss weight of the answer ("####" and after): 3 tokens in ~150, which at
     # weight 1 the model learns long after it counts well.
     answer_weight: float = 5.0
+    version: int = 3  # of the format (names the cache): 3 asks for both totals
+
 
     def __post_init__(self) -> None:
         if not (1 <= self.min_first <= self.max_first and 1 <= self.min_steps <= self.max_steps):
@@ -77,10 +84,10 @@ class RecallSpec:
 def format_recall(s1: int, a1: int, k: int, s2: int, a2: int, n: int) -> tuple[str, str, str]:
     """(prompt, solution, answer) of one recall problem."""
     prompt = f"Count from {s1} by {a1}, {k} steps. Then from {s2} by {a2}, {n} steps. "
-    prompt += "Answer the first.\n"
+    prompt += "Answer both.\n"
     first = [f"{left}: {s1 + a1 * (k - left + 1)}" for left in range(k, 0, -1)]
     second = [f"{left}: {s2 + a2 * (n - left + 1)}" for left in range(n, 0, -1)]
-    answer = str(s1 + a1 * k)
+    answer = f"{s2 + a2 * n} {s1 + a1 * k}"
     return prompt, "\n".join([*first, "then", *second, f"#### {answer}"]), answer
 
 
@@ -156,12 +163,13 @@ def write_task(
 
 
 def recall_distance(encode, row: dict[str, str], budget: int = 64, evict_n: int = 16) -> int:
-    """Evictions between the marked value's and the answer's, under a ``budget``-token thought
-    window that evicts ``evict_n`` at a time (0: the value is still in the window)."""
+    """Evictions between the first count's last total being evicted and its recall (the last
+    number of the answer), under a ``budget``-token thought window that evicts ``evict_n`` at a
+    time (0: the value is still in the window)."""
     sol = row["solution"]
     value_end = len(encode(sol[: sol.index("\nthen")])) - 1  # index of the value's last token
-    answer_at = len(encode(sol[: sol.rindex("####") + 4]))  # index of the answer's first token
-    done = 0 if answer_at - 1 < budget else (answer_at - 1 - budget) // evict_n + 1
+    recall_at = len(encode(sol[: sol.rindex(" ")]))  # index of the recalled value's first token
+    done = 0 if recall_at - 1 < budget else (recall_at - 1 - budget) // evict_n + 1
     evicted_by = value_end // evict_n  # the eviction that removes it
     return done - evicted_by if evicted_by < done else 0
 

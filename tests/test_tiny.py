@@ -268,8 +268,9 @@ def test_recall_task_answer_is_written_once_and_never_restated() -> None:
     dists = []
     for row in rows:
         s1, a1, k, s2, a2, n = map(int, re.findall(r"\d+", row["prompt"]))
-        value = s1 + a1 * k
-        assert row["answer"] == str(value) and row["solution"].endswith(f"#### {value}")
+        value, last = s1 + a1 * k, s2 + a2 * n
+        assert row["answer"] == f"{last} {value}"  # both: cutting the second count short fails
+        assert row["solution"].endswith(f"#### {last} {value}")
         first, second = row["solution"].rsplit("\n", 1)[0].split("\nthen\n")
         assert first.endswith(f"1: {value}") and len(first.splitlines()) == k
         assert second.endswith(f"1: {s2 + a2 * n}") and len(second.splitlines()) == n
