@@ -45,11 +45,11 @@ def _grads(adapter: Adapter) -> dict[str, torch.Tensor]:
     return out
 
 
-def _replay_grads(model, adapter, weights, cfg) -> dict[str, torch.Tensor]:
+def _replay_grads(model, adapter, weights, cfg, mode="truncated") -> dict[str, torch.Tensor]:
     def loss_fn(lp, ent, rows, cols):
         return -(lp * weights[rows][:, cols]).sum()
 
-    replay(model, adapter, PROMPTS, COMPLETIONS, cfg, 1.0, 64, loss_fn=loss_fn)
+    replay(model, adapter, PROMPTS, COMPLETIONS, cfg, 1.0, 64, loss_fn=loss_fn, grad_mode=mode)
     return _grads(adapter)
 
 
@@ -62,15 +62,16 @@ def _full_context_grads(model, adapter, weights) -> dict[str, torch.Tensor]:
         pos = torch.arange(n)[None]
         mask = torch.ones(n, n, dtype=torch.bool).tril()[None]
         state = adapter.initial_state(1)
-        logits, _ = model(ids, pos, model.new_kv(1, n), pos, mask, adapter, state)
+        logits, _ = model(ids, pos, model.new_kv(1, n), pos, mask, adapter, state, False, n + 1)
         lp = token_logprobs(logits[:, len(p) - 1 :], torch.tensor([c]), 1.0)
         total = total - (lp * weights[i, : len(c)]).sum()
     total.backward()
     return _grads(adapter)
 
 
-def _truncated_token_by_token_grads(model, adapter, weights, cfg) -> dict[str, torch.Tensor]:
-    """The design's truncated back-propagation, one token at a time, one backward at the end."""
+def _token_by_token_grads(model, adapter, weights, cfg, truncate=True) -> dict[str, torch.Tensor]:
+    """Bounded-cache decode one token at a time, one backward at the end: the design's truncated
+    back-propagation, or with ``truncate=False`` nothing detached (the exact gradient)."""
     total = 0.0
     for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS, strict=True)):
         cache = BoundedCache(model, [len(p)], cfg, 64)
@@ -80,16 +81,18 @@ def _truncated_token_by_token_grads(model, adapter, weights, cfg) -> dict[str, t
         total = total - weights[i, 0] * token_logprobs(logits, torch.tensor([[c[0]]]), 1.0)[0, 0]
         for t in range(1, len(c)):
             due = cache.due()
-            if due:
+            if due and truncate:
                 pm = cache.p_max  # earlier thought tokens leave the graph; the prompt stays
                 cache.kv = [
                     (torch.cat([k[:, :, :pm], k[:, :, pm:].detach()], 2),
                      torch.cat([v[:, :, :pm], v[:, :, pm:].detach()], 2))
                     for k, v in cache.kv
                 ]  # fmt: skip
+            if due:
                 ev = cache.evict(due)
                 if adapter.cfg.dynamic:
-                    state = adapter.fold(state.detach(), ev.keys, ev.values, ev.valid, ev.rows)
+                    s_in = state.detach() if truncate else state
+                    state = adapter.fold(s_in, ev.keys, ev.values, ev.valid, ev.rows)
             pos, slots, mask = cache.step_inputs(1)
             tok = torch.tensor([[c[t - 1]]])
             logits, cache.kv = model(tok, pos, cache.kv, slots, mask, adapter, state)
@@ -134,8 +137,41 @@ def test_no_eviction_replay_equals_one_full_context_backward(random_ckpt, method
 )
 def test_replay_equals_token_by_token_truncated_backprop(random_ckpt, method, cfg):
     model, adapter, weights = _setup(random_ckpt, method)
-    want = _truncated_token_by_token_grads(model, adapter, weights, cfg)
+    want = _token_by_token_grads(model, adapter, weights, cfg)
     _assert_equal(_replay_grads(model, adapter, weights, cfg), want)
+
+
+EVICTING = [
+    ("pte", CacheConfig(budget=8)),  # 3 rows, 3 prompt lengths, 4-8 evictions each
+    ("pte", CacheConfig(budget=24, budget_mode="total")),  # rows evict at different steps
+    ("global_only", CacheConfig(budget=8)),
+    ("lora_c", CacheConfig(budget=8, evict_ratio=0.5)),
+]
+
+
+@pytest.mark.parametrize(("method", "cfg"), EVICTING)
+def test_exact_replay_equals_token_by_token_with_nothing_detached(random_ckpt, method, cfg):
+    model, adapter, weights = _setup(random_ckpt, method)
+    want = _token_by_token_grads(model, adapter, weights, cfg, truncate=False)
+    truncated = _replay_grads(model, adapter, weights, cfg)
+    _assert_equal(_replay_grads(model, adapter, weights, cfg, "exact"), want)
+    # the two modes differ where there are evictions: a truncated result cannot pass above
+    assert any((truncated[n] - g).norm() > 1e-3 * g.norm() for n, g in want.items())
+
+
+@pytest.mark.parametrize("method", ["pte", "global_only", "lora_c"])
+def test_exact_equals_truncated_equals_full_context_without_eviction(random_ckpt, method):
+    model, adapter, weights = _setup(random_ckpt, method)
+    cfg = CacheConfig(budget=64)
+    want = _full_context_grads(model, adapter, weights)
+    _assert_equal(_replay_grads(model, adapter, weights, cfg, "exact"), want)
+    _assert_equal(_replay_grads(model, adapter, weights, cfg, "truncated"), want)
+
+
+def test_unknown_replay_grad_mode_is_named(random_ckpt):
+    model, adapter, weights = _setup(random_ckpt, "pte")
+    with pytest.raises(ValueError, match="grad mode.*'exactly'"):
+        _replay_grads(model, adapter, weights, CacheConfig(budget=8), "exactly")
 
 
 def test_plain_lora_has_no_state_and_global_only_keeps_s0(random_ckpt):

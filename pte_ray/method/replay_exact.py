@@ -1,0 +1,125 @@
+"""Exact replay: the true gradient of the bounded-cache policy, without full-cache activations.
+
+Truncated replay (``replay.py``) detaches, at every eviction, what earlier segments wrote into the
+cache and the thought state S. A thought token written in one segment and read in the next (still
+in the window), or evicted and folded into S, then earns no credit for what it does later: the
+credit that PTE exists to learn. Here nothing is detached. Checkpointing at segment boundaries,
+as activation checkpointing does at layers:
+
+1. a no-grad pass over the segments keeps what each one starts from: every thought token's K/V
+   once (the ring at any segment start is rebuilt from them: one full KV cache per sequence, a
+   small fraction of full-cache activations), the slot bookkeeping and S;
+2. the segments run again in reverse with grad, each from its stored start as leaves, and
+   back-propagate their own loss together with the gradients that the later segments sent back
+   for what they hand on (the ring, which the next fold reads too, and S). The gradient a
+   segment leaves on its starting leaves goes to the segment before.
+
+Memory: one segment's activations + O(P) + the stored K/V; compute: one extra forward per segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pte_ray.method.adapter import Adapter
+from pte_ray.method.cache import BoundedCache
+from pte_ray.method.model import Transformer
+from pte_ray.method.segments import Group, Prefill, score, segment
+
+
+@dataclass
+class _Start:
+    """What one segment starts from, before its eviction: enough to recompute it with grad."""
+
+    t: int  # thought tokens written so far
+    count: list[int]  # thought tokens each row holds
+    valid: torch.Tensor  # [b, S] bool, which slots hold live tokens
+    state: torch.Tensor | None  # [L, b, G, r] S before the segment's fold
+
+
+class _ThoughtStore:
+    """Every thought token's K/V, written once by the no-grad pass; rings are rebuilt from it."""
+
+    def __init__(self, cache: BoundedCache, n_tokens: int) -> None:
+        k0 = cache.kv[0][0]
+        shape = (k0.shape[0], k0.shape[1], n_tokens, k0.shape[3])
+        self.k = [k0.new_zeros(shape) for _ in cache.kv]  # per layer [b, n_kv, T, hd]
+        self.v = [k0.new_zeros(shape) for _ in cache.kv]
+        self.p, self.cap = cache.p_max, cache.caps[0]  # one schedule group: one capacity
+        self.width = cache.n_slots - cache.p_max
+
+    def take(self, cache: BoundedCache, a: int, z: int) -> None:
+        """Copy tokens [a, z), just written by a segment, out of the ring."""
+        slots = self.p + torch.arange(a, z, device=self.k[0].device) % self.cap
+        for store_k, store_v, (k, v) in zip(self.k, self.v, cache.kv):
+            store_k[:, :, a:z] = k[:, :, slots]
+            store_v[:, :, a:z] = v[:, :, slots]
+
+    def ring(self, a: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The thought region as it stood before token a's write, as leaves that take grad."""
+        dev = self.k[0].device
+        toks = torch.arange(max(0, a - self.cap), a, device=dev)
+        out = []
+        for store_k, store_v in zip(self.k, self.v):
+            shape = (*store_k.shape[:2], self.width, store_k.shape[3])
+            ring_k = store_k.new_zeros(shape).index_copy_(2, toks % self.cap, store_k[:, :, toks])
+            ring_v = store_v.new_zeros(shape).index_copy_(2, toks % self.cap, store_v[:, :, toks])
+            out.append((ring_k.requires_grad_(), ring_v.requires_grad_()))
+        return out
+
+
+def _forward_pass(
+    model: Transformer, adapter: Adapter | None, cache: BoundedCache, pre: Prefill, g: Group
+) -> tuple[list[_Start], _ThoughtStore]:
+    """Step 1: the segments without grad, keeping each one's start and every token's K/V."""
+    store = _ThoughtStore(cache, g.toks.shape[1])
+    starts = []
+    with torch.no_grad():
+        cache.kv = [(k.detach().clone(), v.detach().clone()) for k, v in cache.kv]
+        state = pre.state.detach() if pre.state is not None else None
+        for a, z in g.bounds:
+            starts.append(_Start(cache.t, list(cache.count), cache.valid.clone(), state))
+            _, state = segment(model, adapter, cache, state, g, a, z, carry_state=True)
+            store.take(cache, a, z)
+    return starts, store
+
+
+def exact_group(
+    model: Transformer, adapter: Adapter | None, cache: BoundedCache, pre: Prefill, g: Group
+) -> None:
+    """Step 2: the segments in reverse, each recomputed with grad from its stored start."""
+    starts, store = _forward_pass(model, adapter, cache, pre, g)
+    p = cache.p_max
+    g_ring: list[tuple[torch.Tensor | None, torch.Tensor | None]] | None = None
+    g_state: torch.Tensor | None = None
+    for (a, z), st in reversed(list(zip(g.bounds, starts, strict=True))):
+        cache.t, cache.count, cache.valid = st.t, list(st.count), st.valid.clone()
+        ring = store.ring(a)
+        it = iter(pre.kv)
+        cache.kv = [(torch.cat([next(it), rk], 2), torch.cat([next(it), rv], 2)) for rk, rv in ring]
+        s_in = pre.state
+        if a > 0 and st.state is not None:
+            s_in = st.state.detach().requires_grad_(
+                pre.state is not None and pre.state.requires_grad
+            )
+        logits, s_out = segment(model, adapter, cache, s_in, g, a, z, carry_state=True)
+        outs, grads = [], []
+        loss = score(g, pre.first, logits, a, z)
+        if loss is not None and loss.requires_grad:
+            outs.append(loss)
+            grads.append(torch.ones_like(loss))
+        if g_ring is not None:  # what this segment hands on: its ring, read by the next
+            for (k, v), (gk, gv) in zip(cache.kv, g_ring, strict=True):
+                for out, grad in ((k[:, :, p:], gk), (v[:, :, p:], gv)):
+                    if grad is not None and out.requires_grad:
+                        outs.append(out)
+                        grads.append(grad)
+        if g_state is not None and s_out is not None and s_out.requires_grad:
+            outs.append(s_out)
+            grads.append(g_state)
+        if outs:
+            torch.autograd.backward(outs, grads)
+        g_ring = [(rk.grad, rv.grad) for rk, rv in ring]
+        g_state = s_in.grad if a > 0 and s_in is not None and s_in.requires_grad else None
