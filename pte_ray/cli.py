@@ -123,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="train + evaluate several methods x seeds (Table 1)")
     c.add_argument("--config", default=None, help="YAML config shared by every run")
-    c.add_argument("--methods", default="lora,lora_c,global_only,pte", help="comma-separated")
+    c.add_argument(
+        "--methods",
+        default="lora,lora_c,global_only,pte",
+        help="comma-separated; method:exact / method:truncated sets replay.grad for that run",
+    )
     c.add_argument("--seeds", default="0,1,2", help="comma-separated training / eval seeds")
     c.add_argument("--bench", action="append", default=[], help="held-out benchmark(s), as eval")
     c.add_argument("--samples", type=int, default=1, help="completions per problem in eval")

@@ -21,6 +21,14 @@ from pte_ray.config import load_config
 from pte_ray.evaluate import eval_config, evaluate
 
 METHODS = ("lora", "lora_c", "global_only", "pte")
+# "pte:exact" = method pte trained with replay.grad=exact (a bare name keeps the config's mode)
+GRAD_SUFFIXES = ("truncated", "exact")
+
+
+def _split(name: str) -> tuple[str, list[str]]:
+    """``method[:grad]`` -> the method and its config overrides."""
+    method, _, grad = name.partition(":")
+    return method, ([f"replay.grad={grad}"] if grad else [])
 
 
 def _train(config: str | None, overrides: list[str], out: Path) -> dict[str, Any]:
@@ -49,17 +57,27 @@ def compare(
     samples: int = 1,
 ) -> dict[str, Any]:
     """Trains and evaluates every method under every seed; returns (and writes) the table."""
-    bad = [m for m in methods if m not in (*METHODS, "base")]
+    bad = [
+        m
+        for m in methods
+        if _split(m)[0] not in (*METHODS, "base")
+        or m.partition(":")[2] not in ("", *GRAD_SUFFIXES)
+        or m.startswith("base:")
+    ]
     if bad:
-        raise ValueError(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}, base")
+        raise ValueError(
+            f"--methods: unknown {bad}; choose from {', '.join(METHODS)}, base, each but base "
+            f"optionally with :{' or :'.join(GRAD_SUFFIXES)} (the replay gradient mode)"
+        )
     load_config(config, overrides)  # a bad config fails before any run
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in seeds:
-        for method in methods:
-            over = [*overrides, f"train.seed={seed}"]
-            run = out / f"{method}-seed{seed}"
+        for name in methods:
+            method, grad = _split(name)
+            over = [*overrides, *grad, f"train.seed={seed}"]
+            run = out / f"{name.replace(':', '-')}-seed{seed}"
             info: dict[str, Any] = {}
             adapter = None
             if method != "base":
@@ -70,7 +88,7 @@ def compare(
             info["eval"] = {
                 b: {k: v["mean"] for k, v in m.items()} for b, m in res["benchmarks"].items()
             }
-            rows[method].append(info)
+            rows[name].append(info)
     summary = _summarise(rows)
     (out / "compare.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
     _plot(summary, out / "compare.png")

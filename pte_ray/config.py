@@ -114,6 +114,13 @@ class LearnerSection(Section):
     colocate: bool = False
 
 
+class ReplaySection(Section):
+    # How the learner's segment replay back-propagates across evictions: "truncated" detaches
+    # the cache and S at each (design section 1); "exact" recomputes the segments in reverse
+    # from stored starts, the true gradient of the bounded-cache policy (method/replay_exact.py).
+    grad: Literal["truncated", "exact"] = "truncated"
+
+
 class TrainSection(Section):
     steps: int = Field(default=150, ge=1)
     prompts_per_step: int = Field(default=8, ge=1)
@@ -138,6 +145,7 @@ class Config(Section):
     reward: RewardSection = RewardSection()
     reference: ReferenceSection = ReferenceSection()
     learner: LearnerSection = LearnerSection()
+    replay: ReplaySection = ReplaySection()
     train: TrainSection = TrainSection()
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""`pte-ray bench replay --compare-lora`: both runs in fresh processes, on identical tokens."""
+"""`pte-ray bench replay --compare-lora`: truncated, exact and full-cache LoRA replay, each in a
+fresh process, on identical tokens."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ def test_replay_memory_compared_with_full_cache_lora(random_ckpt, capsys):
     args = ["bench", "replay", "--model", str(random_ckpt("qwen2")), "--batch", "4"]
     assert cli([*args, "--budget", "8", "--max-new-tokens", "64", "--compare-lora"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    pte, lora = res["runs"]
-    assert (pte["method"], lora["method"]) == ("pte", "lora")
-    assert pte["tokens"] == lora["tokens"] == 4 * 64  # the same sequences, no EOS
-    assert pte["segments"] > 1 and lora["segments"] == 1 and pte["evictions"] > 0
-    assert pte["with_grad"] and lora["with_grad"]
+    pte, exact, lora = res["runs"]
+    assert (pte["method"], exact["method"], lora["method"]) == ("pte", "pte", "lora")
+    assert (pte["replay_grad"], exact["replay_grad"]) == ("truncated", "exact")
+    assert pte["tokens"] == exact["tokens"] == lora["tokens"] == 4 * 64  # same sequences
+    assert pte["segments"] == exact["segments"] > 1 and lora["segments"] == 1
+    assert pte["evictions"] > 0 and pte["with_grad"] and lora["with_grad"]
+    # the two modes compute the same log-probs (the adapter differs from the base rollout's)
+    assert abs(pte["max_abs_logprob_diff"] - exact["max_abs_logprob_diff"]) < 1e-5
     assert res["extra_mb_ratio"] > 0 and res["time_ratio"] > 0
+    assert res["exact_vs_truncated_extra_mb_ratio"] > 0 and res["exact_vs_lora_extra_mb_ratio"] > 0

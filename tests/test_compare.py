@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from pte_ray.compare import compare, print_table
 
@@ -21,8 +22,12 @@ def test_compare_trains_evaluates_and_tabulates(ray_cluster, random_ckpt, task_f
         "cache.budget=8",
     ]
     out = tmp_path / "cmp"
-    summary = compare(None, over, ["lora_c", "pte", "base"], [0], [str(task_file)], str(out))
-    assert set(summary) == {"lora_c", "pte", "base"}
+    methods = ["lora_c", "pte", "pte:exact", "base"]
+    summary = compare(None, over, methods, [0], [str(task_file)], str(out))
+    assert set(summary) == set(methods)
+    for run, grad in (("pte-seed0", "truncated"), ("pte-exact-seed0", "exact")):
+        resolved = yaml.safe_load((out / run / "config.yaml").read_text())
+        assert resolved["replay"]["grad"] == grad and resolved["adapter"]["method"] == "pte"
     acc = f"{task_file.stem}/mean@1"
     assert all(acc in s for s in summary.values())
     assert summary["pte"]["learner_peak_mb"]["mean"] > 0 and "wall_s" not in summary["base"]
@@ -33,3 +38,5 @@ def test_compare_trains_evaluates_and_tabulates(ray_cluster, random_ckpt, task_f
     assert "| pte |" in print_table(summary)
     with pytest.raises(ValueError, match="unknown"):
         compare(None, over, ["lora-c"], [0], [str(task_file)], str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="unknown.*pte:exactly"):
+        compare(None, over, ["pte:exactly"], [0], [str(task_file)], str(tmp_path / "bad"))

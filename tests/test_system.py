@@ -84,10 +84,13 @@ def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path
         ctl.shutdown()
 
 
-@pytest.mark.parametrize("mini_batches", [2, 6])
-def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches):
+@pytest.mark.parametrize(
+    ("mini_batches", "grad"), [(2, "truncated"), (6, "truncated"), (2, "exact")]
+)
+def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches, grad):
     over = base(
         "train.steps=1",
+        f"replay.grad={grad}",
         "train.prompts_per_step=3",
         "learner.num_learners=2",
         # 2: uneven parts per rank (sizes are all-reduced); 6: rank 1 (4 samples) has empty

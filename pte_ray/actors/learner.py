@@ -183,6 +183,7 @@ class Learner:
                 batch["eviction_steps"][sl],
                 loss_fn=loss_fn,
                 pad_id=batch.get("pad_id", 0),
+                grad_mode=cfg.replay.grad,
             )
             diff = max(diff, float(((res.logprobs - old).abs() * mask).max()))
             stats = loss_fn.metrics()  # weighted means over this micro-batch
