@@ -125,7 +125,7 @@ class TinyRecipe:
 # default run, and the recall task whose answer must survive eviction (tiny_task.RecallSpec).
 RECIPES: dict[str, TinyRecipe] = {
     "tiny": TinyRecipe(),
-    "tiny-recall": TinyRecipe(task=RecallSpec(), warm_steps=1500),
+    "tiny-recall": TinyRecipe(task=RecallSpec(), warm_steps=2000),
 }
 
 

@@ -43,9 +43,11 @@ DEFAULT_SPEC = TaskSpec()
 class RecallSpec:
     """The recall task: two counts, and the answer is where each one ended, last one first.
 
-    Prompt ``Count from 21 by 5, 3 steps. Then from 40 by 3, 18 steps. Answer both.``;
-    solution ``3: 26`` ``2: 31`` ``1: 36`` ``then`` ``18: 43`` ... ``1: 94`` ``#### 94 36``.
-    Each line needs only the previous line and the prompt, as in the counting task. The
+    Prompt ``Count from 21 by 5, 3 steps. Then from 40 by 3, 9 steps. Answer both.``;
+    solution ``3: 21+5=26`` ``2: 26+5=31`` ``1: 31+5=36`` ``then`` ``9: 40+3=43`` ...
+    ``1: 64+3=67`` ``#### 67 36``. Each line needs only the previous line and the prompt, as in
+    the counting task (whose written-out additions a tiny model learns; ``3: 26`` ``2: 31``
+    with the addition left implicit it got wrong on most problems). The
     answer's second number is the first count's last total, written once and never restated.
     With the whole context it is a copy (the value just before ``then``: no label matching,
     which a tiny model learns only after a long plateau); under the bounded cache it is gone
@@ -64,15 +66,14 @@ class RecallSpec:
 
     min_first: int = 2
     max_first: int = 4
-    min_steps: int = 6  # of the second count
-    max_steps: int = 16
+    min_steps: int = 3  # of the second count
+    max_steps: int = 10
     digits: int = 1
     start_max: int = 99
     # Warm-start loss weight of the answer ("####" and after): 3 tokens in ~150, which at
     # weight 1 the model learns long after it counts well.
     answer_weight: float = 5.0
-    version: int = 3  # of the format (names the cache): 3 asks for both totals
-
+    version: int = 3  # of the format (names the cache): 3 asks for both totals, adds written out
 
     def __post_init__(self) -> None:
         if not (1 <= self.min_first <= self.max_first and 1 <= self.min_steps <= self.max_steps):
@@ -81,14 +82,19 @@ class RecallSpec:
             raise ValueError(f"need digits >= 1 and start_max >= 1: {self}")
 
 
+def _count_lines(start: int, add: int, steps: int) -> list[str]:
+    """``left: total+add=new`` counting down, as in the counting task's solutions."""
+    return [f"{left}: {start + add * (steps - left)}+{add}={start + add * (steps - left + 1)}"
+            for left in range(steps, 0, -1)]  # fmt: skip
+
+
 def format_recall(s1: int, a1: int, k: int, s2: int, a2: int, n: int) -> tuple[str, str, str]:
     """(prompt, solution, answer) of one recall problem."""
     prompt = f"Count from {s1} by {a1}, {k} steps. Then from {s2} by {a2}, {n} steps. "
     prompt += "Answer both.\n"
-    first = [f"{left}: {s1 + a1 * (k - left + 1)}" for left in range(k, 0, -1)]
-    second = [f"{left}: {s2 + a2 * (n - left + 1)}" for left in range(n, 0, -1)]
     answer = f"{s2 + a2 * n} {s1 + a1 * k}"
-    return prompt, "\n".join([*first, "then", *second, f"#### {answer}"]), answer
+    lines = [*_count_lines(s1, a1, k), "then", *_count_lines(s2, a2, n), f"#### {answer}"]
+    return prompt, "\n".join(lines), answer
 
 
 def format_prompt(start: int, add: int, steps: int) -> str:

@@ -272,10 +272,10 @@ def test_recall_task_answer_is_written_once_and_never_restated() -> None:
         assert row["answer"] == f"{last} {value}"  # both: cutting the second count short fails
         assert row["solution"].endswith(f"#### {last} {value}")
         first, second = row["solution"].rsplit("\n", 1)[0].split("\nthen\n")
-        assert first.endswith(f"1: {value}") and len(first.splitlines()) == k
-        assert second.endswith(f"1: {s2 + a2 * n}") and len(second.splitlines()) == n
-        assert first.count(f": {value}") == 1  # written once; the second count's totals
-        assert re.findall(r": (\d+)$", second, flags=re.M) == [  # come from its own start
+        assert first.endswith(f"={value}") and len(first.splitlines()) == k
+        assert second.endswith(f"={last}") and len(second.splitlines()) == n
+        assert first.count(f"={value}") == 1  # written once; the second count's totals
+        assert re.findall(r"=(\d+)$", second, flags=re.M) == [  # come from its own start
             str(s2 + a2 * j) for j in range(1, n + 1)
         ]
         dists.append(recall_distance(lambda t: raw.encode(t).ids, row))
