@@ -19,6 +19,10 @@ def _bench(args: argparse.Namespace) -> int:
         from pte_ray.bench import reward
 
         result = reward.run(args)
+    elif args.bench == "grad":
+        from pte_ray.bench import grad
+
+        result = grad.run(args)
     else:
         from pte_ray.bench import method
 
@@ -143,12 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from pte_ray.bench import method, reward
+    from pte_ray.bench import grad, method, reward
 
     for name, help_ in [("rollout", "bounded-cache generation"), ("replay", "segment replay")]:
         bp = bsub.add_parser(name, help=help_)
         method.add_args(bp)
     reward.add_args(bsub.add_parser("reward", help="math verifier throughput"))
+    grad.add_args(bsub.add_parser("grad", help="truncated vs exact replay gradient (fp64)"))
     b.set_defaults(func=_bench)
     return p
 

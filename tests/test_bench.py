@@ -22,3 +22,17 @@ def test_replay_memory_compared_with_full_cache_lora(random_ckpt, capsys):
     assert abs(pte["max_abs_logprob_diff"] - exact["max_abs_logprob_diff"]) < 1e-5
     assert res["extra_mb_ratio"] > 0 and res["time_ratio"] > 0
     assert res["exact_vs_truncated_extra_mb_ratio"] > 0 and res["exact_vs_lora_extra_mb_ratio"] > 0
+
+
+def test_grad_bench_compares_truncated_and_exact(random_ckpt, capsys):
+    args = ["bench", "grad", "--model", str(random_ckpt("qwen2")), "--batch", "3"]
+    assert cli([*args, "--budget", "8", "--max-new-tokens", "40", "--a-std", "0.1"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["evictions_per_seq"] > 2
+    for loss in ("every_token", "last_segment"):
+        assert set(res[loss]) == {"A", "B", "encoder"}
+        assert min(g["cosine"] for g in res[loss].values()) < 0.999  # truncation loses credit
+    assert cli([*args, "--budget", "64", "--max-new-tokens", "40", "--a-std", "0.1"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["evictions_per_seq"] == 0  # nothing evicted: the two modes are one gradient
+    assert all(abs(g["cosine"] - 1) < 1e-9 for g in res["every_token"].values())
