@@ -5,7 +5,7 @@ than it is. This samples completions from a model (a trained adapter, or a fresh
 zero) under the bounded cache, then computes in fp64, on the same tokens, the gradient of two
 losses with ``truncated`` and ``exact`` replay: every token's log-prob (GRPO's shape) and the
 last segment's only (where the recall task's answer is). Per parameter group (A, B, encoder) it
-reports the cosine between the two and the norm ratio truncated / exact.
+reports the cosine between the two, the norm ratio truncated / exact and the exact norm.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             g: {
                 "cosine": float(torch.nn.functional.cosine_similarity(t[g], e[g], dim=0)),
                 "norm_ratio": float(t[g].norm() / e[g].norm().clamp_min(1e-300)),
+                "exact_norm": float(e[g].norm()),
             }
             for g in e
         }
