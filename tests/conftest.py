@@ -78,9 +78,7 @@ def _stop_cluster(temp_dir: str) -> None:
     import psutil
 
     roots = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if temp_dir in " ".join(p.info["cmdline"] or [])
+        p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])
     ]
     procs = set(roots)
     for root in roots:
