@@ -40,41 +40,50 @@ class _Start:
 
 
 class _ThoughtStore:
-    """Every thought token's K/V, written once by the no-grad pass; rings are rebuilt from it."""
+    """Every thought token's K/V, written once by the no-grad pass, in one chunk per segment;
+    rings are rebuilt from it, and the reverse pass drops each chunk once no ring needs it."""
 
-    def __init__(self, cache: BoundedCache, n_tokens: int) -> None:
-        k0 = cache.kv[0][0]
-        shape = (k0.shape[0], k0.shape[1], n_tokens, k0.shape[3])
-        self.k = [k0.new_zeros(shape) for _ in cache.kv]  # per layer [b, n_kv, T, hd]
-        self.v = [k0.new_zeros(shape) for _ in cache.kv]
+    def __init__(self, cache: BoundedCache) -> None:
         self.p, self.cap = cache.p_max, cache.caps[0]  # one schedule group: one capacity
-        self.width = cache.n_slots - cache.p_max
+        k0 = cache.kv[0][0]
+        self.template, self.n_layers = k0, len(cache.kv)
+        self.shape = (k0.shape[0], k0.shape[1], cache.n_slots - cache.p_max, k0.shape[3])
+        self.chunks: list[tuple[int, list[torch.Tensor], list[torch.Tensor]]] = []  # (a, k, v)
 
     def take(self, cache: BoundedCache, a: int, z: int) -> None:
         """Copy tokens [a, z), just written by a segment, out of the ring."""
-        slots = self.p + torch.arange(a, z, device=self.k[0].device) % self.cap
-        for store_k, store_v, (k, v) in zip(self.k, self.v, cache.kv):
-            store_k[:, :, a:z] = k[:, :, slots]
-            store_v[:, :, a:z] = v[:, :, slots]
+        if z > a:
+            slots = self.p + torch.arange(a, z, device=self.template.device) % self.cap
+            ks = [k[:, :, slots] for k, _ in cache.kv]  # per layer [b, n_kv, z - a, hd]
+            self.chunks.append((a, ks, [v[:, :, slots] for _, v in cache.kv]))
 
     def ring(self, a: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The thought region as it stood before token a's write, as leaves that take grad."""
-        dev = self.k[0].device
-        toks = torch.arange(max(0, a - self.cap), a, device=dev)
-        out = []
-        for store_k, store_v in zip(self.k, self.v):
-            shape = (*store_k.shape[:2], self.width, store_k.shape[3])
-            ring_k = store_k.new_zeros(shape).index_copy_(2, toks % self.cap, store_k[:, :, toks])
-            ring_v = store_v.new_zeros(shape).index_copy_(2, toks % self.cap, store_v[:, :, toks])
-            out.append((ring_k.requires_grad_(), ring_v.requires_grad_()))
-        return out
+        """The thought region as it stood before token a's write, as leaves that take grad.
+
+        Drops the chunks of tokens >= a first: the segments still to run never read them.
+        """
+        self.chunks = [c for c in self.chunks if c[0] < a]
+        rings = [
+            (self.template.new_zeros(self.shape), self.template.new_zeros(self.shape))
+            for _ in range(self.n_layers)
+        ]
+        for lo, ks, vs in self.chunks:
+            first = max(lo, a - self.cap)  # the ring holds tokens [a - cap, a)
+            n = lo + ks[0].shape[2] - first
+            if n <= 0:
+                continue
+            slots = torch.arange(first, first + n, device=self.template.device) % self.cap
+            for (ring_k, ring_v), k, v in zip(rings, ks, vs, strict=True):
+                ring_k.index_copy_(2, slots, k[:, :, first - lo :])
+                ring_v.index_copy_(2, slots, v[:, :, first - lo :])
+        return [(rk.requires_grad_(a > 0), rv.requires_grad_(a > 0)) for rk, rv in rings]
 
 
 def _forward_pass(
     model: Transformer, adapter: Adapter | None, cache: BoundedCache, pre: Prefill, g: Group
 ) -> tuple[list[_Start], _ThoughtStore]:
     """Step 1: the segments without grad, keeping each one's start and every token's K/V."""
-    store = _ThoughtStore(cache, g.toks.shape[1])
+    store = _ThoughtStore(cache)
     starts = []
     with torch.no_grad():
         cache.kv = [(k.detach().clone(), v.detach().clone()) for k, v in cache.kv]
@@ -94,8 +103,10 @@ def exact_group(
     p = cache.p_max
     g_ring: list[tuple[torch.Tensor | None, torch.Tensor | None]] | None = None
     g_state: torch.Tensor | None = None
-    for (a, z), st in reversed(list(zip(g.bounds, starts, strict=True))):
-        cache.t, cache.count, cache.valid = st.t, list(st.count), st.valid.clone()
+    for a, z in reversed(g.bounds):
+        st = starts.pop()  # each start is read once
+        cache.t, cache.count, cache.valid = st.t, list(st.count), st.valid
+        cache.kv = []  # the later segment's buffers go before this one's are built
         ring = store.ring(a)
         it = iter(pre.kv)
         cache.kv = [(torch.cat([next(it), rk], 2), torch.cat([next(it), rv], 2)) for rk, rv in ring]
@@ -122,4 +133,5 @@ def exact_group(
         if outs:
             torch.autograd.backward(outs, grads)
         g_ring = [(rk.grad, rv.grad) for rk, rv in ring]
+        del ring, outs, grads, loss, logits  # before the next segment's recompute
         g_state = s_in.grad if a > 0 and s_in is not None and s_in.requires_grad else None
