@@ -64,9 +64,13 @@ def _alive_actors() -> int:
 
 def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path):
     # weight decay moves B and the encoders even if this random model earns no reward
-    cfg = load_config(None, base("train.steps=1", "optim.weight_decay=0.5"))
+    over = base("train.steps=1", "optim.weight_decay=0.5", "optim.encoder_lr_scale=10")
+    cfg = load_config(None, over)
     ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
     try:
+        # the encoder trains at its own learning rate, as DeepSpeed's optimizer holds it
+        lrs = ray.get(ctl.roles.learners.actors[0].optimizer_lrs.remote())
+        assert lrs == pytest.approx([cfg.optim.lr, 10 * cfg.optim.lr])
         ctl.weights = ctl.roles.learners.publish()
         worker = next(iter(ctl.roles.rollout.actors.values()))
         v0 = ray.get(worker.sync.remote(ctl.weights))

@@ -42,6 +42,13 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def param_groups(adapter: torch.nn.Module, lr: float, encoder_scale: float) -> list[dict]:
+    """The LoRA factors at ``lr``; the thought encoder (if any) at ``lr * encoder_scale``."""
+    enc = [p for n, p in adapter.named_parameters() if n.startswith("encoder.")]
+    rest = [p for n, p in adapter.named_parameters() if not n.startswith("encoder.")]
+    return [{"params": rest}] + ([{"params": enc, "lr": lr * encoder_scale}] if enc else [])
+
+
 def _accumulate_into(acc: torch.Tensor):
     """A post-accumulate-grad hook: add the fresh gradient to ``acc`` in fp32, clear ``.grad``."""
 
@@ -104,7 +111,9 @@ class Learner:
             "steps_per_print": 1 << 30,
         }
         self.engine, _, _, _ = deepspeed.initialize(
-            model=adapter, model_parameters=list(adapter.parameters()), config=ds_cfg
+            model=adapter,
+            model_parameters=param_groups(adapter, o.lr, o.encoder_lr_scale),
+            config=ds_cfg,
         )
         self.version = 0
 
@@ -204,6 +213,10 @@ class Learner:
         """Rank 0: put a versioned snapshot of the adapter in the object store."""
         snap = pack(self.engine.module.state_dict(), self.version)
         return self.version, [ray.put(snap)]
+
+    def optimizer_lrs(self) -> list[float]:
+        """Each optimizer parameter group's learning rate, as DeepSpeed's optimizer holds it."""
+        return [float(g["lr"]) for g in self.engine.optimizer.param_groups]
 
     def state_digest(self) -> dict[str, float]:
         """Sums of every adapter tensor: lets tests and the controller compare ranks cheaply."""
