@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+from pte_ray.env import apply_defaults
+
+apply_defaults()
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +62,20 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         f"--temp-dir={temp_dir}",
     ]
     subprocess.run(cmd, check=True, capture_output=True)
-    address = f"127.0.0.1:{port}"
+    address, dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     ray.init(address=address, log_to_driver=False)
+    # The state API (ray.util.state) finds its cluster by looking for Ray processes: with
+    # another test run's cluster on the machine it finds two and refuses. Point it at this one.
+    api_env = "RAY_API_SERVER_ADDRESS"
+    old_api = os.environ.get(api_env)
+    os.environ[api_env] = dashboard
     try:
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
+        yield {"address": address, "dashboard": dashboard}
     finally:
+        if old_api is None:
+            os.environ.pop(api_env, None)
+        else:
+            os.environ[api_env] = old_api
         ray.shutdown()
         _stop_cluster(temp_dir)
 
@@ -96,6 +104,6 @@ def _stop_cluster(temp_dir: str) -> None:
 
 @pytest.fixture(scope="session")
 def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pte_ray.tiny_task import write_task
+    from pte_ray.tiny.task import write_task
 
     return write_task(tmp_path_factory.mktemp("task") / "train.jsonl", 64, seed=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from pte_ray import train
 from pte_ray.actors.pool import PoolError
 from pte_ray.config import load_config
+from pte_ray.controller.step import Controller
 from pte_ray.run_dir import RunDir
 
 METRIC_KEYS = {
@@ -53,20 +55,36 @@ def base(random_ckpt, task_file, tmp_path):
     return make
 
 
-def _alive_actors() -> int:
-    """Live actors plus placement groups still holding resources: a clean stop leaves 0."""
+def _cluster() -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Every actor (id -> (class, state)) and placement group (id -> state) the cluster knows,
+    dead and removed ones included."""
     from ray.util.state import list_actors, list_placement_groups
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")])
-    groups = list_placement_groups(filters=[("state", "=", "CREATED")])
-    return len(actors) + len(groups)
+    actors = {a.actor_id: (a.class_name, a.state) for a in list_actors(limit=10_000)}
+    groups = {g.placement_group_id: g.state for g in list_placement_groups(limit=10_000)}
+    return actors, groups
+
+
+def _started_since(before, settle_s: float = 15.0) -> tuple[list[tuple[str, str]], list[str]]:
+    """The actors ((class, state)) and placement groups (state) created since ``before``, once
+    none is still running or holding resources (``ray.kill`` and group removal are async), or
+    after ``settle_s``: a clean stop leaves every one DEAD or REMOVED."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        now_actors, now_groups = _cluster()
+        actors = [v for k, v in now_actors.items() if k not in before[0]]
+        groups = [v for k, v in now_groups.items() if k not in before[1]]
+        settled = all(s == "DEAD" for _, s in actors) and all(s == "REMOVED" for s in groups)
+        if settled or time.monotonic() > deadline:
+            return actors, groups
+        time.sleep(0.5)
 
 
 def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path):
     # weight decay moves B and the encoders even if this random model earns no reward
     over = base("train.steps=1", "optim.weight_decay=0.5", "optim.encoder_lr_scale=10")
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         # the encoder trains at its own learning rate, as DeepSpeed's optimizer holds it
         lrs = ray.get(ctl.roles.learners.actors[0].optimizer_lrs.remote())
@@ -106,7 +124,7 @@ def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches,
         "reward.num_cpus=0.1",
     )
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         ctl.weights = ctl.roles.learners.publish()
         m = ctl.train_step(0)
@@ -132,7 +150,7 @@ def test_colocated_workers_run_in_the_learners_bundles(ray_cluster, base):
         "reward.num_cpus=0.1",
     )
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         pg = ctl.roles.learners.pg
         assert pg.bundle_specs == [{"CPU": 0.5}, {"CPU": 0.4}]  # learner + rollout (+ ref)
@@ -152,6 +170,7 @@ def test_colocated_workers_run_in_the_learners_bundles(ray_cluster, base):
 
 
 def test_train_writes_the_run_directory(ray_cluster, base, tmp_path):
+    before = _cluster()
     assert train.main(None, base("train.steps=3", "train.save_every=2")) == 0
     run = tmp_path / "run"
     cfg = load_config(run / "config.yaml")
@@ -168,7 +187,9 @@ def test_train_writes_the_run_directory(ray_cluster, base, tmp_path):
         ck = run / "checkpoints" / f"step_{step:06d}"
         assert load_file(ck / "adapter.safetensors")
         assert json.loads((ck / "adapter.json").read_text())["version"] == step
-    assert _alive_actors() == 0
+    actors, groups = _started_since(before)
+    assert {c for c, _ in actors} >= {"Learner", "RolloutWorker", "RewardWorker"}
+    assert all(s == "DEAD" for _, s in actors) and groups == ["REMOVED"], (actors, groups)
 
 
 def test_resume_continues_bit_for_bit(ray_cluster, base, tmp_path):
@@ -195,33 +216,61 @@ def test_resume_continues_bit_for_bit(ray_cluster, base, tmp_path):
         (["learner.num_learners=9"], ValueError, "num_learners"),
     ],
 )
-def test_bad_input_fails_clearly_and_cleanly(ray_cluster, base, tmp_path, extra, exc, match):
+def test_bad_input_fails_before_any_actor_starts(ray_cluster, base, tmp_path, extra, exc, match):
+    before = _cluster()
     with pytest.raises(exc, match=match):
         train.main(None, base("train.steps=1", *extra))
-    assert _alive_actors() == 0
-    assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-def test_worker_that_raises_stops_the_run_with_its_cause(ray_cluster, base, tmp_path, random_ckpt):
-    # a truncated weights file passes the controller's checks and breaks in the actors that load it
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(random_ckpt("qwen2"), broken)
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(PoolError, match=r"failed to start: .*broken/model\.safetensors.*truncated"):
-        train.main(None, base("train.steps=2", f"model.path={broken}"))
-    assert _alive_actors() == 0
+    assert _started_since(before, settle_s=0) == ([], [])  # caught before any compute
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_dataset_without_columns_names_file_and_column(ray_cluster, base, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
+    before = _cluster()
     with pytest.raises(ValueError, match=r"bad\.jsonl.*prompt"):
         train.main(None, base("train.steps=1", f"data.train={bad}"))
-    assert _alive_actors() == 0
+    assert _started_since(before, settle_s=0) == ([], [])
+
+
+def test_learner_that_cannot_load_the_model_stops_the_run_with_its_cause(
+    ray_cluster, base, tmp_path, random_ckpt
+):
+    # a truncated weights file passes the controller's checks and breaks in the actors that load
+    # it: the learners, which start first, so the learner group must stop its own half-start
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(random_ckpt("qwen2"), broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    before = _cluster()
+    match = r"failed to start: .*broken/model\.safetensors.*truncated"
+    with pytest.raises(PoolError, match=match) as failed:  # held: see the next test
+        train.main(None, base("train.steps=2", f"model.path={broken}"))
+    actors, groups = _started_since(before)
+    assert {c for c, _ in actors} == {"Learner"}  # no later role was started
+    assert all(s == "DEAD" for _, s in actors) and groups == ["REMOVED"], (actors, groups)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    del failed
+
+
+def test_role_failing_after_others_started_stops_them_all(ray_cluster, base, tmp_path):
+    # The learners, the rollout pool and the reward pool are up and ready when the reference
+    # pool, the last role, fails to start: Ray rejects its num_cpus (finer than 0.0001), which
+    # config validation lets through. Only start_roles can stop the three that started.
+    # The error's traceback holds the started roles' handles, as a caller that keeps the error
+    # does: Ray would end actors whose handles are all dropped, so only an explicit stop counts.
+    before = _cluster()
+    over = base("train.steps=1", "grpo.kl_coef=0.05", "reference.num_cpus=0.00001")
+    with pytest.raises(ValueError, match=r"num_cpus.*0\.0001") as failed:
+        train.main(None, over)
+    actors, groups = _started_since(before)
+    assert {c for c, _ in actors} == {"Learner", "RolloutWorker", "RewardWorker"}
+    assert all(s == "DEAD" for _, s in actors), actors
+    assert groups == ["REMOVED"], groups  # the learners' placement group
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    del failed
 
 
 def test_ray_job_submit_runs_the_tiny_job(ray_cluster, tmp_path):

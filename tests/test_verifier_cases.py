@@ -380,31 +380,47 @@ HOSTILE = (
 TIMEOUT_S = 0.75
 
 
+class HostileRun:
+    """The module's one verifier and the hostile inputs it has scored, each checked once."""
+
+    def __init__(self, verifier: Verifier) -> None:
+        self.verifier = verifier
+        self.scored: set[int] = set()
+
+    def check(self, i: int) -> None:
+        t0 = time.perf_counter()
+        reward, status = self.verifier.score(HOSTILE[i], "3")
+        elapsed = time.perf_counter() - t0
+        self.scored.add(i)
+        # a timed-out worker is replaced in the background; the next call may wait for its start-up
+        assert elapsed < TIMEOUT_S + 5.0
+        assert status in ("no_answer", "parse_error", "timeout", "mismatch")
+        assert reward == 0.0
+        assert not PWNED.exists()
+
+
 @pytest.fixture(scope="module")
-def hostile_verifier():
+def hostile():
     PWNED.unlink(missing_ok=True)
     with Verifier(RewardConfig(timeout_s=TIMEOUT_S)) as v:
         v.score(B("\\sqrt{4}"), "2")  # start the worker outside the timed calls
-        yield v
+        yield HostileRun(v)
 
 
 @pytest.mark.parametrize("i", range(len(HOSTILE)))
-def test_hostile_input(hostile_verifier: Verifier, i: int):
-    completion = HOSTILE[i]
-    t0 = time.perf_counter()
-    reward, status = hostile_verifier.score(completion, "3")
-    elapsed = time.perf_counter() - t0
-    # a timed-out worker is replaced in the background; the next call may wait for its start-up
-    assert elapsed < TIMEOUT_S + 5.0
-    assert status in ("no_answer", "parse_error", "timeout", "mismatch")
-    assert reward == 0.0
-    assert not PWNED.exists()
+def test_hostile_input(hostile: HostileRun, i: int):
+    hostile.check(i)
 
 
-def test_pool_still_works_after_hostile_inputs(hostile_verifier: Verifier):
-    counts = hostile_verifier.take_counts()
+def test_pool_still_works_after_hostile_inputs(hostile: HostileRun):
+    # run alone (-k), it puts the whole battery through the verifier itself first
+    for i in range(len(HOSTILE)):
+        if i not in hostile.scored:
+            hostile.check(i)
+    v = hostile.verifier
+    counts = v.take_counts()
     assert counts["timeout"] >= 1  # the integral really reached a worker and was killed
-    assert hostile_verifier.workers_replaced >= 1
-    assert hostile_verifier.score(B("\\frac{x^2-1}{x-1}"), "x+1") == (1.0, "ok")
-    assert hostile_verifier.score(B("(x+1)^2"), "x^2+1") == (0.0, "mismatch")
+    assert v.workers_replaced >= 1
+    assert v.score(B("\\frac{x^2-1}{x-1}"), "x+1") == (1.0, "ok")
+    assert v.score(B("(x+1)^2"), "x^2+1") == (0.0, "mismatch")
     assert not PWNED.exists()
