@@ -18,29 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pte_ray.method.config import AdapterConfig
-from pte_ray.method.model import ModelArgs
-
-# Linear groups of one layer that share an input, in the order of the fused base output.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q", "k", "v"),
-    "o": ("o",),
-    "gate_up": ("gate", "up"),
-    "down": ("down",),
-}
-
-
-def _dims(a: ModelArgs) -> tuple[dict[str, int], dict[str, int]]:
-    d_in = {"qkv": a.dim, "o": a.q_dim, "gate_up": a.dim, "down": a.intermediate}
-    d_out = {
-        "q": a.q_dim,
-        "k": a.kv_dim,
-        "v": a.kv_dim,
-        "o": a.dim,
-        "gate": a.intermediate,
-        "up": a.intermediate,
-        "down": a.dim,
-    }
-    return d_in, d_out
+from pte_ray.method.layout import FusedLinear, ModelArgs
 
 
 def rms_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -60,33 +38,31 @@ class LayerAdapter(nn.Module):
         device: torch.device | str,
     ) -> None:
         super().__init__()
-        d_in, d_out = _dims(a)
         self.rank, self.scale = cfg.rank, cfg.alpha / cfg.rank
         self.plain = not cfg.uses_state  # plain LoRA: A is d_out x r and there is no S
         self.g = cfg.rank if self.plain else cfg.global_tokens
         self.B = nn.ParameterDict()
         self.A = nn.ParameterDict()
-        self._subs: dict[str, list[tuple[str, int]]] = {}
-        for group, subs in GROUPS.items():
-            hit = [t for t in subs if t in cfg.targets]
+        for group in a.layout.groups:
+            hit = [(t, d_out) for t, d_out in group.parts if t in cfg.targets]
             if not hit:
                 continue
-            bound = 1.0 / math.sqrt(d_in[group])  # nn.Linear's Kaiming-uniform default
-            b = (torch.rand(len(hit) * cfg.rank, d_in[group], generator=gen) * 2 - 1) * bound
-            self.B[group] = nn.Parameter(b.to(dtype=dtype, device=device))
-            for t in hit:
-                self.A[t] = nn.Parameter(torch.zeros(d_out[t], self.g, dtype=dtype, device=device))
-            self._subs[group] = [(t, d_out[t]) for t in subs]
+            bound = 1.0 / math.sqrt(group.d_in)  # nn.Linear's Kaiming-uniform default
+            b = (torch.rand(len(hit) * cfg.rank, group.d_in, generator=gen) * 2 - 1) * bound
+            self.B[group.name] = nn.Parameter(b.to(dtype=dtype, device=device))
+            for t, d_out in hit:
+                self.A[t] = nn.Parameter(torch.zeros(d_out, self.g, dtype=dtype, device=device))
 
     def add_delta(
-        self, group: str, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
+        self, group: FusedLinear, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
     ) -> torch.Tensor:
         """y + (alpha/r) A (S (B x)) for the fused output ``y`` of ``group``; S is [B, G, r]
-        (plain LoRA: y + (alpha/r) A (B x), no S)."""
-        if group not in self.B:
+        (plain LoRA: y + (alpha/r) A (B x), no S). A is block-diagonal over the group's parts,
+        zero for a part that is not a target."""
+        if group.name not in self.B:
             return y
         bsz, t, _ = x.shape
-        h = F.linear(x, self.B[group])  # [B, T, n*r]
+        h = F.linear(x, self.B[group.name])  # [B, T, n*r]
         n = h.shape[-1] // self.rank
         if self.plain:
             z = h  # [B, T, n*r]
@@ -94,8 +70,7 @@ class LayerAdapter(nn.Module):
             assert s is not None, "a thought-state adapter needs a state"
             z = torch.matmul(h.view(bsz, t * n, self.rank), s.transpose(1, 2))  # [B, T*n, G]
         blocks = [
-            self.A[name] if name in self.A else y.new_zeros(width, 0)
-            for name, width in self._subs[group]
+            self.A[name] if name in self.A else y.new_zeros(width, 0) for name, width in group.parts
         ]
         a_full = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
         return y + self.scale * F.linear(z.view(bsz, t, n * self.g), a_full)

@@ -12,9 +12,20 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pte_ray.method.model import ModelArgs, Transformer
+from pte_ray.method.layout import ModelArgs
+from pte_ray.method.model import Transformer
 
 SUPPORTED = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama"}
+# The HF module of each target linear under ``model.layers.{i}.``; the layout says how they fuse.
+HF_LINEAR = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
 
 
 def _hf_config(path: Path) -> Any:
@@ -70,6 +81,23 @@ def _rotary(cfg: Any) -> torch.nn.Module:
     return getattr(mod, f"{name}RotaryEmbedding")(config=cfg)
 
 
+def _open_weights(path: Path) -> dict[str, Any]:
+    """Tensor name -> the safetensors handle that holds it (nothing is read yet)."""
+    handles = []
+    for f in _weight_files(path):
+        try:
+            handles.append(safe_open(str(f), framework="pt", device="cpu"))
+        except (SafetensorError, OSError) as e:  # neither names the file
+            raise ValueError(f"cannot read weights file {f}: {e} (truncated or corrupt?)") from e
+    return {name: h for h in handles for name in h.keys()}
+
+
+def _stored_dtype(where: dict[str, Any]) -> torch.dtype:
+    name = "model.embed_tokens.weight"
+    stored = where[name].get_slice(name).get_dtype() if name in where else "F32"
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(str(stored), torch.float32)
+
+
 def load_base(
     path: str | os.PathLike[str],
     dtype: torch.dtype | None = None,
@@ -82,20 +110,9 @@ def load_base(
     """
     path = Path(path)
     cfg = _hf_config(path)
-    files = _weight_files(path)
-    handles = []
-    for f in files:
-        try:
-            handles.append(safe_open(str(f), framework="pt", device="cpu"))
-        except (SafetensorError, OSError) as e:  # neither names the file
-            raise ValueError(f"cannot read weights file {f}: {e} (truncated or corrupt?)") from e
-    where = {name: h for h in handles for name in h.keys()}
+    where = _open_weights(path)
     args = model_args(cfg, set(where))
-    if dtype is None:
-        name = "model.embed_tokens.weight"
-        stored = where[name].get_slice(name).get_dtype() if name in where else "F32"
-        dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(str(stored), torch.float32)
-    model = Transformer(args, _rotary(cfg), dtype=dtype, device=device)
+    model = Transformer(args, _rotary(cfg), dtype=dtype or _stored_dtype(where), device=device)
 
     def get(name: str) -> torch.Tensor:
         if name not in where:
@@ -116,20 +133,22 @@ def load_base(
         if model.lm_head is not None:
             put(model.lm_head, "lm_head.weight")
         for i, blk in enumerate(model.layers):
-            p = f"model.layers.{i}."
-            att = p + "self_attn."
-            put(blk.attn_norm, p + "input_layernorm.weight")
-            put(blk.ffn_norm, p + "post_attention_layernorm.weight")
-            put(blk.wqkv, *(att + f"{x}_proj.weight" for x in "qkv"))
-            if blk.bqkv is not None:
-                put(blk.bqkv, *(att + f"{x}_proj.bias" for x in "qkv"))
-            put(blk.wo, att + "o_proj.weight")
-            put(blk.w_gate_up, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
-            put(blk.w_down, p + "mlp.down_proj.weight")
-            if args.qk_norm:
-                put(blk.q_norm, att + "q_norm.weight")
-                put(blk.k_norm, att + "k_norm.weight")
+            _load_layer(blk, put, f"model.layers.{i}.")
     return model
+
+
+def _load_layer(blk: Any, put: Any, p: str) -> None:
+    """One layer's HF tensors into ``blk``, each fused group concatenated in layout order."""
+    layout = blk.layout
+    put(blk.attn_norm, p + "input_layernorm.weight")
+    put(blk.ffn_norm, p + "post_attention_layernorm.weight")
+    for group in layout.groups:
+        put(blk.w[group.name], *(p + HF_LINEAR[t] + ".weight" for t in group.targets))
+    if blk.bqkv is not None:
+        put(blk.bqkv, *(p + HF_LINEAR[t] + ".bias" for t in layout.qkv.targets))
+    if blk.args.qk_norm:
+        put(blk.q_norm, p + "self_attn.q_norm.weight")
+        put(blk.k_norm, p + "self_attn.k_norm.weight")
 
 
 def save_adapter(

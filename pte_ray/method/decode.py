@@ -82,8 +82,8 @@ def generate(
     step = step_fn or model.forward
 
     ids, pos, slots, mask = cache.prefill_inputs(prompts, pad_id)
-    max_pos = cache.p_max + n_new + 1
-    logits, _ = model(ids, pos, cache.kv, slots, mask, adapter, state, True, max_pos)
+    model.reserve_positions(cache.p_max + n_new + 1)
+    logits, _ = model(ids, pos, cache.kv, slots, mask, adapter, state, True)
     tok, lp = sample(logits[:, -1], sp, gen)
 
     out_tok = torch.full((b, n_new), pad_id, dtype=torch.long, device=dev)

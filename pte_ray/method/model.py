@@ -1,47 +1,28 @@
 """A compact decoder (Llama / Qwen2 / Qwen3) over HF weights, with a caller-owned static cache.
 
-gpt-fast style: fused q/k/v and gate/up projections, one forward for prefill, decode and replay.
-The caller passes the cache buffers, the slots to write the new keys/values to and the boolean
-attention mask over all slots, so the same code serves a full cache, a bounded ring cache and
-teacher-forced segment replay. The base weights are frozen buffers of the module; the adapter
-(LoRA + thought state) is passed in, so the base model never changes.
+gpt-fast style: fused q/k/v and gate/up projections (``layout.py`` says which and in what order),
+one forward for prefill, decode and replay. The caller passes the cache buffers, the slots to
+write the new keys/values to and the boolean attention mask over all slots, so the same code
+serves a full cache, a bounded ring cache and teacher-forced segment replay. The base weights are
+frozen buffers of the module; the adapter (LoRA + thought state) is passed in, so the base model
+never changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pte_ray.method.layout import FusedLinear, ModelArgs
+
 if TYPE_CHECKING:
-    from pte_ray.method.adapter import Adapter
+    from pte_ray.method.adapter import Adapter, LayerAdapter
 
-
-@dataclass(frozen=True)
-class ModelArgs:
-    model_type: str
-    vocab_size: int
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    intermediate: int
-    norm_eps: float
-    qkv_bias: bool
-    qk_norm: bool
-    tie_embeddings: bool
-
-    @property
-    def q_dim(self) -> int:
-        return self.n_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.n_kv_heads * self.head_dim
+KV = tuple[torch.Tensor, torch.Tensor]  # one layer's key and value buffers [B, n_kv, S, hd]
+ROPE_MIN_POSITIONS = 256  # the RoPE tables never hold fewer positions (short calls need no reserve)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -57,25 +38,104 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+def _lora(
+    lad: LayerAdapter | None,
+    group: FusedLinear,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    s: torch.Tensor | None,
+) -> torch.Tensor:
+    """The fused base output ``y`` of ``group`` plus the adapter's delta for input ``x``."""
+    return y if lad is None else lad.add_delta(group, y, x, s)
+
+
+def _write(kv: KV, idx: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> KV:
+    """Keys/values into their slots: in place without grad, out of place (keeping the graph)
+    with it."""
+    kb, vb = kv
+    if torch.is_grad_enabled():
+        return kb.scatter(2, idx, k), vb.scatter(2, idx, v)
+    kb.scatter_(2, idx, k)
+    vb.scatter_(2, idx, v)
+    return kb, vb
+
+
 class Block(nn.Module):
+    """One decoder layer. Every fused group of ``args.layout`` is one frozen weight in ``w``."""
+
     def __init__(self, a: ModelArgs, dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
         kw: dict[str, Any] = {"dtype": dtype, "device": device}
-        self.attn_norm = nn.Parameter(torch.ones(a.dim, **kw), requires_grad=False)
-        self.ffn_norm = nn.Parameter(torch.ones(a.dim, **kw), requires_grad=False)
-        qkv_out = a.q_dim + 2 * a.kv_dim
-        self.wqkv = nn.Parameter(torch.empty(qkv_out, a.dim, **kw), requires_grad=False)
-        self.bqkv = (
-            nn.Parameter(torch.zeros(qkv_out, **kw), requires_grad=False) if a.qkv_bias else None
+        self.args, self.layout = a, a.layout
+        self.attn_norm = _frozen(torch.ones(a.dim, **kw))
+        self.ffn_norm = _frozen(torch.ones(a.dim, **kw))
+        self.w = nn.ParameterDict(
+            {g.name: _frozen(torch.empty(g.d_out, g.d_in, **kw)) for g in self.layout.groups}
         )
-        self.wo = nn.Parameter(torch.empty(a.dim, a.q_dim, **kw), requires_grad=False)
-        self.w_gate_up = nn.Parameter(
-            torch.empty(2 * a.intermediate, a.dim, **kw), requires_grad=False
-        )
-        self.w_down = nn.Parameter(torch.empty(a.dim, a.intermediate, **kw), requires_grad=False)
+        self.bqkv = _frozen(torch.zeros(self.layout.qkv.d_out, **kw)) if a.qkv_bias else None
         if a.qk_norm:
-            self.q_norm = nn.Parameter(torch.ones(a.head_dim, **kw), requires_grad=False)
-            self.k_norm = nn.Parameter(torch.ones(a.head_dim, **kw), requires_grad=False)
+            self.q_norm = _frozen(torch.ones(a.head_dim, **kw))
+            self.k_norm = _frozen(torch.ones(a.head_dim, **kw))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv: KV,
+        idx: torch.Tensor,
+        attn_mask: torch.Tensor,
+        lad: LayerAdapter | None,
+        s: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, KV]:
+        """x [B, T, dim] -> x after attention and MLP, and this layer's updated buffers."""
+        h = rms_norm(x, self.attn_norm, self.args.norm_eps)
+        out, kv = self.attention(h, rope, kv, idx, attn_mask, lad, s)
+        x = x + out
+        h = rms_norm(x, self.ffn_norm, self.args.norm_eps)
+        return x + self.mlp(h, lad, s), kv
+
+    def attention(
+        self,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv: KV,
+        idx: torch.Tensor,
+        attn_mask: torch.Tensor,
+        lad: LayerAdapter | None,
+        s: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, KV]:
+        a, qkv_group = self.args, self.layout.qkv
+        bsz, t, _ = h.shape
+        qkv = _lora(lad, qkv_group, F.linear(h, self.w[qkv_group.name], self.bqkv), h, s)
+        q, k, v = qkv.split(qkv_group.widths, dim=-1)
+        q = q.view(bsz, t, a.n_heads, a.head_dim)
+        k = k.view(bsz, t, a.n_kv_heads, a.head_dim)
+        if a.qk_norm:
+            q = rms_norm(q, self.q_norm, a.norm_eps)
+            k = rms_norm(k, self.k_norm, a.norm_eps)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, T, hd]
+        v = v.view(bsz, t, a.n_kv_heads, a.head_dim).transpose(1, 2)
+        cos, sin = rope
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        kb, vb = _write(kv, idx, k, v)
+        o = F.scaled_dot_product_attention(q, kb, vb, attn_mask=attn_mask, enable_gqa=True)
+        o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
+        o_group = self.layout.o
+        return _lora(lad, o_group, F.linear(o, self.w[o_group.name]), o, s), (kb, vb)
+
+    def mlp(
+        self, h: torch.Tensor, lad: LayerAdapter | None, s: torch.Tensor | None
+    ) -> torch.Tensor:
+        gu_group, down_group = self.layout.gate_up, self.layout.down
+        gu = _lora(lad, gu_group, F.linear(h, self.w[gu_group.name]), h, s)
+        gate, up = gu.split(gu_group.widths, dim=-1)
+        act = F.silu(gate) * up
+        return _lora(lad, down_group, F.linear(act, self.w[down_group.name]), act, s)
 
 
 class Transformer(nn.Module):
@@ -89,22 +149,18 @@ class Transformer(nn.Module):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
+        kw: dict[str, Any] = {"dtype": dtype, "device": device}
         self.args = args
-        self.embed = nn.Parameter(
-            torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
-        )
+        self.embed = _frozen(torch.empty(args.vocab_size, args.dim, **kw))
         self.layers = nn.ModuleList(Block(args, dtype, device) for _ in range(args.n_layers))
-        self.norm = nn.Parameter(torch.ones(args.dim, dtype=dtype, device=device), False)
+        self.norm = _frozen(torch.ones(args.dim, **kw))
         self.lm_head = (
-            None
-            if args.tie_embeddings
-            else nn.Parameter(
-                torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), False
-            )
+            None if args.tie_embeddings else _frozen(torch.empty(args.vocab_size, args.dim, **kw))
         )
         self._rotary = rotary  # HF's own RoPE module: every rope_type HF knows is right here.
-        self._cos = torch.empty(0, args.head_dim, dtype=dtype, device=device)
-        self._sin = torch.empty(0, args.head_dim, dtype=dtype, device=device)
+        self._cos = torch.empty(0, args.head_dim, **kw)
+        self._sin = torch.empty(0, args.head_dim, **kw)
+        self.reserve_positions(ROPE_MIN_POSITIONS)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,17 +170,20 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed.device
 
-    def rope_tables(self, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for positions [0, max_pos), grown on demand and kept (no per-step work)."""
+    def reserve_positions(self, max_pos: int) -> None:
+        """Size the cos/sin tables for positions [0, max_pos), once, before a run's first forward.
+
+        They grow geometrically and are kept, so ``forward`` only indexes them: it never
+        rebuilds a table or reads a position back to the host to find out how far to grow.
+        """
         if self._cos.shape[0] < max_pos:
-            n = max(max_pos, 2 * self._cos.shape[0], 256)
+            n = max(max_pos, 2 * self._cos.shape[0], ROPE_MIN_POSITIONS)
             dummy = torch.zeros(1, dtype=torch.float32, device=self.device)
             pos = torch.arange(n, device=self.device)[None]
             cos, sin = self._rotary.to(self.device)(dummy, pos)
             self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
-        return self._cos, self._sin
 
-    def new_kv(self, batch: int, slots: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def new_kv(self, batch: int, slots: int) -> list[KV]:
         a = self.args
         shape = (batch, a.n_kv_heads, slots, a.head_dim)
         kw: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
@@ -134,74 +193,41 @@ class Transformer(nn.Module):
         self,
         ids: torch.Tensor,
         pos: torch.Tensor,
-        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        kv: list[KV],
         write_slots: torch.Tensor,
         mask: torch.Tensor,
         adapter: Adapter | None = None,
         state: torch.Tensor | None = None,
         last_only: bool = False,
         max_pos: int | None = None,
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    ) -> tuple[torch.Tensor, list[KV]]:
         """Run ``ids`` [B, T] at positions ``pos`` [B, T].
 
         New keys/values go to ``write_slots`` [B, T] of each layer's ``kv`` buffers
         [B, n_kv, S, hd]; ``mask`` [B, T, S] says which slots each query may attend to (after
         the write). With grad enabled the write is out of place and the returned buffers carry
         the graph; without grad the buffers are updated in place. ``state`` [L, B, G, r] is the
-        thought state for ``adapter``. ``max_pos`` grows the RoPE tables first; the decode loop
-        does that once before its loop so no step reads a position back to the host. Returns
-        fp32 logits [B, T or 1, V] and the buffers.
+        thought state for ``adapter``. ``max_pos`` (optional) is checked against the RoPE tables,
+        which ``reserve_positions`` sized up front. Returns fp32 logits [B, T or 1, V] and the
+        buffers.
         """
         a = self.args
+        if max_pos is not None and max_pos > self._cos.shape[0]:
+            raise ValueError(
+                f"positions up to {max_pos} need reserve_positions({max_pos}) first "
+                f"(the RoPE tables hold {self._cos.shape[0]})"
+            )
         bsz, t = ids.shape
-        if max_pos is not None:
-            self.rope_tables(max_pos)
-        cos, sin = self._cos[pos][:, None], self._sin[pos][:, None]  # [B, 1, T, hd]
+        rope = self._cos[pos][:, None], self._sin[pos][:, None]  # [B, 1, T, hd]
         idx = write_slots[:, None, :, None].expand(bsz, a.n_kv_heads, t, a.head_dim)
         attn_mask = mask[:, None]
-        inplace = not torch.is_grad_enabled()
         x = F.embedding(ids, self.embed)
-        new_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        new_kv: list[KV] = []
         for li, blk in enumerate(self.layers):
             lad = adapter.layers[li] if adapter is not None else None
             s = state[li] if state is not None else None
-            h = rms_norm(x, blk.attn_norm, a.norm_eps)
-            qkv = F.linear(h, blk.wqkv, blk.bqkv)
-            if lad is not None:
-                qkv = lad.add_delta("qkv", qkv, h, s)
-            q, k, v = qkv.split((a.q_dim, a.kv_dim, a.kv_dim), dim=-1)
-            q = q.view(bsz, t, a.n_heads, a.head_dim)
-            k = k.view(bsz, t, a.n_kv_heads, a.head_dim)
-            if a.qk_norm:
-                q = rms_norm(q, blk.q_norm, a.norm_eps)
-                k = rms_norm(k, blk.k_norm, a.norm_eps)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = v.view(bsz, t, a.n_kv_heads, a.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            kb, vb = kv[li]
-            if inplace:
-                kb.scatter_(2, idx, k)
-                vb.scatter_(2, idx, v)
-            else:
-                kb, vb = kb.scatter(2, idx, k), vb.scatter(2, idx, v)
-            new_kv.append((kb, vb))
-            o = F.scaled_dot_product_attention(q, kb, vb, attn_mask=attn_mask, enable_gqa=True)
-            o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
-            out = F.linear(o, blk.wo)
-            if lad is not None:
-                out = lad.add_delta("o", out, o, s)
-            x = x + out
-            h = rms_norm(x, blk.ffn_norm, a.norm_eps)
-            gu = F.linear(h, blk.w_gate_up)
-            if lad is not None:
-                gu = lad.add_delta("gate_up", gu, h, s)
-            gate, up = gu.chunk(2, dim=-1)
-            act = F.silu(gate) * up
-            down = F.linear(act, blk.w_down)
-            if lad is not None:
-                down = lad.add_delta("down", down, act, s)
-            x = x + down
+            x, layer_kv = blk(x, rope, kv[li], idx, attn_mask, lad, s)
+            new_kv.append(layer_kv)
         if last_only:
             x = x[:, -1:]
         x = rms_norm(x, self.norm, a.norm_eps)

@@ -82,7 +82,8 @@ def prefill(
     """The prompt forward, with grad when training: its outputs become the segments' leaves."""
     s0 = adapter.initial_state(len(prompts)) if adapter is not None else None
     ids, pos, slots, pmask = cache.prefill_inputs(prompts, pad_id)
-    first, kv = model(ids, pos, cache.kv, slots, pmask, adapter, s0, True, max_pos)
+    model.reserve_positions(max_pos)  # RoPE sized once, before the first forward
+    first, kv = model(ids, pos, cache.kv, slots, pmask, adapter, s0, True)
     prompt_kv = [x[:, :, : cache.p_max] for pair in kv for x in pair]
     cache.kv = kv
     return Prefill([first, *prompt_kv] + ([s0] if s0 is not None else []), len(prompt_kv), grad)
