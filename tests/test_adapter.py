@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pte_ray.method.adapter import Adapter, rms_normalise
+from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.config import AdapterConfig, CacheConfig
 from pte_ray.method.replay import replay
+from pte_ray.method.thought_encoder import rms_normalise
 
 
 def _logits(model, adapter, prompts):

@@ -1,12 +1,11 @@
-"""The PTE adapter: per-layer thought encoders and the dynamic LoRA they modulate.
+"""The PTE adapter: the dynamic LoRA of every layer and the thought encoder that drives it.
 
 Design section 1. Per layer l and target linear W: ``y = W x + (alpha/r) A (S_l (B x))`` with
 B in R^{r x d_in} (Kaiming), A in R^{d_out x G} (zero, so training starts at the base model) and
-S_l in R^{G x r} the thought state of the sequence. The plain-LoRA baselines (``lora``,
-``lora_c``) drop S: ``y = W x + (alpha/r) A (B x)`` with A in R^{d_out x r}, and no encoder.
-Targets that share an input (q/k/v, gate/up) share one B matmul. The encoders of all layers are
-stacked so an eviction folds every layer's evicted keys/values into the state in a handful of
-batched ops.
+S_l in R^{G x r} the thought state of the sequence, which ``thought_encoder.py`` makes and folds
+evictions into. The plain-LoRA baselines (``lora``, ``lora_c``) drop S:
+``y = W x + (alpha/r) A (B x)`` with A in R^{d_out x r}, and no encoder. Targets that share an
+input (q/k/v, gate/up: the fused groups of ``layout.py``) share one B matmul.
 """
 
 from __future__ import annotations
@@ -19,11 +18,7 @@ from torch import nn
 
 from pte_ray.method.config import AdapterConfig
 from pte_ray.method.layout import FusedLinear, ModelArgs
-
-
-def rms_normalise(x: torch.Tensor) -> torch.Tensor:
-    """Norm(X) = X / sqrt(mean(X^2) + 1e-6) over the whole G x r matrix."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=(-2, -1), keepdim=True) + 1e-6)
+from pte_ray.method.thought_encoder import ThoughtEncoder
 
 
 class LayerAdapter(nn.Module):
@@ -76,52 +71,12 @@ class LayerAdapter(nn.Module):
         return y + self.scale * F.linear(z.view(bsz, t, n * self.g), a_full)
 
 
-class ThoughtEncoder(nn.Module):
-    """Enc(K, V) = softmax((Qg Wq)(K Wk)^T / sqrt(r)) (V Wv), one per layer, stacked on dim 0."""
-
-    def __init__(
-        self,
-        a: ModelArgs,
-        cfg: AdapterConfig,
-        gen: torch.Generator,
-        dtype: torch.dtype,
-        device: torch.device | str,
-    ) -> None:
-        super().__init__()
-        n_l, g, d, r = a.n_layers, cfg.global_tokens, a.kv_dim, cfg.rank
-        self.attention = cfg.attention
-        self.rank = r
-
-        def p(*shape: int, std: float) -> nn.Parameter:
-            w = torch.randn(*shape, generator=gen) * std
-            return nn.Parameter(w.to(dtype=dtype, device=device))
-
-        self.Qg, self.Kg, self.Vg = (p(n_l, g, d, std=1.0) for _ in range(3))
-        self.Wq, self.Wk, self.Wv = (p(n_l, d, r, std=d**-0.5) for _ in range(3))
-
-    def encode(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """k, v [L, B, N, d_kv], valid [B, N] -> [L, B, G, r]."""
-        q = torch.matmul(self.Qg, self.Wq)[:, None]  # [L, 1, G, r]
-        kk = torch.matmul(k, self.Wk[:, None])  # [L, B, N, r]
-        vv = torch.matmul(v, self.Wv[:, None])
-        scores = torch.matmul(q, kk.transpose(-1, -2)) / math.sqrt(self.rank)  # [L, B, G, N]
-        keep = valid[None, :, None, :]
-        if self.attention == "linear":
-            weights = scores * keep
-        else:
-            weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
-            weights = torch.nan_to_num(weights, nan=0.0)  # a row with nothing evicted
-        return torch.matmul(weights, vv)
-
-    def initial_state(self) -> torch.Tensor:
-        """S_0 = Norm(Enc(Kg, Vg)): [L, G, r]."""
-        n_l, g, _ = self.Kg.shape
-        valid = torch.ones(1, g, dtype=torch.bool, device=self.Kg.device)
-        return rms_normalise(self.encode(self.Kg[:, None], self.Vg[:, None], valid)[:, 0])
-
-
 class Adapter(nn.Module):
-    """Everything that trains: LoRA factors of every layer plus the thought encoders."""
+    """Everything that trains: LoRA factors of every layer plus the thought encoder.
+
+    State-dict keys are what checkpoints on disk hold: ``layers.{l}.B.{group}``,
+    ``layers.{l}.A.{target}`` and ``encoder.*``; keep them.
+    """
 
     def __init__(
         self,
@@ -161,5 +116,5 @@ class Adapter(nn.Module):
         """
         if not self.cfg.dynamic or self.encoder is None or state is None:
             return state
-        new = rms_normalise(state + self.encoder.encode(k_evicted, v_evicted, valid))
+        new = self.encoder.fold(state, k_evicted, v_evicted, valid)
         return torch.where(rows[None, :, None, None], new, state)
