@@ -8,10 +8,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+from pte_ray.env import apply_defaults
+
+apply_defaults()
 
 
 def _bench(args: argparse.Namespace) -> int:

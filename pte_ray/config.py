@@ -1,7 +1,9 @@
 """The run configuration: one pydantic tree, YAML file + dotted ``key=value`` overrides.
 
 Every section forbids unknown keys, so a typo is an error naming the key instead of a silently
-ignored setting. ``to_method`` turns sections into the method layer's dataclasses.
+ignored setting. Each setting is declared once, with its default, bounds and help: the
+``cache``, ``adapter`` and ``sampling`` sections are the method layer's own models
+(``method/config.py``), ``grpo`` is ``rl/grpo.py``'s; the rest (roles, optimizer, loop) here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig, SamplingParams
 from pte_ray.rl.grpo import GRPOConfig
 
 
@@ -20,130 +22,104 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    """A setting: its default, its bounds and its one-line help, in one declaration."""
+    return Field(default, description=help, **bounds)
+
+
 class ModelSection(Section):
-    path: str = "tiny"  # 'tiny' = built and cached by pte_ray.tiny
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    path: str = _f("tiny", "HF checkpoint dir, hub id, or tiny / tiny-recall (built locally)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = _f(
+        "auto", "auto: the checkpoint's dtype on GPU, fp32 on CPU"
+    )
 
 
 class DataSection(Section):
-    train: str = "tiny"  # JSONL / JSON / Parquet / dir of Parquet shards, or 'tiny'
-    prompt_key: str = "prompt"
-    answer_key: str = "answer"
-    messages_key: str | None = None
-    system_prompt: str | None = None
-    instruction: str | None = None
-    apply_chat_template: bool = False
-    skip_bad_rows: bool = False
-    max_prompt_tokens: int | None = Field(default=None, ge=1)
-
-
-class CacheSection(Section):
-    budget: int | None = Field(default=64, ge=1)
-    budget_mode: Literal["thought", "total"] = "thought"
-    evict_ratio: float = Field(default=0.25, gt=0.0, le=1.0)
-
-
-class AdapterSection(Section):
-    method: Literal["base", "lora", "lora_c", "global_only", "pte"] = "pte"
-    rank: int = Field(default=8, ge=1)
-    alpha: float = 16.0
-    global_tokens: int = Field(default=32, ge=1)  # the paper's and the design's G
-    targets: list[str] = ["q", "k", "v", "o"]
-    attention: Literal["softmax", "linear"] = "softmax"
-
-
-class SamplingSection(Section):
-    max_new_tokens: int = Field(default=192, ge=1)
-    temperature: float = Field(default=1.0, gt=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
-    stop_strings: list[str] = []
-
-
-class GRPOSection(Section):
-    group_size: int = Field(default=8, ge=1)
-    use_std: bool = True
-    clip_low: float = Field(default=0.2, ge=0.0)
-    clip_high: float = Field(default=0.28, ge=0.0)
-    kl_coef: float = Field(default=0.0, ge=0.0)
-    kl_clamp: float = Field(default=10.0, gt=0.0)  # |ref - logp| bound inside k3's exp
-    loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
+    train: str = _f("tiny", "JSONL / JSON / Parquet / dir of Parquet shards, or tiny")
+    prompt_key: str = _f("prompt", "column holding the prompt text")
+    answer_key: str = _f("answer", "column holding the gold answer")
+    messages_key: str | None = _f(None, "column holding chat messages instead of a prompt")
+    system_prompt: str | None = _f(None, "system message prepended to every prompt")
+    instruction: str | None = _f(None, "appended to prompts; boxed = 'put it in \\boxed{}'")
+    apply_chat_template: bool = _f(False, "render prompts with the tokenizer's chat template")
+    skip_bad_rows: bool = _f(False, "drop bad rows with a warning instead of failing")
+    max_prompt_tokens: int | None = _f(None, "drop (or fail on) longer prompts", ge=1)
 
 
 class OptimSection(Section):
-    lr: float = Field(default=3e-4, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    grad_clip: float = Field(default=1.0, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    # The thought encoder's learning rate as a multiple of ``lr``. Adam moves every weight by
-    # ~lr per step whatever its scale, and the encoder's global tokens are std-1: at 1.0 they
-    # moved 0.3-0.4% in 80 recall-task steps; at 10, 2-3%, with no gain in recall (README).
-    encoder_lr_scale: float = Field(default=1.0, gt=0.0)
+    lr: float = _f(3e-4, "AdamW learning rate of the LoRA factors", gt=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0.0)
+    grad_clip: float = _f(1.0, "global gradient-norm clip", gt=0.0)
+    betas: tuple[float, float] = _f((0.9, 0.99), "AdamW betas")
+    # Adam moves every weight by ~lr per step whatever its scale, and the encoder's global
+    # tokens are std-1: at 1.0 they moved 0.3-0.4% in 80 recall-task steps; at 10, 2-3%, with
+    # no gain in recall (README).
+    encoder_lr_scale: float = _f(1.0, "thought encoder's lr as a multiple of lr", gt=0.0)
 
 
 class RolloutSection(Section):
-    num_workers: int = Field(default=1, ge=1)
-    min_workers: int | None = Field(default=None, ge=1)
-    max_workers: int | None = Field(default=None, ge=1)
-    num_cpus: float = Field(default=0.5, gt=0.0)
-    num_gpus: float = Field(default=0.0, ge=0.0)
-    scale_up_wait_s: float = Field(default=30.0, gt=0.0)  # queue wait that adds a worker
-    scale_down_idle_s: float = Field(default=120.0, gt=0.0)
+    num_workers: int = _f(1, "rollout workers at start", ge=1)
+    min_workers: int | None = _f(None, "autoscaling floor (None: num_workers)", ge=1)
+    max_workers: int | None = _f(None, "autoscaling ceiling (None: num_workers)", ge=1)
+    num_cpus: float = _f(0.5, "CPUs per rollout worker", gt=0.0)
+    num_gpus: float = _f(0.0, "GPUs per rollout worker (fractions share a GPU)", ge=0.0)
+    scale_up_wait_s: float = _f(30.0, "queue wait that adds a worker", gt=0.0)
+    scale_down_idle_s: float = _f(120.0, "idle time that retires a worker", gt=0.0)
 
 
 class RewardSection(Section):
-    num_workers: int = Field(default=1, ge=1)
-    num_cpus: float = Field(default=0.25, gt=0.0)
-    timeout_s: float = Field(default=2.0, gt=0.0)
-    last_number_fallback: bool = True
-    format_bonus: float = 0.0
+    num_workers: int = _f(1, "reward workers", ge=1)
+    num_cpus: float = _f(0.25, "CPUs per reward worker", gt=0.0)
+    timeout_s: float = _f(2.0, "hard per-item verification timeout (killed after)", gt=0.0)
+    last_number_fallback: bool = _f(True, "no boxed answer: compare the last number")
+    format_bonus: float = _f(0.0, "added to the reward of a well-formed answer")
 
 
 class ReferenceSection(Section):
-    num_workers: int = Field(default=1, ge=1)
-    num_cpus: float = Field(default=0.25, gt=0.0)
-    num_gpus: float = Field(default=0.0, ge=0.0)
-    micro_batch: int = Field(default=16, ge=1)
+    num_workers: int = _f(1, "reference workers (started only when grpo.kl_coef > 0)", ge=1)
+    num_cpus: float = _f(0.25, "CPUs per reference worker", gt=0.0)
+    num_gpus: float = _f(0.0, "GPUs per reference worker", ge=0.0)
+    micro_batch: int = _f(16, "sequences per reference forward", ge=1)
 
 
 class LearnerSection(Section):
-    num_learners: int = Field(default=1, ge=1)
-    num_cpus: float = Field(default=0.5, gt=0.0)
-    num_gpus: float = Field(default=0.0, ge=0.0)
-    zero_stage: Literal[0, 1, 2] = 2
-    micro_batch: int = Field(default=16, ge=1)  # sequences per replay pass (grad accumulation)
-    mini_batches: int = Field(default=1, ge=1)  # optimizer steps per RL step (PPO-style)
-    # Rollout (and reference) workers share the learners' placement-group bundles: on a GPU
-    # box, learner.num_gpus=0.5 + rollout.num_gpus=0.5 puts one of each on every GPU.
-    colocate: bool = False
+    num_learners: int = _f(1, "ranks of the one torch.distributed group", ge=1)
+    num_cpus: float = _f(0.5, "CPUs per learner", gt=0.0)
+    num_gpus: float = _f(0.0, "GPUs per learner", ge=0.0)
+    zero_stage: Literal[0, 1, 2] = _f(2, "DeepSpeed ZeRO stage")
+    micro_batch: int = _f(16, "sequences per replay pass (gradient accumulation)", ge=1)
+    mini_batches: int = _f(1, "optimizer steps per RL step (>1: the PPO clip acts)", ge=1)
+    # On a GPU box, learner.num_gpus=0.5 + rollout.num_gpus=0.5 puts one of each on every GPU.
+    colocate: bool = _f(False, "rollout/reference workers share the learners' bundles")
 
 
 class ReplaySection(Section):
-    # How the learner's segment replay back-propagates across evictions: "truncated" detaches
-    # the cache and S at each (design section 1); "exact" recomputes the segments in reverse
-    # from stored starts, the true gradient of the bounded-cache policy (method/replay_exact.py).
-    grad: Literal["truncated", "exact"] = "truncated"
+    # "truncated" detaches the cache and S at each eviction (design section 1); "exact"
+    # recomputes the segments in reverse from stored starts (method/replay_exact.py).
+    grad: Literal["truncated", "exact"] = _f(
+        "truncated", "truncated: detach at evictions; exact: the bounded-cache policy's gradient"
+    )
 
 
 class TrainSection(Section):
-    steps: int = Field(default=150, ge=1)
-    prompts_per_step: int = Field(default=8, ge=1)
-    seed: int = 0
-    output_dir: str | None = None  # None: runs/<date>-<time> (resume auto: the newest run)
-    save_every: int = Field(default=10, ge=1)
-    max_staleness: int = Field(default=0, ge=0)
-    call_timeout_s: float = Field(default=600.0, gt=0.0)
-    max_retries: int = Field(default=2, ge=0)
-    ray_address: str | None = None  # None: connect to RAY_ADDRESS or start a local cluster
+    steps: int = _f(150, "RL steps", ge=1)
+    prompts_per_step: int = _f(8, "prompts (GRPO groups) per step", ge=1)
+    seed: int = _f(0, "seed of data order, sampling and the adapter's initialisation")
+    output_dir: str | None = _f(None, "run directory (None: runs/<date>-<time>)")
+    save_every: int = _f(10, "steps between checkpoints", ge=1)
+    max_staleness: int = _f(0, "0: synchronous; 1: rollouts overlap learning", ge=0)
+    call_timeout_s: float = _f(600.0, "a call that runs longer is retried elsewhere", gt=0.0)
+    max_retries: int = _f(2, "retries of a lost or hung call before the run fails", ge=0)
+    ray_address: str | None = _f(None, "None: RAY_ADDRESS, else a new local cluster")
 
 
 class Config(Section):
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
-    cache: CacheSection = CacheSection()
-    adapter: AdapterSection = AdapterSection()
-    sampling: SamplingSection = SamplingSection()
-    grpo: GRPOSection = GRPOSection()
+    cache: CacheConfig = CacheConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    grpo: GRPOConfig = GRPOConfig()
     optim: OptimSection = OptimSection()
     rollout: RolloutSection = RolloutSection()
     reward: RewardSection = RewardSection()
@@ -151,6 +127,17 @@ class Config(Section):
     learner: LearnerSection = LearnerSection()
     replay: ReplaySection = ReplaySection()
     train: TrainSection = TrainSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adapter_seed(cls, data: Any) -> Any:
+        """``adapter.seed`` defaults to ``train.seed``: one seed drives a run unless asked."""
+        if not isinstance(data, dict) or not isinstance(data.get("adapter", {}), dict):
+            return data
+        adapter, train = data.get("adapter") or {}, data.get("train") or {}
+        if "seed" in adapter or not isinstance(train, dict):
+            return data
+        return {**data, "adapter": {**adapter, "seed": train.get("seed", 0)}}
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -165,7 +152,6 @@ class Config(Section):
                 f"learner.num_learners={self.learner.num_learners} > train.prompts_per_step="
                 f"{self.train.prompts_per_step}: a GRPO group is never split across learners"
             )
-        AdapterConfig(targets=tuple(self.adapter.targets))  # same check as the method layer
         r = self.rollout
         if self.learner.colocate and (r.min_workers or r.max_workers):
             raise ValueError(
@@ -175,44 +161,14 @@ class Config(Section):
         return self
 
     def cache_config(self) -> CacheConfig:
-        budget = None if self.adapter.method == "lora" else self.cache.budget
-        return CacheConfig(budget, self.cache.budget_mode, self.cache.evict_ratio)
+        """The cache the configured method runs with (``lora``: a full one)."""
+        return self.adapter.cache_for(self.cache)
 
     def adapter_config(self) -> AdapterConfig:
-        a = self.adapter
-        return AdapterConfig(
-            a.method,
-            a.rank,
-            a.alpha,
-            a.global_tokens,
-            tuple(a.targets),
-            a.attention,
-            self.train.seed,
-        )
+        return self.adapter
 
     def sampling_params(self, seed: int | None = None) -> SamplingParams:
-        s = self.sampling
-        return SamplingParams(
-            s.max_new_tokens,
-            s.temperature,
-            s.top_p,
-            s.top_k,
-            stop_strings=tuple(s.stop_strings),
-            seed=seed,
-        )
-
-    def grpo_config(self) -> GRPOConfig:
-        g = self.grpo
-        return GRPOConfig(
-            g.group_size,
-            g.use_std,
-            1e-6,
-            g.clip_low,
-            g.clip_high,
-            g.kl_coef,
-            g.loss_agg,
-            g.kl_clamp,
-        )
+        return SamplingParams(**self.sampling.model_dump(), seed=seed)
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -262,7 +262,7 @@ def evaluate(
     results = {
         "method": cfg.adapter.method,
         "adapter": adapter_dir,
-        "cache": cfg.cache_config().__dict__,
+        "cache": cfg.cache_config().model_dump(mode="json"),
         "samples": samples,
         "seeds": seeds,
         "seconds": time.perf_counter() - t0,

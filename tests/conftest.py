@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+from pte_ray.env import apply_defaults
+
+apply_defaults()
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +104,6 @@ def _stop_cluster(temp_dir: str) -> None:
 
 @pytest.fixture(scope="session")
 def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pte_ray.tiny_task import write_task
+    from pte_ray.tiny.task import write_task
 
     return write_task(tmp_path_factory.mktemp("task") / "train.jsonl", 64, seed=0)

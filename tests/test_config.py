@@ -28,7 +28,7 @@ def test_shipped_configs_validate(path):
 
 def test_overrides_parse_as_yaml():
     cfg = load_config(None, ["cache.budget=64", "adapter.targets=[q,v]", "cache.budget_mode=total"])
-    assert cfg.cache.budget == 64 and cfg.adapter.targets == ["q", "v"]
+    assert cfg.cache.budget == 64 and cfg.adapter.targets == ("q", "v")
     assert cfg.cache_config().budget_mode == "total"
 
 

@@ -9,8 +9,8 @@ import pytest
 import ray
 import torch
 
-from pte_ray import train
 from pte_ray.config import load_config
+from pte_ray.controller.step import Controller
 from pte_ray.run_dir import RunDir
 
 pytestmark = pytest.mark.skipif(
@@ -38,7 +38,7 @@ def test_one_gpu_learner_step_publish_and_rollout(
         f"train.output_dir={tmp_path / 'run'}",
     ]
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         assert ray.get(ctl.roles.learners.actors[0].ready.remote())["device"].startswith("cuda")
         ctl.weights = ctl.roles.learners.publish()

@@ -39,7 +39,7 @@ def checkpoint(random_ckpt, tmp_path):
     model_path = random_ckpt("qwen2")
     cfg = load_config(None, [f"model.path={model_path}", "adapter.rank=4"])
     adapter = Adapter(load_base(model_path).args, cfg.adapter_config())
-    meta = {"adapter": cfg.adapter_config().__dict__ | {"targets": list(cfg.adapter.targets)}}
+    meta = {"adapter": cfg.adapter_config().model_dump(mode="json")}
     save_adapter(adapter, tmp_path / "ckpt", meta)
     return model_path, tmp_path / "ckpt"
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from pte_ray import train
 from pte_ray.actors.pool import PoolError
 from pte_ray.config import load_config
+from pte_ray.controller.step import Controller
 from pte_ray.run_dir import RunDir
 
 METRIC_KEYS = {
@@ -83,7 +84,7 @@ def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path
     # weight decay moves B and the encoders even if this random model earns no reward
     over = base("train.steps=1", "optim.weight_decay=0.5", "optim.encoder_lr_scale=10")
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         # the encoder trains at its own learning rate, as DeepSpeed's optimizer holds it
         lrs = ray.get(ctl.roles.learners.actors[0].optimizer_lrs.remote())
@@ -123,7 +124,7 @@ def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches,
         "reward.num_cpus=0.1",
     )
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         ctl.weights = ctl.roles.learners.publish()
         m = ctl.train_step(0)
@@ -149,7 +150,7 @@ def test_colocated_workers_run_in_the_learners_bundles(ray_cluster, base):
         "reward.num_cpus=0.1",
     )
     cfg = load_config(None, over)
-    ctl = train.Controller(cfg, RunDir.open(cfg, None), started_ray=False)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         pg = ctl.roles.learners.pg
         assert pg.bundle_specs == [{"CPU": 0.5}, {"CPU": 0.4}]  # learner + rollout (+ ref)

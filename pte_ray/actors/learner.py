@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.actors.weights import pack
 from pte_ray.config import Config
@@ -23,14 +24,13 @@ from pte_ray.engines.torch_engine import pick_device, resolve_dtype
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base, save_adapter
 from pte_ray.method.replay import replay
+from pte_ray.records import LearnerShard, LearnStats, PublishedWeights
 from pte_ray.rl.grpo import GRPOLoss
 
 
-def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), width)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
-    return out
+def _pad(rows: list[list[float]]) -> torch.Tensor:
+    """Ragged per-token rows -> [n, max T_i] fp32, zero-padded (masked out by the loss)."""
+    return pad_sequence([torch.tensor(r, dtype=torch.float32) for r in rows], batch_first=True)
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -58,6 +58,28 @@ def _accumulate_into(acc: torch.Tensor):
         p.grad = None
 
     return hook
+
+
+def _deepspeed_config(cfg: Config, dtype: torch.dtype) -> dict[str, Any]:
+    """One optimizer step per RL mini-batch: replay already accumulated the gradient."""
+    o = cfg.optim
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": o.lr,
+                "betas": list(o.betas),
+                "weight_decay": o.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": {"stage": cfg.learner.zero_stage},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 1 << 30,
+    }
 
 
 class Learner:
@@ -93,23 +115,7 @@ class Learner:
         for q, acc in zip(self.shadow.parameters(), self.grad_acc):
             q.register_post_accumulate_grad_hook(_accumulate_into(acc))
         o = self.cfg.optim
-        ds_cfg = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "optimizer": {
-                "type": "AdamW",
-                "params": {
-                    "lr": o.lr,
-                    "betas": list(o.betas),
-                    "weight_decay": o.weight_decay,
-                    "torch_adam": True,
-                },
-            },
-            "gradient_clipping": o.grad_clip,
-            "zero_optimization": {"stage": self.cfg.learner.zero_stage},
-            "bf16": {"enabled": self.model.dtype == torch.bfloat16},
-            "steps_per_print": 1 << 30,
-        }
+        ds_cfg = _deepspeed_config(self.cfg, self.model.dtype)
         self.engine, _, _, _ = deepspeed.initialize(
             model=adapter,
             model_parameters=param_groups(adapter, o.lr, o.encoder_lr_scale),
@@ -120,82 +126,58 @@ class Learner:
     def ready(self) -> dict[str, Any]:
         return {"rank": self.rank, "device": str(self.model.device)}
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def train_step(self, shard: LearnerShard) -> LearnStats:
         """One RL step on this rank's shard: ``learner.mini_batches`` optimizer steps.
 
         All ranks call it together. Each mini-batch's loss is normalised by its size summed
         over ranks (one all-reduce), so ranks with uneven shards still weigh every token alike.
         """
-        n = len(batch["prompts"])
-        k = self.cfg.learner.mini_batches
+        n, k = len(shard), self.cfg.learner.mini_batches
         bounds = [round(n * j / k) for j in range(k + 1)]
         sums: dict[str, float] = {}
         diff = 0.0
         for j in range(k):
-            part = range(bounds[j], bounds[j + 1])
-            stats, d = self._optimizer_step(batch, part)
+            stats, d = self._optimizer_step(shard, range(bounds[j], bounds[j + 1]))
             diff = d if j == 0 else diff  # later mini-batches see updated weights on purpose
             for key, v in stats.items():
                 sums[key] = sums.get(key, 0.0) + v / k
         self.version += 1
         norm = self.engine.get_global_grad_norm()
-        return {
-            **sums,
-            "loss": sums.get("loss", 0.0) / self.world,
-            "logprob_replay_diff": diff,
-            "grad_norm": float(norm) if norm is not None else float("nan"),
-            "samples": n,
-            "version": self.version,
-            "peak_mb": _peak_mb(self.model.device),
-        }
+        return LearnStats(
+            loss=sums.get("loss", 0.0) / self.world,
+            kl=sums["kl"],
+            entropy=sums["entropy"],
+            clip_frac=sums["clip_frac"],
+            ratio=sums["ratio"],
+            grad_norm=float(norm) if norm is not None else float("nan"),
+            logprob_replay_diff=diff,
+            samples=n,
+            version=self.version,
+            peak_mb=_peak_mb(self.model.device),
+        )
 
-    def _optimizer_step(self, batch: dict[str, Any], part: range) -> tuple[dict[str, float], float]:
-        cfg, gcfg = self.cfg, self.cfg.grpo_config()
-        token_mean = gcfg.loss_agg == "token-mean"
+    def _optimizer_step(self, shard: LearnerShard, part: range) -> tuple[dict[str, float], float]:
+        """Replay ``part`` micro-batch by micro-batch into the shadow, then one DeepSpeed step."""
+        gcfg = self.cfg.grpo
         live = list(self.engine.module.parameters())
-        shadow = list(self.shadow.parameters())
         with torch.no_grad():
-            for s, p, acc in zip(shadow, live, self.grad_acc):
+            for s, p, acc in zip(self.shadow.parameters(), live, self.grad_acc):
                 s.copy_(p)
                 s.grad = None
                 acc.zero_()
-        sizes = [len(batch["completions"][i]) for i in part]
+        sizes = [len(shard.completions[i]) for i in part]
+        token_mean = gcfg.loss_agg == "token-mean"
         # on the collective's device: NCCL serves only CUDA tensors, gloo any
-        dev = self.model.device
-        total = torch.tensor([float(sum(sizes) if token_mean else len(sizes))], device=dev)
+        total = torch.tensor(
+            [float(sum(sizes) if token_mean else len(sizes))], device=self.model.device
+        )
         torch.distributed.all_reduce(total)  # this mini-batch's size over all ranks
         sums = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0}
         diff, weight_total = 0.0, 0.0
-        for lo in range(part.start, part.stop, cfg.learner.micro_batch):
-            sl = slice(lo, min(part.stop, lo + cfg.learner.micro_batch))
-            comps = batch["completions"][sl]
-            width = max(len(c) for c in comps)
-            old = _pad(batch["logprobs"][sl], width).to(dev)
-            lens = torch.tensor([len(c) for c in comps])
-            mask = (torch.arange(width)[None] < lens[:, None]).to(dev)
-            ref = None
-            if batch.get("ref_logprobs") is not None:
-                ref = _pad(batch["ref_logprobs"][sl], width).to(dev)
-            adv = torch.tensor(batch["advantages"][sl], device=dev)
-            local = float(lens.sum()) if token_mean else float(len(comps))
-            # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
-            scale = local / max(float(total), 1.0) * self.world
-            loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=scale)
-            res = replay(
-                self.model,
-                self.shadow,
-                batch["prompts"][sl],
-                comps,
-                cfg.cache_config(),
-                cfg.sampling.temperature,
-                cfg.sampling.max_new_tokens,
-                batch["eviction_steps"][sl],
-                loss_fn=loss_fn,
-                pad_id=batch.get("pad_id", 0),
-                grad_mode=cfg.replay.grad,
-            )
-            diff = max(diff, float(((res.logprobs - old).abs() * mask).max()))
-            stats = loss_fn.metrics()  # weighted means over this micro-batch
+        mb = self.cfg.learner.micro_batch
+        for lo in range(part.start, part.stop, mb):
+            stats, d, local = self._micro_batch(shard, slice(lo, min(part.stop, lo + mb)), total)
+            diff = max(diff, d)
             sums["loss"] += stats.pop("loss")
             for key, v in stats.items():
                 sums[key] += v * local
@@ -209,10 +191,41 @@ class Learner:
         self.engine.step()
         return sums, diff
 
-    def publish(self) -> tuple[int, list[ray.ObjectRef]]:
+    def _micro_batch(
+        self, shard: LearnerShard, sl: slice, total: torch.Tensor
+    ) -> tuple[dict[str, float], float, float]:
+        """Replay one micro-batch with its share of the GRPO loss: (stats, replay diff, weight)."""
+        cfg, gcfg, dev = self.cfg, self.cfg.grpo, self.model.device
+        comps = shard.completions[sl]
+        old = _pad(shard.logprobs[sl]).to(dev)
+        lens = torch.tensor([len(c) for c in comps])
+        mask = (torch.arange(old.shape[1])[None] < lens[:, None]).to(dev)
+        ref = _pad(shard.ref_logprobs[sl]).to(dev) if shard.ref_logprobs is not None else None
+        adv = torch.tensor(shard.advantages[sl], device=dev)
+        local = float(lens.sum()) if gcfg.loss_agg == "token-mean" else float(len(comps))
+        # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
+        scale = local / max(float(total), 1.0) * self.world
+        loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=scale)
+        res = replay(
+            self.model,
+            self.shadow,
+            shard.prompts[sl],
+            comps,
+            cfg.cache_config(),
+            cfg.sampling.temperature,
+            cfg.sampling.max_new_tokens,
+            shard.eviction_steps[sl],
+            loss_fn=loss_fn,
+            pad_id=shard.pad_id,
+            grad_mode=cfg.replay.grad,
+        )
+        diff = float(((res.logprobs - old).abs() * mask).max())
+        return loss_fn.metrics(), diff, local  # metrics: weighted means over this micro-batch
+
+    def publish(self) -> PublishedWeights:
         """Rank 0: put a versioned snapshot of the adapter in the object store."""
         snap = pack(self.engine.module.state_dict(), self.version)
-        return self.version, [ray.put(snap)]
+        return PublishedWeights(self.version, ray.put(snap))
 
     def optimizer_lrs(self) -> list[float]:
         """Each optimizer parameter group's learning rate, as DeepSpeed's optimizer holds it."""

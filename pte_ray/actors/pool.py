@@ -21,22 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pte_ray.actors import metrics
+from pte_ray.actors.errors import LOST, PoolError, role_error
 
-LOST = (RayActorError, ActorUnavailableError)
 log = logging.getLogger(__name__)
-
-
-def start_failure(e: RayActorError) -> str:
-    """The error an actor's constructor raised, from the traceback Ray wraps it in."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
-class PoolError(RuntimeError):
-    """A pool could not complete its work; the message names the pool, shard and cause."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +93,8 @@ class Pool:
         refs = {self.actors[i].ready.remote(): i for i in ids}
         try:
             ray.get(list(refs), timeout=timeout_s)
-        except RayTaskError as e:
-            raise PoolError(f"{self.name} actor failed to start: {e.cause!r}") from e
-        except RayActorError as e:
-            raise PoolError(f"{self.name} actor failed to start: {start_failure(e)}") from e
+        except (RayTaskError, *LOST) as e:
+            raise role_error(f"{self.name} actor", "ready", e) from e
         except GetTimeoutError as e:
             raise PoolError(
                 f"{self.name} actors not ready after {timeout_s:.0f}s "
@@ -116,9 +104,6 @@ class Pool:
     @property
     def size(self) -> int:
         return len(self.actors)
-
-    def broadcast(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors.values()])
 
     def map(self, method: str, shards: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run ``actor.method(*shard)`` for every shard; results in shard order."""
@@ -151,9 +136,7 @@ class Pool:
                 try:
                     results[task.shard] = ray.get(ref)
                 except RayTaskError as e:
-                    raise PoolError(
-                        f"{self.name} actor {aid} raised on shard {task.shard}: {e.cause!r}"
-                    ) from e
+                    raise role_error(f"{self.name} actor {aid}", f"shard {task.shard}", e) from e
                 except LOST as e:
                     self._retry(queue, task, aid, f"actor lost: {type(e).__name__}")
             now = time.monotonic()

@@ -7,6 +7,7 @@ from typing import Any
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import TorchEngine, pick_device
 from pte_ray.method.config import CacheConfig
+from pte_ray.records import ReferenceLogprobs, ReferenceRequest
 
 
 class ReferenceWorker:
@@ -22,7 +23,12 @@ class ReferenceWorker:
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id, **self.engine.info()}
 
-    def logprobs(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
-        return self.engine.full_context_logprobs(
-            prompts, completions, self.cfg.sampling.temperature, self.cfg.reference.micro_batch
+    def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
+        return ReferenceLogprobs(
+            self.engine.full_context_logprobs(
+                req.prompts,
+                req.completions,
+                self.cfg.sampling.temperature,
+                self.cfg.reference.micro_batch,
+            )
         )

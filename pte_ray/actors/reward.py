@@ -6,6 +6,7 @@ from typing import Any
 
 from pte_ray.actors import metrics
 from pte_ray.config import Config
+from pte_ray.records import ScoreRequest, Scores
 from pte_ray.rl.rewards import RewardConfig, Verifier
 
 
@@ -25,15 +26,11 @@ class RewardWorker:
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id}
 
-    def score(self, completions: list[str], answers: list[str]) -> dict[str, Any]:
-        scored = self.verifier.score_batch(completions, answers)
+    def score(self, req: ScoreRequest) -> Scores:
+        scored = self.verifier.score_batch(req.completions, req.answers)
         counts = self.verifier.take_counts()
         metrics.count("timeouts", counts.get("timeout", 0), "reward", worker=self.worker_id)
-        return {
-            "rewards": [r for r, _ in scored],
-            "statuses": [s for _, s in scored],
-            "counts": counts,
-        }
+        return Scores([r for r, _ in scored], [s for _, s in scored], counts)
 
     def close(self) -> None:
         self.verifier.close()

@@ -11,6 +11,7 @@ from pte_ray.actors import metrics
 from pte_ray.actors.weights import Snapshot, unpack
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import TorchEngine, pick_device
+from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts
 
 
 class RolloutWorker:
@@ -37,41 +38,35 @@ class RolloutWorker:
             {} if a is None else {k: v.clone() for k, v in a.state_dict().items()}
         )
 
-    def sync(self, weights: tuple[int, list[ray.ObjectRef]] | None) -> int:
+    def sync(self, weights: PublishedWeights | None) -> int:
         self._sync(weights)
         return self.version
 
-    def _sync(self, weights: tuple[int, list[ray.ObjectRef]] | None) -> None:
+    def _sync(self, weights: PublishedWeights | None) -> None:
         """Load version v before serving: a new or restarted worker catches up here."""
-        if weights is None or weights[0] <= self.version:
+        if weights is None or weights.version <= self.version:
             return
-        snap: Snapshot = ray.get(weights[1][0])
+        snap: Snapshot = ray.get(weights.ref)
         self.engine.load_state(unpack(snap))
         self.version = snap.version
         metrics.gauge("weight_version", self.version, "rollout", worker=self.worker_id)
 
-    def generate(
-        self,
-        prompts: list[list[int]],
-        seed: int,
-        weights: tuple[int, list[ray.ObjectRef]] | None,
-    ) -> dict[str, Any]:
-        self._sync(weights)
+    def generate(self, req: RolloutRequest) -> Rollouts:
+        self._sync(req.weights)
         t0 = time.perf_counter()
-        out = self.engine.generate(prompts, self.cfg.sampling_params(seed=seed))
+        out = self.engine.generate(req.prompts, self.cfg.sampling_params(seed=req.seed))
         wall = time.perf_counter() - t0
         n_tok = sum(len(t) for t in out.tokens)
         metrics.gauge("tokens_per_s", n_tok / max(wall, 1e-9), "rollout", worker=self.worker_id)
         metrics.gauge(
-            "evictions", sum(out.evictions) / len(prompts), "rollout", worker=self.worker_id
+            "evictions", sum(out.evictions) / len(req.prompts), "rollout", worker=self.worker_id
         )
-        return {
-            "tokens": out.tokens,
-            "logprobs": out.logprobs,
-            "eviction_steps": out.eviction_steps,
-            "finish_reasons": out.finish_reasons,
-            "texts": [self.engine.decode(t) for t in out.tokens],
-            "version": self.version,
-            "wall_s": wall,
-            "worker": self.worker_id,
-        }
+        return Rollouts(
+            tokens=out.tokens,
+            logprobs=out.logprobs,
+            eviction_steps=out.eviction_steps,
+            finish_reasons=out.finish_reasons,
+            texts=[self.engine.decode(t) for t in out.tokens],
+            versions=[self.version] * len(out.tokens),
+            wall_s=wall,
+        )

@@ -19,10 +19,6 @@ class Snapshot:
     dtypes: list[str]
     buckets: dict[str, torch.Tensor]  # dtype name -> flat buffer
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buckets.values())
-
 
 def pack(state: dict[str, torch.Tensor], version: int) -> Snapshot:
     names = sorted(state)

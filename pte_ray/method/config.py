@@ -1,15 +1,18 @@
-"""Settings of the method layer: cache, adapter and sampling.
+"""Settings of the method layer: cache, adapter, sampling. Each declared once, here.
 
-Plain dataclasses validated on construction, so a bad value fails where it is written, with the
-name of the field, before any model is loaded. The controller's YAML config maps onto these.
+These pydantic models *are* the ``cache``, ``adapter`` and ``sampling`` sections of the run's
+YAML config (``pte_ray/config.py`` embeds them), so a default or a bound is written in one place
+with its help beside it, and a bad value fails where it is written, naming the field, before
+any model is loaded. pydantic is not Ray: the method layer stays free of it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 METHODS = ("base", "lora", "lora_c", "global_only", "pte")
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -18,23 +21,22 @@ BudgetMode = Literal["thought", "total"]
 Method = Literal["base", "lora", "lora_c", "global_only", "pte"]
 
 
-@dataclass(frozen=True)
-class CacheConfig:
+class Settings(BaseModel):
+    """Frozen, and unknown keys are errors: a typo names itself instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CacheConfig(Settings):
     """Bounded KV cache. ``budget=None`` means a full cache (nothing is ever evicted)."""
 
-    budget: int | None = 64
-    budget_mode: BudgetMode = "thought"
-    evict_ratio: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
-            raise ValueError(f"cache.budget must be an integer >= 1 or None, got {self.budget!r}")
-        if self.budget_mode not in ("thought", "total"):
-            raise ValueError(
-                f"cache.budget_mode must be 'thought' or 'total', got {self.budget_mode!r}"
-            )
-        if not (0.0 < float(self.evict_ratio) <= 1.0):
-            raise ValueError(f"cache.evict_ratio must be in (0, 1], got {self.evict_ratio!r}")
+    budget: int | None = Field(64, ge=1, description="KV slots per row (None: full cache)")
+    budget_mode: BudgetMode = Field(
+        "thought", description="thought: budget counts thought tokens; total: prompt too"
+    )
+    evict_ratio: float = Field(
+        0.25, gt=0.0, le=1.0, description="fraction of the budget evicted at once"
+    )
 
     @property
     def bounded(self) -> bool:
@@ -66,8 +68,7 @@ class CacheConfig:
         return cap
 
 
-@dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(Settings):
     """The trained adapter of each method (design section 1, the paper's Table 1 rows).
 
     ``lora`` / ``lora_c``: plain LoRA ``W x + (alpha/r) A B x`` (full / bounded cache).
@@ -75,32 +76,33 @@ class AdapterConfig:
     ablation). ``pte``: ``A S B`` with S folded from every eviction.
     """
 
-    method: Method = "pte"
-    rank: int = 8
-    alpha: float = 16.0
-    global_tokens: int = 32
-    targets: tuple[str, ...] = ("q", "k", "v", "o")
-    attention: Literal["softmax", "linear"] = "softmax"
-    seed: int = 0
+    method: Method = Field(
+        "pte", description="base | lora (full cache) | lora_c | global_only | pte"
+    )
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, description="LoRA scale alpha (the update is alpha/r * A B x)")
+    global_tokens: int = Field(32, ge=1, description="learned global tokens G of the encoder")
+    targets: tuple[str, ...] = Field(
+        ("q", "k", "v", "o"), min_length=1, description=f"projections adapted, of {TARGETS}"
+    )
+    attention: Literal["softmax", "linear"] = Field(
+        "softmax", description="the thought encoder's attention over evicted tokens"
+    )
+    seed: int = Field(0, description="initialisation seed (unset in a run config: train.seed)")
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.rank < 1:
-            raise ValueError(f"adapter.rank must be >= 1, got {self.rank!r}")
-        if self.global_tokens < 1:
-            raise ValueError(f"adapter.global_tokens must be >= 1, got {self.global_tokens!r}")
+    def model_post_init(self, _: object) -> None:
         bad = [t for t in self.targets if t not in TARGETS]
-        if bad or not self.targets:
+        if bad:
             raise ValueError(f"adapter.targets must be a non-empty subset of {TARGETS}, got {bad}")
-        if self.attention not in ("softmax", "linear"):
-            raise ValueError(
-                f"adapter.attention must be 'softmax' or 'linear', got {self.attention!r}"
-            )
 
     @property
     def has_adapter(self) -> bool:
         return self.method != "base"
+
+    @property
+    def full_cache(self) -> bool:
+        """``lora`` is the paper's full-cache baseline: the one method that never evicts."""
+        return self.method == "lora"
 
     @property
     def uses_state(self) -> bool:
@@ -112,32 +114,28 @@ class AdapterConfig:
         """Only PTE folds evicted tokens into the state; ``global_only`` keeps S = S_0."""
         return self.method == "pte"
 
+    def cache_for(self, cache: CacheConfig) -> CacheConfig:
+        """The cache this method runs with: ``cache``, or a full one for ``lora``."""
+        return cache.model_copy(update={"budget": None}) if self.full_cache else cache
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Decoding settings. Log-probs are always those of softmax(logits / temperature)."""
 
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+class SamplingConfig(Settings):
+    """How rollouts sample. Log-probs are always those of softmax(logits / temperature)."""
+
+    max_new_tokens: int = Field(192, ge=1, description="completion length cap (thought tokens)")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature (log-probs too)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (1: off)")
+    top_k: int = Field(0, ge=0, description="sample from the k most likely tokens (0: off)")
+    stop_strings: tuple[str, ...] = Field((), description="texts that end a completion")
+
+
+class SamplingParams(SamplingConfig):
+    """``SamplingConfig`` plus what one generate call decides: greedy, stop ids, seed."""
+
     greedy: bool = False
     stop_token_ids: tuple[int, ...] = ()
-    stop_strings: tuple[str, ...] = ()
     seed: int | None = None
-    check_every: int = 16  # steps between host checks of finished rows / stop strings
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
-        if self.temperature <= 0 and not self.greedy:
-            raise ValueError(
-                f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature!r}"
-            )
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k!r}")
+    check_every: int = Field(16, ge=1)  # steps between host checks of finished rows / stops
 
     @property
     def logprob_temperature(self) -> float:

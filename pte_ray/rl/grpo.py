@@ -7,38 +7,27 @@ segment replay: each segment back-propagates its own share and the sum equals th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True)
-class GRPOConfig:
-    group_size: int = 4
-    use_std: bool = True
-    eps: float = 1e-6
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    kl_coef: float = 0.0
-    loss_agg: Literal["token-mean", "seq-mean"] = "token-mean"
-    kl_clamp: float = 10.0  # |ref - logp| is clamped here before k3's exp (verl: 10)
+class GRPOConfig(BaseModel):
+    """The ``grpo`` section of the run config, declared once (pydantic, like the method's)."""
 
-    def __post_init__(self) -> None:
-        if self.group_size < 1:
-            raise ValueError(f"grpo.group_size must be >= 1, got {self.group_size!r}")
-        if self.clip_low < 0 or self.clip_high < 0:
-            raise ValueError(
-                f"clip_low/clip_high must be >= 0, got {self.clip_low}/{self.clip_high}"
-            )
-        if self.kl_coef < 0:
-            raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef!r}")
-        if self.kl_clamp <= 0:
-            raise ValueError(f"grpo.kl_clamp must be > 0, got {self.kl_clamp!r}")
-        if self.loss_agg not in ("token-mean", "seq-mean"):
-            raise ValueError(
-                f"grpo.loss_agg must be 'token-mean' or 'seq-mean', got {self.loss_agg!r}"
-            )
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_size: int = Field(8, ge=1, description="samples per prompt (one GRPO group)")
+    use_std: bool = Field(True, description="divide advantages by the group's reward std")
+    eps: float = Field(1e-6, gt=0.0, description="added to the std before dividing")
+    clip_low: float = Field(0.2, ge=0.0, description="PPO clip below: ratio >= 1 - clip_low")
+    clip_high: float = Field(0.28, ge=0.0, description="clip-higher: ratio <= 1 + clip_high")
+    kl_coef: float = Field(0.0, ge=0.0, description="k3 KL weight (0: no reference pool)")
+    kl_clamp: float = Field(10.0, gt=0.0, description="|ref - logp| bound inside k3's exp")
+    loss_agg: Literal["token-mean", "seq-mean"] = Field(
+        "token-mean", description="token-mean: every token alike; seq-mean: every sample alike"
+    )
 
 
 def group_advantages(

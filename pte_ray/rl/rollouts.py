@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the never-filled "pred" column is gone
 
 
 def _f(name: str, typ: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -38,7 +38,6 @@ ROLLOUT_SCHEMA = pa.schema(
         _f("group", pa.int64(), "GRPO group (prompt) id within the step"),
         _f("prompt_index", pa.int64(), "index of the prompt in the dataset", nullable=True),
         _f("advantage", pa.float64(), "GRPO advantage", nullable=True),
-        _f("pred", pa.string(), "answer extracted from the completion", nullable=True),
     ],
     metadata={"pte_ray.rollouts.schema_version": SCHEMA_VERSION},
 )
@@ -93,8 +92,6 @@ class RolloutWriter:
         finally:
             os.close(dir_fd)
         return final
-
-    append = write
 
 
 def read_rollouts(run_dir: str | os.PathLike[str]) -> pa.Table:

@@ -1,0 +1,113 @@
+"""The learner group: D learner actors forming one torch.distributed group.
+
+All ranks live in one placement group (one bundle each, PACK), so a group either starts whole
+or not at all, and colocated rollout workers can be scheduled into the same bundles. Rank 0's
+node and a free port found *there* become the rendezvous address.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from pte_ray.actors.errors import PoolError, role_error
+from pte_ray.actors.learner import Learner
+from pte_ray.config import Config
+from pte_ray.records import PublishedWeights
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@ray.remote
+def _master_endpoint() -> tuple[str, int]:
+    """Address and a free port on the node where learner rank 0 will run."""
+    return ray.util.get_node_ip_address(), _free_port()
+
+
+def _bundles(cfg: Config) -> list[dict[str, float]]:
+    """One bundle per learner; with ``learner.colocate`` each also holds its share of the
+    rollout (and reference) workers, spread round-robin over the bundles."""
+    lc, d = cfg.learner, cfg.learner.num_learners
+    out = [{"CPU": lc.num_cpus, "GPU": lc.num_gpus} for _ in range(d)]
+    if lc.colocate:
+        roles = [cfg.rollout] + ([cfg.reference] if cfg.grpo.kl_coef > 0 else [])
+        for role in roles:
+            for i in range(role.num_workers):
+                out[i % d]["CPU"] += role.num_cpus
+                out[i % d]["GPU"] += role.num_gpus
+    return [{k: v for k, v in b.items() if v > 0} for b in out]
+
+
+class LearnerGroup:
+    """D learner actors forming one torch.distributed group, in one placement group."""
+
+    def __init__(self, cfg: Config, model_path: str, ready_timeout_s: float = 900.0) -> None:
+        self.pg = placement_group(_bundles(cfg), strategy="PACK")
+        self.actors: list[Any] = []
+        try:
+            self._start(cfg, model_path, ready_timeout_s)
+        except BaseException:
+            self.shutdown()  # no half-started group holds its placement group
+            raise
+
+    def _start(self, cfg: Config, model_path: str, ready_timeout_s: float) -> None:
+        lc = cfg.learner
+        try:
+            ray.get(self.pg.ready(), timeout=ready_timeout_s)
+        except GetTimeoutError as e:
+            raise PoolError(
+                f"learner placement group {self.pg.bundle_specs} not placeable in "
+                f"{ready_timeout_s:.0f}s: the cluster lacks the resources"
+            ) from e
+
+        probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=self.on(0))
+        addr, port = ray.get(probe.remote())
+        dump = cfg.model_dump(mode="json")
+        cls = ray.remote(Learner)
+        self.actors = [
+            cls.options(
+                num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, scheduling_strategy=self.on(i)
+            ).remote(dump, model_path, i, lc.num_learners, addr, port)
+            for i in range(lc.num_learners)
+        ]
+        self.call_timeout_s = cfg.train.call_timeout_s
+        self.all("ready", timeout=ready_timeout_s)
+
+    def on(self, i: int) -> PlacementGroupSchedulingStrategy:
+        """Schedule into bundle ``i % D`` of the learners' placement group."""
+        return PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=i % len(self.pg.bundle_specs)
+        )
+
+    def all(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        """Call every rank (collectives need all of them) and wait, naming a failing rank."""
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        return self._get(refs, method, timeout)
+
+    def each(self, method: str, per_rank: list[tuple[Any, ...]]) -> list[Any]:
+        refs = [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank)]
+        return self._get(refs, method, None)
+
+    def _get(self, refs: list[ray.ObjectRef], method: str, timeout: float | None) -> list[Any]:
+        try:
+            return ray.get(refs, timeout=timeout or self.call_timeout_s)
+        except (RayTaskError, RayActorError, GetTimeoutError) as e:
+            raise role_error("learner", method, e, timeout or self.call_timeout_s) from e
+
+    def publish(self) -> PublishedWeights:
+        """Rank 0's adapter, versioned, in the object store (every rank holds the same)."""
+        return self._get([self.actors[0].publish.remote()], "publish", None)[0]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)

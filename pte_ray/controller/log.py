@@ -1,0 +1,77 @@
+"""What a step leaves behind: its metrics row (metrics.jsonl) and its rollout rows (Parquet).
+
+Kept apart from the phases so the names a user reads in ``metrics.jsonl`` and in the rollout
+files are defined in one place, next to how each is computed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pte_ray.records import LearnStats, PublishedWeights, Scores
+
+if TYPE_CHECKING:
+    from pte_ray.controller.step import Batch, PhaseTimer
+    from pte_ray.prepare import Prepared
+
+
+def step_metrics(
+    step: int,
+    batch: Batch,
+    scores: Scores,
+    stats: list[LearnStats],
+    weights: PublishedWeights,
+    rollout_workers: int,
+    timer: PhaseTimer,
+) -> dict[str, Any]:
+    """One ``metrics.jsonl`` row: rewards, the learners' view, rollout throughput, phase times."""
+    ro, n = batch.rollouts, len(batch.prompts)
+    rewards = torch.tensor(scores.rewards, dtype=torch.float32)  # as the advantages see them
+    tokens = sum(len(t) for t in ro.tokens)
+    k = len(stats)
+    return {
+        "step": step + 1,
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()) if n > 1 else 0.0,
+        "kl": sum(s.kl for s in stats) / k,
+        "loss": sum(s.loss for s in stats),
+        "entropy": sum(s.entropy for s in stats) / k,
+        "clip_frac": sum(s.clip_frac for s in stats) / k,
+        "grad_norm": stats[0].grad_norm,
+        "learner_peak_mb": max(s.peak_mb for s in stats),
+        "tokens_per_s": tokens / max(ro.wall_s, 1e-9),
+        "completion_tokens_mean": tokens / n,
+        "evictions_per_seq": sum(len(e) for e in ro.eviction_steps) / n,
+        "weight_version": weights.version,
+        "rollout_version_min": min(ro.versions),
+        "logprob_replay_diff": max(s.logprob_replay_diff for s in stats),
+        "statuses": scores.counts,
+        "rollout_workers": rollout_workers,
+        **timer.seconds,  # rollout_s, reward_ref_s, learn_s, publish_s, step_s (all of them)
+    }
+
+
+def step_rows(
+    step: int, batch: Batch, scores: Scores, adv: list[float], data: Prepared
+) -> list[dict[str, Any]]:
+    """One rollout-file row per sample (schema: ``rl/rollouts.py``)."""
+    ro, g = batch.rollouts, len(batch.prompts) // max(len(batch.examples), 1)
+    return [
+        {
+            "step": step + 1,
+            "prompt": data.prompt_text[batch.examples[i // g].index],
+            "completion": ro.texts[i],
+            "answer": batch.answers[i],
+            "reward": scores.rewards[i],
+            "status": scores.statuses[i],
+            "version": ro.versions[i],
+            "evictions": len(ro.eviction_steps[i]),
+            "num_tokens": len(ro.tokens[i]),
+            "group": i // g,
+            "prompt_index": batch.examples[i // g].index,
+            "advantage": adv[i],
+        }
+        for i in range(len(batch.prompts))
+    ]

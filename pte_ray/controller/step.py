@@ -1,0 +1,200 @@
+"""One GRPO step, as named phases: collect, score + reference, advantages, learner shards,
+learn, publish, log.
+
+The controller runs in the job's entrypoint process (``pte-ray train``, locally or under ``ray
+job submit``); the roles do the work (``pte_ray.actors``) and every hop carries one typed record
+(``pte_ray.records``). Each phase is one short method, timed by ``PhaseTimer``, so
+``metrics.jsonl`` shows where a step's time went under the same names as the code. The loop
+around steps (prefetch, staleness, progress, checkpoints) is ``controller/loop.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pte_ray.config import Config
+from pte_ray.controller.log import step_metrics, step_rows
+from pte_ray.prepare import prepare
+from pte_ray.progress import say
+from pte_ray.records import (
+    LearnerShard,
+    LearnStats,
+    PublishedWeights,
+    ReferenceLogprobs,
+    ReferenceRequest,
+    RolloutRequest,
+    Rollouts,
+    ScoreRequest,
+    Scores,
+)
+from pte_ray.rl.data import Example
+from pte_ray.rl.grpo import group_advantages
+from pte_ray.run_dir import RunDir
+
+
+def split(n_groups: int, parts: int) -> list[range]:
+    """Contiguous, near-equal ranges of whole groups (a group is never split)."""
+    parts = max(1, min(parts, n_groups))
+    base, extra = divmod(n_groups, parts)
+    out, lo = [], 0
+    for i in range(parts):
+        hi = lo + base + (1 if i < extra else 0)
+        out.append(range(lo, hi))
+        lo = hi
+    return out
+
+
+class PhaseTimer:
+    """``with timer("learn"):`` adds the block's wall time to ``timer.seconds["learn_s"]``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"{phase}_s"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's prompts and their rollouts: what ``collect`` hands to the rest of the step."""
+
+    examples: list[Example]  # [n_groups] the drawn dataset rows
+    prompts: list[list[int]]  # [n][P_i] each example's prompt ids, group_size times in a row
+    answers: list[str]  # [n] gold answers, aligned with ``prompts``
+    rollouts: Rollouts  # [n] rows, aligned with ``prompts``
+    cursor: Any  # the data stream's cursor after this batch (what a checkpoint resumes from)
+    rollout_s: float  # wall time of ``collect`` (it may have run ahead, in another thread)
+
+
+class Controller:
+    """Owns the config, the prepared data, the run directory and the roles of one run."""
+
+    def __init__(self, cfg: Config, run: RunDir) -> None:
+        from pte_ray.actors.roles import start_roles
+
+        self.cfg, self.run = cfg, run
+        self.data = prepare(cfg)  # validates model path and every data row before any compute
+        say(
+            f"starting roles: {cfg.rollout.num_workers} rollout, {cfg.reward.num_workers} reward, "
+            f"{cfg.learner.num_learners} learner (a first start compiles DeepSpeed's Adam op, "
+            "~1 min)"
+        )
+        t0 = time.perf_counter()
+        self.roles = start_roles(cfg, self.data.model_path)
+        say(f"roles ready in {time.perf_counter() - t0:.0f} s")
+        self.step = 0
+        self.weights: PublishedWeights | None = None  # the newest published version
+        self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
+
+    # ------------------------------------------------------------------ phases
+    def collect(self, step: int, weights: PublishedWeights | None) -> Batch:
+        """Draw step ``step``'s prompts and generate their groups with ``weights``."""
+        t0 = time.perf_counter()
+        g = self.cfg.grpo.group_size
+        examples = self.data.stream.next_batch(self.cfg.train.prompts_per_step)
+        cursor = self.data.stream.cursor()
+        prompts = [self.data.prompt_ids[ex.index] for ex in examples for _ in range(g)]
+        answers = [ex.answer for ex in examples for _ in range(g)]
+        requests = [
+            RolloutRequest(prompts[r.start * g : r.stop * g], self._seed(step, r.start), weights)
+            for r in split(len(examples), self.roles.rollout.size)
+        ]
+        parts = self.roles.rollout.map("generate", [(req,) for req in requests])
+        rollouts = Rollouts.concat(parts)
+        return Batch(examples, prompts, answers, rollouts, cursor, time.perf_counter() - t0)
+
+    def _seed(self, step: int, first_group: int) -> int:
+        return hash((self.cfg.train.seed, step, first_group)) & 0x7FFFFFFF
+
+    def score_and_reference(self, batch: Batch) -> tuple[Scores, ReferenceLogprobs | None]:
+        """Rewards and reference log-probs, in parallel (they need nothing from each other)."""
+        with ThreadPoolExecutor(2) as ex:
+            scores = ex.submit(self._score, batch.rollouts.texts, batch.answers)
+            ref = ex.submit(self._reference, batch.prompts, batch.rollouts.tokens)
+            return scores.result(), ref.result()
+
+    def _score(self, texts: list[str], answers: list[str]) -> Scores:
+        ranges = split(len(texts), self.roles.reward.size)
+        reqs = [ScoreRequest(texts[r.start : r.stop], answers[r.start : r.stop]) for r in ranges]
+        return Scores.concat(self.roles.reward.map("score", [(q,) for q in reqs]))
+
+    def _reference(
+        self, prompts: list[list[int]], comps: list[list[int]]
+    ) -> ReferenceLogprobs | None:
+        pool = self.roles.reference
+        if pool is None:
+            return None
+        ranges = split(len(prompts), pool.size)
+        reqs = [
+            ReferenceRequest(prompts[r.start : r.stop], comps[r.start : r.stop]) for r in ranges
+        ]
+        return ReferenceLogprobs.concat(pool.map("logprobs", [(q,) for q in reqs]))
+
+    def advantages(self, scores: Scores) -> list[float]:
+        g = self.cfg.grpo
+        rewards = torch.tensor(scores.rewards, dtype=torch.float32)
+        return group_advantages(rewards, g.group_size, g.use_std, g.eps).tolist()
+
+    def learner_shards(
+        self, batch: Batch, adv: list[float], ref: ReferenceLogprobs | None
+    ) -> list[LearnerShard]:
+        """Whole groups per learner rank, contiguous, as even as the groups allow."""
+        g, ro = self.cfg.grpo.group_size, batch.rollouts
+        shards = []
+        for r in split(len(batch.examples), len(self.roles.learners.actors)):
+            lo, hi = r.start * g, r.stop * g
+            shards.append(
+                LearnerShard(
+                    prompts=batch.prompts[lo:hi],
+                    completions=ro.tokens[lo:hi],
+                    logprobs=ro.logprobs[lo:hi],
+                    eviction_steps=ro.eviction_steps[lo:hi],
+                    advantages=adv[lo:hi],
+                    ref_logprobs=ref.logprobs[lo:hi] if ref is not None else None,
+                    pad_id=self.data.pad_id,
+                )
+            )
+        return shards
+
+    def learn(self, shards: list[LearnerShard]) -> list[LearnStats]:
+        return self.roles.learners.each("train_step", [(s,) for s in shards])
+
+    def publish(self) -> PublishedWeights:
+        self.weights = self.roles.learners.publish()
+        return self.weights
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, step: int, batch: Batch | None = None) -> dict[str, Any]:
+        """Every phase once, in order; returns the step's metrics row (also written to disk)."""
+        timer = PhaseTimer()
+        if batch is None:
+            batch = self.collect(step, self.weights)
+        t0 = time.perf_counter()
+        timer.seconds["rollout_s"] = batch.rollout_s  # timed where it ran (maybe ahead)
+        self.cursor = batch.cursor
+        with timer("reward_ref"):
+            scores, ref = self.score_and_reference(batch)
+        adv = self.advantages(scores)
+        with timer("learn"):
+            stats = self.learn(self.learner_shards(batch, adv, ref))
+        with timer("publish"):
+            weights = self.publish()
+        timer.seconds["step_s"] = batch.rollout_s + time.perf_counter() - t0
+        self.run.write_rollouts(step + 1, step_rows(step, batch, scores, adv, self.data))
+        return step_metrics(step, batch, scores, stats, weights, self.roles.rollout.size, timer)
+
+    def shutdown(self) -> None:
+        self.roles.shutdown()

@@ -1,0 +1,22 @@
+"""Process environment defaults, in one place: offline hub, no telemetry, no usage stats.
+
+Applied by the CLI and the test suite before anything imports Ray, transformers or vLLM (they
+read these at import). ``setdefault``: a user's own setting always wins.
+``launch/local.sh`` exports the same for the processes it starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",  # never reach for a model hub unless the user says so
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+}
+
+
+def apply_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)

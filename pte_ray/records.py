@@ -1,0 +1,143 @@
+"""Typed records: everything that crosses a role boundary, one record per hop.
+
+One training step moves data along one path, and each hop carries exactly one of these:
+
+    controller --RolloutRequest--> rollout worker --Rollouts--> controller
+    controller --ScoreRequest--> reward worker --Scores--> controller
+    controller --ReferenceRequest--> reference worker --ReferenceLogprobs--> controller
+    controller --LearnerShard--> learner rank --LearnStats--> controller
+    learner rank 0 --PublishedWeights--> controller --(in the next RolloutRequest)--> rollout
+
+Shapes: n rows (samples) per record, P_i prompt tokens and T_i completion tokens of row i,
+k_i evictions of row i; ragged rows are lists, not padded tensors, so a record pickles small
+and means the same on every device. Records are frozen: a role never edits what it was sent.
+This module imports neither Ray nor torch: the method layer and tests can build records too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+TokenRows = list[list[int]]  # [n][P_i] or [n][T_i] token ids
+FloatRows = list[list[float]]  # [n][T_i] per-token values
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A versioned adapter snapshot in Ray's object store, put there by learner rank 0.
+
+    ``ref`` travels *inside* this record on purpose: Ray resolves an ``ObjectRef`` passed as a
+    top-level call argument before the call starts, but not one nested in another object, so
+    a worker that already holds ``version`` never downloads the snapshot again (the first
+    design passed ``(version, [ref])``, where the list did the same silently).
+    """
+
+    version: int  # learner optimizer steps taken; rollouts record the version they used
+    ref: Any  # ObjectRef -> weights.Snapshot; fetched with ray.get only when newer
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """Whole GRPO groups to generate, in order: rows g*i .. g*i+g-1 are one prompt's group."""
+
+    prompts: TokenRows  # [n][P_i]
+    seed: int  # sampling seed of this shard (one per step and shard, from a SeedSequence)
+    weights: PublishedWeights | None  # the version to generate with (None: as initialised)
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """What rollout workers generated, row-aligned with the request's prompts."""
+
+    tokens: TokenRows  # [n][T_i] completion token ids (no prompt)
+    logprobs: FloatRows  # [n][T_i] log-probs of ``tokens`` under the sampling policy
+    eviction_steps: list[list[int]]  # [n][k_i] thought index t before whose write row evicted
+    finish_reasons: list[str]  # [n] "stop" or "length"
+    texts: list[str]  # [n] decoded completions
+    versions: list[int]  # [n] adapter version that generated each row
+    wall_s: float  # generation wall time (of the slowest shard, once concatenated)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @staticmethod
+    def concat(parts: Sequence[Rollouts]) -> Rollouts:
+        """Shards of one step back into one record, in shard order."""
+        rows = {
+            f.name: [x for p in parts for x in getattr(p, f.name)]
+            for f in fields(Rollouts)
+            if f.name != "wall_s"
+        }
+        return Rollouts(**rows, wall_s=max((p.wall_s for p in parts), default=0.0))
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    completions: list[str]  # [n] model output: hostile input, parsed, never evaluated
+    answers: list[str]  # [n] gold answers
+
+
+@dataclass(frozen=True)
+class Scores:
+    rewards: list[float]  # [n]
+    statuses: list[str]  # [n] ok / no_answer / parse_error / timeout / mismatch
+    counts: dict[str, int]  # status -> rows with it
+
+    @staticmethod
+    def concat(parts: Sequence[Scores]) -> Scores:
+        counts: dict[str, int] = {}
+        for p in parts:
+            for k, v in p.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        return Scores(
+            [r for p in parts for r in p.rewards], [s for p in parts for s in p.statuses], counts
+        )
+
+
+@dataclass(frozen=True)
+class ReferenceRequest:
+    prompts: TokenRows  # [n][P_i]
+    completions: TokenRows  # [n][T_i]
+
+
+@dataclass(frozen=True)
+class ReferenceLogprobs:
+    logprobs: FloatRows  # [n][T_i] frozen base model, whole context, sampling temperature
+
+    @staticmethod
+    def concat(parts: Sequence[ReferenceLogprobs]) -> ReferenceLogprobs:
+        return ReferenceLogprobs([r for p in parts for r in p.logprobs])
+
+
+@dataclass(frozen=True)
+class LearnerShard:
+    """One learner rank's whole GRPO groups for one RL step."""
+
+    prompts: TokenRows  # [n][P_i]
+    completions: TokenRows  # [n][T_i]
+    logprobs: FloatRows  # [n][T_i] behaviour policy (the rollout's), for the PPO ratio
+    eviction_steps: list[list[int]]  # [n][k_i] replayed exactly as generated
+    advantages: list[float]  # [n] group-normalised
+    ref_logprobs: FloatRows | None  # [n][T_i] when grpo.kl_coef > 0
+    pad_id: int  # token id used to pad prompts inside replay
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass(frozen=True)
+class LearnStats:
+    """One rank's view of one RL step (means over its ``learner.mini_batches``)."""
+
+    loss: float  # this rank's share of the global loss (ranks sum to the loss)
+    kl: float  # token-weighted k3 KL to the reference (0 without one)
+    entropy: float
+    clip_frac: float  # fraction of tokens where the PPO clip bit
+    ratio: float  # mean importance ratio pi / pi_old
+    grad_norm: float  # global, after the all-reduce (before clipping)
+    logprob_replay_diff: float  # max |replayed - rollout| log-prob, first mini-batch
+    samples: int  # rows in this rank's shard
+    version: int  # adapter version after the step
+    peak_mb: float  # this rank's peak memory so far
