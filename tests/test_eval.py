@@ -87,3 +87,22 @@ def test_eval_bad_input_names_the_problem_and_writes_nothing(checkpoint, tmp_pat
     with pytest.raises(ValueError, match="shape"):  # the tensors say rank 4
         evaluate(eval_config(None, base, str(ckpt)), str(ckpt), ["gsm8k"], out_dir=str(out))
     assert not out.exists()
+
+
+def test_generate_takes_the_config_and_overrides_of_train(checkpoint, tmp_path, capsys):
+    """`pte-ray generate`: the checkpoint's adapter, with cache / sampling from key=value."""
+    model_path, ckpt = checkpoint
+    args = ["generate", "--adapter", str(ckpt), "--prompt", "1 + 1 =", "--prompt", "2 + 3 ="]
+    over = [f"model.path={model_path}", "sampling.max_new_tokens=20", "cache.budget=4"]
+    assert cli([*args, *over]) == 0
+    recs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in recs] == ["1 + 1 =", "2 + 3 ="]
+    assert all(r["tokens"] <= 20 for r in recs)
+    assert any(r["evictions"] > 0 for r in recs)  # budget 4 with up to 20 tokens: it evicted
+    assert cli([*args, *over, "cache.budget=1000"]) == 0
+    assert all(r["evictions"] == 0 for r in map(json.loads, capsys.readouterr().out.splitlines()))
+    # a setting the checkpoint fixes cannot be contradicted; a typo names the key
+    assert cli([*args, *over, "adapter.rank=8"]) == 2
+    assert cli([*args, *over, "cache.bugdet=4"]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.rank=8 does not match" in err and "cache.bugdet" in err
