@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pte_ray.atomic import write_text
 from pte_ray.config import Config
 from pte_ray.rl.rollouts import RolloutWriter
 
@@ -66,9 +67,7 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """On resume: drop lines of steps after the checkpoint (they will be redone)."""
         keep = [m for m in self.read_metrics() if m.get("step", 0) <= step]
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
-        os.replace(tmp, self.metrics_file)
+        write_text(self.metrics_file, "".join(json.dumps(m) + "\n" for m in keep))
 
     def write_rollouts(self, step: int, rows: list[dict[str, Any]]) -> None:
         self.rollouts.write(step, rows)

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pte_ray.atomic import atomic_path
+
 SCHEMA_VERSION = "2"  # 2: the never-filled "pred" column is gone
 
 
@@ -81,16 +83,8 @@ class RolloutWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise ValueError(f"rollouts for step {step} do not fit the schema: {e}") from e
         final = self.path(step)
-        tmp = self.dir / f".{final.name}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp)
         return final
 
 
