@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
-from pte_ray.method.decode import generate
+from pte_ray.method.decode import compact_due, generate
 from pte_ray.method.sampling import sample
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
@@ -70,6 +70,12 @@ def test_eos_finishes_rows_and_they_leave_the_batch(model):
         assert out.logprobs[i] == pytest.approx(free.logprobs[i][:cut], abs=1e-5)
     assert out.tokens[r] == free.tokens[r][: j + 1]
     assert out.stats["row_steps"] < len(PROMPTS) * out.stats["decode_steps"]
+
+
+def test_finished_rows_are_dropped_by_the_one_eighth_rule():
+    assert not compact_due(0, 1)
+    assert compact_due(1, 8) and compact_due(2, 16) and compact_due(3, 3)
+    assert not compact_due(1, 9) and not compact_due(1, 16)
 
 
 def test_all_rows_finished_stops_early(model):

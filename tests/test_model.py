@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pte_ray.method.cache import BoundedCache
+from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig
 
@@ -17,9 +17,10 @@ ARCHS = ["qwen2", "qwen3", "llama"]
 
 def _prefill(model, prompts, max_new=8):
     cache = BoundedCache(model, [len(p) for p in prompts], CacheConfig(budget=None), max_new)
-    ids, pos, slots, mask = cache.prefill_inputs(prompts, pad_id=0)
+    ids, at = left_pad(prompts, pad_id=0), cache.prompt_placement()
+    model.reserve_positions(cache.p_max + max_new + 1)
     with torch.no_grad():
-        logits, _ = model(ids, pos, cache.kv, slots, mask, max_pos=cache.p_max + max_new + 1)
+        logits, _ = model(ids, at.pos, cache.kv, at.slots, at.mask)
     return cache, logits
 
 
@@ -37,9 +38,9 @@ def test_prefill_and_decode_match_hf(random_ckpt, arch):
     assert (logits - ref[:, :12]).abs().max() <= 1e-4
     # decode the rest one token at a time against the full cache
     for t in range(12, 20):
-        pos, slots, mask = cache.step_inputs(1)
+        at = cache.step_inputs(1)
         with torch.no_grad():
-            step, _ = model(seq[:, t : t + 1], pos, cache.kv, slots, mask)
+            step, _ = model(seq[:, t : t + 1], at.pos, cache.kv, at.slots, at.mask)
         assert (step[:, 0] - ref[:, t]).abs().max() <= 1e-4, f"{arch} step {t}"
 
 
@@ -50,6 +51,18 @@ def test_left_padding_is_never_attended(random_ckpt):
     _, alone = _prefill(model, [short])
     _, batched = _prefill(model, [short, long])
     assert (alone[0, -3:] - batched[0, -3:]).abs().max() <= 1e-5
+
+
+def test_rope_tables_are_sized_up_front_not_in_forward(random_ckpt):
+    model = load_base(random_ckpt("qwen2"))
+    cache, _ = _prefill(model, [[1, 2, 3]])
+    n = model._cos.shape[0]
+    at = cache.step_inputs(1)
+    with pytest.raises(ValueError, match="reserve_positions"):
+        model(torch.tensor([[4]]), at.pos, cache.kv, at.slots, at.mask, max_pos=n + 1)
+    assert model._cos.shape[0] == n  # forward checked, it did not grow the tables
+    model.reserve_positions(n + 1)
+    assert model._cos.shape[0] >= n + 1
 
 
 def test_unsupported_architecture_is_named(random_ckpt, tmp_path):

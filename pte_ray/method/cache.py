@@ -9,6 +9,7 @@ clears validity bits and reads the evicted slots out before they are overwritten
 
 Every row advances one token per step, so the whole eviction schedule is known on the host from
 the prompt lengths alone: deciding when to evict never reads anything back from the device.
+Each forward gets its positions, write slots and mask from here as one ``Placement``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.config import CacheConfig
 from pte_ray.method.model import Transformer
@@ -26,6 +28,25 @@ def eviction_schedule(cap: int, evict_n: int, n_fed: int) -> list[int]:
     if evict_n <= 0:
         return []
     return list(range(cap, n_fed, evict_n))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> torch.Tensor:
+    """[B, P_max] ids, each prompt ending at the last column (the prompt region's layout)."""
+    rows = [torch.tensor(p, dtype=torch.long) for p in prompts]
+    return pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side="left")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one forward's new tokens sit and what they see: the model's inputs besides the ids
+    and the buffers, made by the cache, read by ``Transformer.forward``."""
+
+    pos: torch.Tensor  # [B, T] RoPE positions
+    slots: torch.Tensor  # [B, T] the cache slots their keys/values are written to
+    mask: torch.Tensor  # [B, T, S] which slots each of them attends to (after the write)
+
+    def __iter__(self):  # unpacks as ``pos, slots, mask`` for callers that run the model by hand
+        return iter((self.pos, self.slots, self.mask))
 
 
 @dataclass
@@ -71,15 +92,9 @@ class BoundedCache:
     def batch(self) -> int:
         return len(self.prompt_lens)
 
-    def prefill_inputs(
-        self, prompts: list[list[int]], pad_id: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded ids, positions, write slots and the causal mask for the prompt forward."""
+    def prompt_placement(self) -> Placement:
+        """Positions, write slots [0, P_max) and the causal mask of the prompt forward."""
         dev = self.model.device
-        ids = torch.full((self.batch, self.p_max), pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, self.p_max - len(p) :] = torch.tensor(p, dtype=torch.long)
-        ids = ids.to(dev)
         col = torch.arange(self.p_max, device=dev)
         pos = (col[None] - (self.p_max - self.plen_t[:, None])).clamp(min=0)
         slots = col[None].expand(self.batch, -1)
@@ -87,7 +102,13 @@ class BoundedCache:
         causal = key[None, :] <= col[:, None]  # [P, S]
         mask = causal[None] & self.valid[:, None, :]
         mask = mask | (key[None, None, :] == col[None, :, None])  # padding attends to itself
-        return ids, pos, slots, mask
+        return Placement(pos, slots, mask)
+
+    def prefill_inputs(
+        self, prompts: list[list[int]], pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids and the prompt's placement, flat (``ids, pos, slots, mask``)."""
+        return (left_pad(prompts, pad_id).to(self.model.device), *self.prompt_placement())
 
     def due(self) -> list[int]:
         """Rows that must evict before the next thought token is written."""
@@ -98,16 +119,17 @@ class BoundedCache:
     def evict(self, rows: list[int]) -> Evicted:
         """Read out and invalidate the oldest ``evict_n`` thought tokens of ``rows``."""
         dev = self.model.device
-        e_max = max(self.evict_n[i] for i in rows)
-        idx = torch.zeros(self.batch, e_max, dtype=torch.long)
-        valid = torch.zeros(self.batch, e_max, dtype=torch.bool)
+        n = [self.evict_n[i] if i in rows else 0 for i in range(self.batch)]
+        oldest = [self.t - c for c in self.count]  # ring index of each row's oldest token
+        ring = [
+            self.p_max + (start + torch.arange(k)) % cap
+            for start, k, cap in zip(oldest, n, self.caps)
+        ]
+        idx = pad_sequence(ring, batch_first=True).to(dev)  # [B, E] slots, 0 past each row's n
+        e_max = idx.shape[1]
+        valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)  # [B, E]
         for i in rows:
-            n, cap = self.evict_n[i], self.caps[i]
-            start = self.t - self.count[i]
-            idx[i, :n] = self.p_max + (start + torch.arange(n)) % cap
-            valid[i, :n] = True
-            self.count[i] -= n
-        idx, valid = idx.to(dev), valid.to(dev)
+            self.count[i] -= self.evict_n[i]
         row_mask = valid.any(dim=1)
         a = self.model.args
         gather = idx[:, None, :, None].expand(-1, a.n_kv_heads, -1, a.head_dim)
@@ -120,7 +142,7 @@ class BoundedCache:
         self.valid.scatter_(1, idx, ~valid & self.valid.gather(1, idx))
         return Evicted(keys, values, valid, row_mask)
 
-    def step_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step_inputs(self, n: int) -> Placement:
         """Positions, ring slots and mask [B, n, S] for the next ``n`` thought tokens.
 
         The caller guarantees no row needs to evict inside these ``n`` tokens. Marks the slots
@@ -143,7 +165,7 @@ class BoundedCache:
             self.valid.scatter_(1, slots, True)
         self.t += n
         self.count = [c + n for c in self.count]
-        return pos, slots, mask
+        return Placement(pos, slots, mask)
 
     def select(self, rows: torch.Tensor, rows_host: list[int]) -> None:
         """Keep only ``rows`` (finished rows stop costing compute)."""

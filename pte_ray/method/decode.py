@@ -1,9 +1,11 @@
 """Rollout: batched generation under the bounded cache with thought-state updates.
 
-Prefill once, then one token per step for every live row. Per step the host only decides what
-it already knows (which rows evict: the schedule depends on prompt lengths alone); it reads from
-the device every ``check_every`` steps to drop finished rows (so they stop costing compute) and
-to match stop strings. Outputs stay in preallocated device tensors until the end.
+gpt-fast shaped: ``prefill`` once, then one ``decode_step`` per token for every live row (evict
+what is due, fold it into the thought state, forward, sample), dropping finished rows now and
+then, and the result built at the end. Per step the host only decides what it already knows
+(which rows evict: the schedule depends on prompt lengths alone); it reads from the device every
+``check_every`` steps to find finished rows (so they stop costing compute) and to match stop
+strings. Outputs stay in preallocated device tensors until the end.
 """
 
 from __future__ import annotations
@@ -14,10 +16,21 @@ from dataclasses import dataclass, field
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache
+from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.model import Transformer
 from pte_ray.method.sampling import sample
+
+# The 1/8 rule: finished rows leave the batch once they are at least 1/8 of it. Dropping rows
+# copies every layer's cache buffers and the state (index_select), so doing it for every row
+# that finishes would cost more than the compute it saves; waiting for 1/8 bounds the compute
+# spent on finished rows to 1/8 of a step while paying for a copy only a few times a rollout.
+COMPACT_FRACTION = 8
+
+
+def compact_due(n_done: int, n_rows: int) -> bool:
+    """The 1/8 rule: whether ``n_done`` finished rows out of ``n_rows`` are worth dropping."""
+    return n_done > 0 and n_done * COMPACT_FRACTION >= n_rows
 
 
 @dataclass
@@ -36,6 +49,54 @@ class Rollout:
         return [len(e) for e in self.eviction_steps]
 
 
+@dataclass
+class Live:
+    """The rows still decoding, in cache order, and what each carries into the next step."""
+
+    idx: torch.Tensor  # [b] original row of each live row
+    rows: list[int]  # the same, on the host
+    tok: torch.Tensor  # [b] the token just sampled
+    lp: torch.Tensor  # [b] its log-prob
+    state: torch.Tensor | None  # [L, b, G, r] thought state
+
+    def keep(self, k: torch.Tensor, keep: list[int]) -> Live:
+        """Only the live rows ``keep`` (the same indices as ``k`` on the device)."""
+        state = self.state[:, k] if self.state is not None else None
+        return Live(self.idx[k], [self.rows[i] for i in keep], self.tok[k], self.lp[k], state)
+
+
+@dataclass
+class Outputs:
+    """Everything recorded per original row: preallocated on the device, read back at the end."""
+
+    tok: torch.Tensor  # [B, n_new], pad past each row's end
+    lp: torch.Tensor  # [B, n_new]
+    done_at: torch.Tensor  # [B] length including EOS; n_new while still running
+    evictions: list[list[int]]  # per row, the steps t it evicted before
+    stop_len: list[int]  # per row, its length cut at a stop string (0: none found yet)
+    n_steps: int = 0
+    row_steps: int = 0  # rows actually computed, summed over steps
+
+    @classmethod
+    def empty(cls, b: int, n_new: int, pad_id: int, dev: torch.device) -> Outputs:
+        return cls(
+            torch.full((b, n_new), pad_id, dtype=torch.long, device=dev),
+            torch.zeros(b, n_new, dtype=torch.float32, device=dev),
+            torch.full((b,), n_new, dtype=torch.long, device=dev),
+            [[] for _ in range(b)],
+            [0] * b,
+        )
+
+    def record(self, live: Live, t: int, eos: torch.Tensor) -> None:
+        """Token t of every live row; a row that emits EOS is done at length t + 1."""
+        n_new = self.tok.shape[1]
+        self.tok[live.idx, t] = live.tok
+        self.lp[live.idx, t] = live.lp
+        hit = torch.isin(live.tok, eos)
+        running = self.done_at[live.idx] == n_new
+        self.done_at[live.idx] = torch.where(hit & running, t + 1, self.done_at[live.idx])
+
+
 def _stop_cut(tokens: list[int], stops: Sequence[str], decode: Callable[[list[int]], str]) -> int:
     """Length of the shortest prefix whose text contains a stop string (0 = none)."""
     if not any(s in decode(tokens) for s in stops):
@@ -48,6 +109,109 @@ def _stop_cut(tokens: list[int], stops: Sequence[str], decode: Callable[[list[in
         else:
             lo = mid + 1
     return lo
+
+
+def prefill(
+    model: Transformer,
+    adapter: Adapter | None,
+    cache: BoundedCache,
+    prompts: list[list[int]],
+    pad_id: int,
+    sp: SamplingParams,
+    gen: torch.Generator | None,
+) -> Live:
+    """The prompt forward (RoPE sized once for the whole run first) and the first token."""
+    state = adapter.initial_state(len(prompts)) if adapter is not None else None
+    state = state.contiguous() if state is not None else None
+    ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
+    model.reserve_positions(cache.p_max + sp.max_new_tokens + 1)
+    logits, _ = model(ids, at.pos, cache.kv, at.slots, at.mask, adapter, state, True)
+    tok, lp = sample(logits[:, -1], sp, gen)
+    idx = torch.arange(len(prompts), device=model.device)
+    return Live(idx, list(range(len(prompts))), tok, lp, state)
+
+
+def decode_step(
+    step: Callable[..., tuple[torch.Tensor, list]],
+    adapter: Adapter | None,
+    cache: BoundedCache,
+    live: Live,
+    out: Outputs,
+    t: int,
+    sp: SamplingParams,
+    gen: torch.Generator | None,
+) -> Live:
+    """The next token of every live row: evict what is due and fold it into S, forward, sample."""
+    state, due = live.state, cache.due()
+    if due:
+        ev = cache.evict(due)
+        for i in due:
+            out.evictions[live.rows[i]].append(t)
+        if adapter is not None and state is not None:
+            state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
+    at = cache.step_inputs(1)
+    logits, _ = step(live.tok[:, None], at.pos, cache.kv, at.slots, at.mask, adapter, state, True)
+    tok, lp = sample(logits[:, -1], sp, gen)
+    out.n_steps += 1
+    out.row_steps += len(live.rows)
+    return Live(live.idx, live.rows, tok, lp, state)
+
+
+def _still_running(
+    out: Outputs, live: Live, t: int, sp: SamplingParams, decode: Callable | None
+) -> list[bool]:
+    """Per live row: no EOS and no stop string yet (one read from the device)."""
+    running = (out.done_at[live.idx] == out.tok.shape[1]).tolist()
+    if sp.stop_strings:
+        assert decode is not None
+        rows = [i for i, ok in enumerate(running) if ok]
+        toks = out.tok[live.idx[rows], : t + 1].tolist() if rows else []
+        for i, seq in zip(rows, toks):
+            cut = _stop_cut(seq, sp.stop_strings, decode)
+            if cut:
+                out.stop_len[live.rows[i]] = cut
+                running[i] = False
+    return running
+
+
+def drop_finished(cache: BoundedCache, live: Live, running: list[bool]) -> Live:
+    """Finished rows leave the batch (cache, state, tokens) when the 1/8 rule says so."""
+    if not compact_due(len(running) - sum(running), len(running)):
+        return live
+    keep = [i for i, ok in enumerate(running) if ok]
+    k = torch.tensor(keep, device=live.tok.device)
+    cache.select(k, keep)
+    return live.keep(k, keep)
+
+
+def _result(
+    prompts: list[list[int]],
+    out: Outputs,
+    eos: torch.Tensor,
+    sp: SamplingParams,
+    decode: Callable[[list[int]], str] | None,
+) -> Rollout:
+    """Cut every row at its end (EOS, stop string or length) and read the outputs back."""
+    lengths, eos_host = out.done_at.tolist(), set(eos.tolist())
+    all_tok, all_lp = out.tok.tolist(), out.lp.tolist()
+    res_tok, res_lp, res_ev, reasons = [], [], [], []
+    for i in range(len(prompts)):
+        n = lengths[i]
+        reason = "stop" if all_tok[i][n - 1] in eos_host else "length"
+        if sp.stop_strings and decode is not None:
+            cut = out.stop_len[i] or _stop_cut(all_tok[i][:n], sp.stop_strings, decode)
+            if cut:
+                n, reason = min(n, cut), "stop"
+        res_tok.append(all_tok[i][:n])
+        res_lp.append(all_lp[i][:n])
+        res_ev.append([s for s in out.evictions[i] if s < n - 1])  # steps that fed a kept token
+        reasons.append(reason)
+    stats = {
+        "decode_steps": float(out.n_steps),
+        "row_steps": float(out.row_steps),
+        "tokens": float(sum(len(x) for x in res_tok)),
+    }
+    return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats)
 
 
 @torch.no_grad()
@@ -70,89 +234,20 @@ def generate(
         raise ValueError("empty prompt: every prompt needs at least one token")
     if sp.stop_strings and decode is None:
         raise ValueError("stop_strings need a decode function (the tokenizer's decode)")
-    dev = model.device
-    b, n_new = len(prompts), sp.max_new_tokens
+    dev, n_new = model.device, sp.max_new_tokens
     cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, n_new)
-    gen = None
-    if sp.seed is not None:
-        gen = torch.Generator(device=dev).manual_seed(sp.seed)
-    state = adapter.initial_state(b) if adapter is not None else None
-    state = state.contiguous() if state is not None else None
+    gen = torch.Generator(device=dev).manual_seed(sp.seed) if sp.seed is not None else None
     eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    step = step_fn or model.forward
-
-    ids, pos, slots, mask = cache.prefill_inputs(prompts, pad_id)
-    model.reserve_positions(cache.p_max + n_new + 1)
-    logits, _ = model(ids, pos, cache.kv, slots, mask, adapter, state, True)
-    tok, lp = sample(logits[:, -1], sp, gen)
-
-    out_tok = torch.full((b, n_new), pad_id, dtype=torch.long, device=dev)
-    out_lp = torch.zeros(b, n_new, dtype=torch.float32, device=dev)
-    done_at = torch.full((b,), n_new, dtype=torch.long, device=dev)  # length incl. EOS
-    active = torch.arange(b, device=dev)
-    active_host = list(range(b))
-    evictions: list[list[int]] = [[] for _ in range(b)]
-    stop_len = [0] * b
-    n_steps = row_steps = 0
+    live = prefill(model, adapter, cache, prompts, pad_id, sp, gen)
+    out = Outputs.empty(len(prompts), n_new, pad_id, dev)
     for t in range(n_new):
-        out_tok[active, t] = tok
-        out_lp[active, t] = lp
-        hit = torch.isin(tok, eos)
-        done_at[active] = torch.where(hit & (done_at[active] == n_new), t + 1, done_at[active])
+        out.record(live, t, eos)
         if t == n_new - 1:
             break
         if (t + 1) % sp.check_every == 0:
-            live = (done_at[active] == n_new).tolist()
-            if sp.stop_strings:
-                assert decode is not None
-                rows = [i for i, ok in enumerate(live) if ok]
-                toks = out_tok[active[rows], : t + 1].tolist() if rows else []
-                for i, seq in zip(rows, toks):
-                    cut = _stop_cut(seq, sp.stop_strings, decode)
-                    if cut:
-                        stop_len[active_host[i]] = cut
-                        live[i] = False
-            if not any(live):
+            running = _still_running(out, live, t, sp, decode)
+            if not any(running):
                 break
-            n_done = len(live) - sum(live)
-            if n_done and n_done * 8 >= len(live):
-                keep = [i for i, ok in enumerate(live) if ok]
-                keep_t = torch.tensor(keep, device=dev)
-                cache.select(keep_t, keep)
-                active, tok = active[keep_t], tok[keep_t]
-                active_host = [active_host[i] for i in keep]
-                if state is not None:
-                    state = state[:, keep_t]
-        due = cache.due()
-        if due:
-            ev = cache.evict(due)
-            for i in due:
-                evictions[active_host[i]].append(t)
-            if adapter is not None and state is not None:
-                state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
-        pos, slots, mask = cache.step_inputs(1)
-        logits, _ = step(tok[:, None], pos, cache.kv, slots, mask, adapter, state, True)
-        tok, lp = sample(logits[:, -1], sp, gen)
-        n_steps += 1
-        row_steps += len(active_host)
-
-    lengths, eos_host = done_at.tolist(), set(eos.tolist())
-    all_tok, all_lp = out_tok.tolist(), out_lp.tolist()
-    res_tok, res_lp, res_ev, reasons = [], [], [], []
-    for i in range(b):
-        n = lengths[i]
-        reason = "stop" if all_tok[i][n - 1] in eos_host else "length"
-        if sp.stop_strings and decode is not None:
-            cut = stop_len[i] or _stop_cut(all_tok[i][:n], sp.stop_strings, decode)
-            if cut:
-                n, reason = min(n, cut), "stop"
-        res_tok.append(all_tok[i][:n])
-        res_lp.append(all_lp[i][:n])
-        res_ev.append([s for s in evictions[i] if s < n - 1])  # only steps that fed a kept token
-        reasons.append(reason)
-    stats = {
-        "decode_steps": float(n_steps),
-        "row_steps": float(row_steps),  # rows actually computed, summed over steps
-        "tokens": float(sum(len(x) for x in res_tok)),
-    }
-    return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats)
+            live = drop_finished(cache, live, running)
+        live = decode_step(step_fn or model.forward, adapter, cache, live, out, t, sp, gen)
+    return _result(prompts, out, eos, sp, decode)

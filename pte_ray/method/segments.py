@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache
+from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.model import Transformer
 from pte_ray.method.sampling import entropy, token_logprobs
 
@@ -81,9 +81,9 @@ def prefill(
 ) -> Prefill:
     """The prompt forward, with grad when training: its outputs become the segments' leaves."""
     s0 = adapter.initial_state(len(prompts)) if adapter is not None else None
-    ids, pos, slots, pmask = cache.prefill_inputs(prompts, pad_id)
+    ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
     model.reserve_positions(max_pos)  # RoPE sized once, before the first forward
-    first, kv = model(ids, pos, cache.kv, slots, pmask, adapter, s0, True)
+    first, kv = model(ids, at.pos, cache.kv, at.slots, at.mask, adapter, s0, True)
     prompt_kv = [x[:, :, : cache.p_max] for pair in kv for x in pair]
     cache.kv = kv
     return Prefill([first, *prompt_kv] + ([s0] if s0 is not None else []), len(prompt_kv), grad)
@@ -108,8 +108,8 @@ def segment(
             state = adapter.fold(s_in, ev.keys, ev.values, ev.valid, ev.rows)
     if z == a:
         return None, state
-    pos, slots, smask = cache.step_inputs(z - a)
-    logits, cache.kv = model(g.toks[:, a:z], pos, cache.kv, slots, smask, adapter, state)
+    at = cache.step_inputs(z - a)
+    logits, cache.kv = model(g.toks[:, a:z], at.pos, cache.kv, at.slots, at.mask, adapter, state)
     return logits, state
 
 
