@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, eviction_schedule
@@ -56,6 +57,25 @@ def _check_schedule(
             )
 
 
+def _check_inputs(prompts: list[list[int]], completions: list[list[int]], grad_mode: str) -> None:
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"replay grad mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if any(len(c) == 0 for c in completions):
+        raise ValueError("replay needs at least one completion token per row")
+
+
+def _empty(completions: list[list[int]], dev: torch.device) -> Replayed:
+    """Zero log-probs and entropies [B, T_max] and the mask of real completion tokens."""
+    b, t_max = len(completions), max(len(c) for c in completions)
+    lengths = torch.tensor([len(c) for c in completions], device=dev)
+    mask = torch.arange(t_max, device=dev)[None] < lengths[:, None]
+    return Replayed(
+        torch.zeros(b, t_max, device=dev), torch.zeros(b, t_max, device=dev), mask, 0, 0.0
+    )
+
+
 def replay(
     model: Transformer,
     adapter: Adapter | None,
@@ -78,31 +98,17 @@ def replay(
     ``grad_mode``: ``truncated`` (design section 1) or ``exact`` (``replay_exact``: nothing
     detached; the same as truncated where a row never evicts).
     """
-    if grad_mode not in GRAD_MODES:
-        raise ValueError(f"replay grad mode must be one of {GRAD_MODES}, got {grad_mode!r}")
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    if any(len(c) == 0 for c in completions):
-        raise ValueError("replay needs at least one completion token per row")
+    _check_inputs(prompts, completions, grad_mode)
     dev = model.device
-    b, t_max = len(prompts), max(len(c) for c in completions)
-    out = Replayed(
-        torch.zeros(b, t_max, device=dev),
-        torch.zeros(b, t_max, device=dev),
-        torch.arange(t_max, device=dev)[None]
-        < torch.tensor([len(c) for c in completions], device=dev)[:, None],
-        0,
-        0.0,
-    )
-    max_new = max_new_tokens or t_max
+    out = _empty(completions, dev)
+    max_new = max_new_tokens or out.mask.shape[1]
     for (cap, e), rows in _groups(prompts, cache_cfg, max_new).items():
         t_g = max(len(completions[i]) for i in rows)
         sched = eviction_schedule(cap, e, t_g - 1)
         if eviction_steps is not None:
             _check_schedule(rows, completions, sched, eviction_steps)
-        toks = torch.full((len(rows), t_g), pad_id, dtype=torch.long)
-        for j, i in enumerate(rows):
-            toks[j, : len(completions[i])] = torch.tensor(completions[i])
+        seqs = [torch.tensor(completions[i], dtype=torch.long) for i in rows]
+        toks = pad_sequence(seqs, batch_first=True, padding_value=pad_id)  # [b, t_g]
         g = Group(toks.to(dev), torch.tensor(rows, device=dev), sched, temperature, loss_fn, out)
         with torch.set_grad_enabled(loss_fn is not None):
             _replay_group(
