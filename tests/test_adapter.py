@@ -6,19 +6,20 @@ import pytest
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache
+from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.config import AdapterConfig, CacheConfig
+from pte_ray.method.layout import ModelArgs
 from pte_ray.method.replay import replay
 from pte_ray.method.thought_encoder import rms_normalise
 
 
 def _logits(model, adapter, prompts):
     cache = BoundedCache(model, [len(p) for p in prompts], CacheConfig(budget=None), 4)
-    ids, pos, slots, mask = cache.prefill_inputs(prompts, 0)
+    ids, at = left_pad(prompts, 0), cache.prompt_placement()
     state = adapter.initial_state(len(prompts)) if adapter is not None else None
     with torch.no_grad():
-        out, _ = model(ids, pos, cache.kv, slots, mask, adapter, state, max_pos=64)
+        out, _ = model(ids, at.pos, cache.kv, at.slots, at.mask, adapter, state)
     return out
 
 
@@ -34,6 +35,66 @@ def test_state_is_normalised_and_folds_evictions():
     torch.manual_seed(0)
     x = torch.randn(3, 2, 8, 4) * 7
     assert torch.allclose(rms_normalise(x).pow(2).mean(dim=(-2, -1)), torch.ones(3, 2), atol=1e-4)
+
+
+ARGS = ModelArgs(
+    model_type="qwen2",
+    vocab_size=64,
+    dim=64,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=16,
+    intermediate=96,
+    norm_eps=1e-6,
+    qkv_bias=True,
+    qk_norm=False,
+    tie_embeddings=True,
+)  # a model's shape without its weights: the adapter needs no more
+
+
+def _eviction(b: int, e: int, seed: int = 0):
+    """Evicted keys/values [L, b, e, d_kv] and a validity mask with >= 1 entry per row."""
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(ARGS.n_layers, b, e, ARGS.kv_dim, generator=gen)
+    v = torch.randn(k.shape, generator=gen)
+    valid = torch.rand(b, e, generator=gen) < 0.6
+    valid[:, 0] = True
+    return k, v, valid
+
+
+def test_fold_changes_the_evicting_rows_only():
+    adapter = Adapter(ARGS, AdapterConfig(method="pte", rank=4, global_tokens=8))
+    b = 4
+    # not normalised, so even Norm(S + 0) would differ from S
+    state = 3 * torch.randn(ARGS.n_layers, b, 8, 4, generator=torch.Generator().manual_seed(1))
+    k, v, valid = _eviction(b, 5)  # every row has evicted entries: only ``rows`` tells them apart
+    rows = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        new = adapter.fold(state, k, v, valid, rows)
+        want = rms_normalise(state + adapter.encoder.encode(k, v, valid))
+    assert torch.equal(new[:, ~rows], state[:, ~rows])  # masked rows: bit-identical
+    assert torch.equal(new[:, rows], want[:, rows])  # folded rows: Norm(S + Enc(K_e, V_e))
+    for i in (0, 2):
+        assert not torch.allclose(new[:, i], state[:, i])
+    k2, v2 = k.clone(), v.clone()
+    k2[:, ~valid] += 100.0  # what the validity mask hides cannot change the fold
+    v2[:, ~valid] -= 100.0
+    with torch.no_grad():
+        assert torch.equal(adapter.fold(state, k2, v2, valid, rows), new)
+
+
+@pytest.mark.parametrize("method", ["global_only", "lora_c", "lora"])
+def test_static_methods_keep_their_state_through_a_fold(method):
+    adapter = Adapter(ARGS, AdapterConfig(method=method, rank=4, global_tokens=8))
+    state = adapter.initial_state(4)
+    if state is None:  # plain LoRA has no state, whatever it is handed back it returns as is
+        assert adapter.fold(None, *_eviction(4, 5), torch.ones(4, dtype=torch.bool)) is None
+        state = torch.randn(ARGS.n_layers, 4, 4, 4)
+    before = state.clone()
+    with torch.no_grad():
+        out = adapter.fold(state, *_eviction(4, 5), torch.ones(4, dtype=torch.bool))
+    assert torch.equal(out, before)
 
 
 @pytest.mark.parametrize(
