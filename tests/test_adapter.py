@@ -8,7 +8,7 @@ import torch
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
-from pte_ray.method.config import AdapterConfig, CacheConfig
+from pte_ray.method.config import TARGETS, AdapterConfig, CacheConfig
 from pte_ray.method.layout import ModelArgs
 from pte_ray.method.replay import replay
 from pte_ray.method.thought_encoder import rms_normalise
@@ -51,6 +51,11 @@ ARGS = ModelArgs(
     qk_norm=False,
     tie_embeddings=True,
 )  # a model's shape without its weights: the adapter needs no more
+
+
+def test_config_targets_are_the_layout_parts():
+    """``AdapterConfig`` validates target names; the layout is what model and adapter fuse."""
+    assert set(TARGETS) == {t for g in ARGS.layout.groups for t in g.targets}
 
 
 def _eviction(b: int, e: int, seed: int = 0):
