@@ -10,6 +10,7 @@ import yaml
 from pte_ray.compare import compare, print_table
 
 
+@pytest.mark.slow  # four trainings + evals
 def test_compare_trains_evaluates_and_tabulates(ray_cluster, random_ckpt, task_file, tmp_path):
     over = [
         f"model.path={random_ckpt('qwen2')}",

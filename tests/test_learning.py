@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pte_ray import train
 
 
+@pytest.mark.slow  # 80 training steps: ~4 min
 def test_default_run_raises_the_reward(ray_cluster, tmp_path):
     out = tmp_path / "run"
     assert train.main(None, ["train.steps=80", "train.save_every=80", f"output_dir={out}"]) == 0

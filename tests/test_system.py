@@ -107,7 +107,12 @@ def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path
 
 
 @pytest.mark.parametrize(
-    ("mini_batches", "grad"), [(2, "truncated"), (6, "truncated"), (2, "exact")]
+    ("mini_batches", "grad"),
+    [
+        (2, "truncated"),
+        pytest.param(6, "truncated", marks=pytest.mark.slow),
+        pytest.param(2, "exact", marks=pytest.mark.slow),
+    ],
 )
 def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches, grad):
     over = base(
@@ -192,6 +197,7 @@ def test_train_writes_the_run_directory(ray_cluster, base, tmp_path):
     assert all(s == "DEAD" for _, s in actors) and groups == ["REMOVED"], (actors, groups)
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_continues_bit_for_bit(ray_cluster, base, tmp_path):
     assert train.main(None, base("train.steps=4", "train.save_every=2", out="straight")) == 0
     assert train.main(None, base("train.steps=2", "train.save_every=2", out="split")) == 0
@@ -273,6 +279,7 @@ def test_role_failing_after_others_started_stops_them_all(ray_cluster, base, tmp
     del failed
 
 
+@pytest.mark.slow  # the default tiny model
 def test_ray_job_submit_runs_the_tiny_job(ray_cluster, tmp_path):
     import subprocess
     import time

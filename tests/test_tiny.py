@@ -175,6 +175,7 @@ def test_write_task_round_trips(tmp_path: Path, suffix: str) -> None:
         write_task(tmp_path / "t.csv", 2)
 
 
+@pytest.mark.slow  # builds twice
 def test_build_tiny_caches_and_force_rebuilds(tmp_path: Path) -> None:
     path = build_tiny(tmp_path, recipe=SMALL)
     assert path.parent == tmp_path and path.name == f"tiny-{SMALL.digest()}"
@@ -199,6 +200,7 @@ def test_build_tiny_caches_and_force_rebuilds(tmp_path: Path) -> None:
     assert leftovers == [path.name]
 
 
+@pytest.mark.slow  # two builder processes
 def test_concurrent_builders_share_one_build(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -240,6 +242,7 @@ def test_cache_root_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert cache_root(tmp_path / "x") == tmp_path / "x"
 
 
+@pytest.mark.slow  # builds the default model
 def test_default_tiny_model_has_room_to_climb() -> None:
     path = build_tiny()  # ~3 min once per machine; the default run and test_learning need it too
     meta = json.loads((path / "pte_ray_tiny.json").read_text())
