@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig
+from pte_ray.method.model import ROPE_MIN_POSITIONS
 
 ARCHS = ["qwen2", "qwen3", "llama"]
 
@@ -20,7 +22,7 @@ def _prefill(model, prompts, max_new=8):
     ids, at = left_pad(prompts, pad_id=0), cache.prompt_placement()
     model.reserve_positions(cache.p_max + max_new + 1)
     with torch.no_grad():
-        logits, _ = model(ids, at.pos, cache.kv, at.slots, at.mask)
+        logits, _ = model(ids, at, cache.kv)
     return cache, logits
 
 
@@ -40,7 +42,7 @@ def test_prefill_and_decode_match_hf(random_ckpt, arch):
     for t in range(12, 20):
         at = cache.step_inputs(1)
         with torch.no_grad():
-            step, _ = model(seq[:, t : t + 1], at.pos, cache.kv, at.slots, at.mask)
+            step, _ = model(seq[:, t : t + 1], at, cache.kv)
         assert (step[:, 0] - ref[:, t]).abs().max() <= 1e-4, f"{arch} step {t}"
 
 
@@ -55,14 +57,19 @@ def test_left_padding_is_never_attended(random_ckpt):
 
 def test_rope_tables_are_sized_up_front_not_in_forward(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
-    cache, _ = _prefill(model, [[1, 2, 3]])
     n = model._cos.shape[0]
-    at = cache.step_inputs(1)
-    with pytest.raises(ValueError, match="reserve_positions"):
-        model(torch.tensor([[4]]), at.pos, cache.kv, at.slots, at.mask, max_pos=n + 1)
-    assert model._cos.shape[0] == n  # forward checked, it did not grow the tables
+    assert n >= ROPE_MIN_POSITIONS  # short calls need no reserve
+    cache, _ = _prefill(model, [[1, 2, 3]])  # reserves 12 positions: the tables stay as they are
+    assert model._cos.shape[0] == n
+    at = replace(cache.step_inputs(1), pos=torch.tensor([[n]]))  # one past the tables
+    with torch.no_grad(), pytest.raises(IndexError):
+        model(torch.tensor([[4]]), at, cache.kv)
+    assert model._cos.shape[0] == n  # forward only indexes the tables, it never grows them
     model.reserve_positions(n + 1)
     assert model._cos.shape[0] >= n + 1
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([[4]]), at, cache.kv)
+    assert logits.shape == (1, 1, model.args.vocab_size)
 
 
 def test_unsupported_architecture_is_named(random_ckpt, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache
+from pte_ray.method.cache import BoundedCache, Placement, left_pad
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig
 from pte_ray.method.replay import replay
@@ -59,10 +59,11 @@ def _full_context_grads(model, adapter, weights) -> dict[str, torch.Tensor]:
     for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS, strict=True)):
         ids = torch.tensor([p + c[:-1]])
         n = ids.shape[1]
-        pos = torch.arange(n)[None]
-        mask = torch.ones(n, n, dtype=torch.bool).tril()[None]
+        pos = torch.arange(n)[None]  # slot t holds position t: a full cache of exactly n slots
+        at = Placement(pos, pos, torch.ones(n, n, dtype=torch.bool).tril()[None])
         state = adapter.initial_state(1)
-        logits, _ = model(ids, pos, model.new_kv(1, n), pos, mask, adapter, state, False, n + 1)
+        model.reserve_positions(n)
+        logits, _ = model(ids, at, model.new_kv(1, n), adapter, state)
         lp = token_logprobs(logits[:, len(p) - 1 :], torch.tensor([c]), 1.0)
         total = total - (lp * weights[i, : len(c)]).sum()
     total.backward()
@@ -76,8 +77,9 @@ def _token_by_token_grads(model, adapter, weights, cfg, truncate=True) -> dict[s
     for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS, strict=True)):
         cache = BoundedCache(model, [len(p)], cfg, 64)
         state = adapter.initial_state(1)
-        ids, pos, slots, mask = cache.prefill_inputs([p], 0)
-        logits, cache.kv = model(ids, pos, cache.kv, slots, mask, adapter, state, True, 200)
+        model.reserve_positions(cache.p_max + 64 + 1)
+        ids, at = left_pad([p], 0), cache.prompt_placement()
+        logits, cache.kv = model(ids, at, cache.kv, adapter, state, True)
         total = total - weights[i, 0] * token_logprobs(logits, torch.tensor([[c[0]]]), 1.0)[0, 0]
         for t in range(1, len(c)):
             due = cache.due()
@@ -93,9 +95,8 @@ def _token_by_token_grads(model, adapter, weights, cfg, truncate=True) -> dict[s
                 if adapter.cfg.dynamic:
                     s_in = state.detach() if truncate else state
                     state = adapter.fold(s_in, ev.keys, ev.values, ev.valid, ev.rows)
-            pos, slots, mask = cache.step_inputs(1)
             tok = torch.tensor([[c[t - 1]]])
-            logits, cache.kv = model(tok, pos, cache.kv, slots, mask, adapter, state)
+            logits, cache.kv = model(tok, cache.step_inputs(1), cache.kv, adapter, state)
             lp = token_logprobs(logits, torch.tensor([[c[t]]]), 1.0)[0, 0]
             total = total - weights[i, t] * lp
     total.backward()

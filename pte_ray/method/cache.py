@@ -45,9 +45,6 @@ class Placement:
     slots: torch.Tensor  # [B, T] the cache slots their keys/values are written to
     mask: torch.Tensor  # [B, T, S] which slots each of them attends to (after the write)
 
-    def __iter__(self):  # unpacks as ``pos, slots, mask`` for callers that run the model by hand
-        return iter((self.pos, self.slots, self.mask))
-
 
 @dataclass
 class Evicted:
@@ -103,12 +100,6 @@ class BoundedCache:
         mask = causal[None] & self.valid[:, None, :]
         mask = mask | (key[None, None, :] == col[None, :, None])  # padding attends to itself
         return Placement(pos, slots, mask)
-
-    def prefill_inputs(
-        self, prompts: list[list[int]], pad_id: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded ids and the prompt's placement, flat (``ids, pos, slots, mask``)."""
-        return (left_pad(prompts, pad_id).to(self.model.device), *self.prompt_placement())
 
     def due(self) -> list[int]:
         """Rows that must evict before the next thought token is written."""

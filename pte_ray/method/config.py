@@ -14,8 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pte_ray.method.layout import TARGETS  # the adapter targets are the layout's parts
+
 METHODS = ("base", "lora", "lora_c", "global_only", "pte")
-TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 BudgetMode = Literal["thought", "total"]
 Method = Literal["base", "lora", "lora_c", "global_only", "pte"]

@@ -125,7 +125,7 @@ def prefill(
     state = state.contiguous() if state is not None else None
     ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
     model.reserve_positions(cache.p_max + sp.max_new_tokens + 1)
-    logits, _ = model(ids, at.pos, cache.kv, at.slots, at.mask, adapter, state, True)
+    logits, _ = model(ids, at, cache.kv, adapter, state, True)
     tok, lp = sample(logits[:, -1], sp, gen)
     idx = torch.arange(len(prompts), device=model.device)
     return Live(idx, list(range(len(prompts))), tok, lp, state)
@@ -150,7 +150,7 @@ def decode_step(
         if adapter is not None and state is not None:
             state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
     at = cache.step_inputs(1)
-    logits, _ = step(live.tok[:, None], at.pos, cache.kv, at.slots, at.mask, adapter, state, True)
+    logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True)
     tok, lp = sample(logits[:, -1], sp, gen)
     out.n_steps += 1
     out.row_steps += len(live.rows)

@@ -10,6 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The fused groups of a layer, in forward order, and the linears (targets) each one fuses, in the
+# order of its output. The adapter's target names are these parts (``config.TARGETS``).
+FUSED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("qkv", ("q", "k", "v")),
+    ("o", ("o",)),
+    ("gate_up", ("gate", "up")),
+    ("down", ("down",)),
+)
+TARGETS: tuple[str, ...] = tuple(t for _, parts in FUSED for t in parts)
+
 
 @dataclass(frozen=True)
 class FusedLinear:
@@ -34,7 +44,7 @@ class FusedLinear:
 
 @dataclass(frozen=True)
 class Layout:
-    """The fused linears of one decoder layer."""
+    """The fused linears of one decoder layer (fields named and ordered as ``FUSED``)."""
 
     qkv: FusedLinear  # attention input: q | k | v
     o: FusedLinear  # attention output
@@ -72,13 +82,11 @@ class ModelArgs:
 
     @property
     def layout(self) -> Layout:
-        return Layout(
-            qkv=FusedLinear(
-                "qkv", self.dim, (("q", self.q_dim), ("k", self.kv_dim), ("v", self.kv_dim))
-            ),
-            o=FusedLinear("o", self.q_dim, (("o", self.dim),)),
-            gate_up=FusedLinear(
-                "gate_up", self.dim, (("gate", self.intermediate), ("up", self.intermediate))
-            ),
-            down=FusedLinear("down", self.intermediate, (("down", self.dim),)),
-        )
+        d_in = {"qkv": self.dim, "o": self.q_dim, "gate_up": self.dim, "down": self.intermediate}
+        d_out = {"q": self.q_dim, "k": self.kv_dim, "v": self.kv_dim, "o": self.dim}
+        d_out |= {"gate": self.intermediate, "up": self.intermediate, "down": self.dim}
+        groups = {
+            name: FusedLinear(name, d_in[name], tuple((t, d_out[t]) for t in parts))
+            for name, parts in FUSED
+        }
+        return Layout(**groups)

@@ -1,9 +1,10 @@
 """A compact decoder (Llama / Qwen2 / Qwen3) over HF weights, with a caller-owned static cache.
 
 gpt-fast style: fused q/k/v and gate/up projections (``layout.py`` says which and in what order),
-one forward for prefill, decode and replay. The caller passes the cache buffers, the slots to
-write the new keys/values to and the boolean attention mask over all slots, so the same code
-serves a full cache, a bounded ring cache and teacher-forced segment replay. The base weights are
+one forward for prefill, decode and replay. The caller passes the cache buffers and a
+``Placement`` (positions, the slots to write the new keys/values to and the boolean attention
+mask over all slots), so the same code serves a full cache, a bounded ring cache and
+teacher-forced segment replay. The base weights are
 frozen buffers of the module; the adapter (LoRA + thought state) is passed in, so the base model
 never changes.
 """
@@ -20,6 +21,7 @@ from pte_ray.method.layout import FusedLinear, ModelArgs
 
 if TYPE_CHECKING:
     from pte_ray.method.adapter import Adapter, LayerAdapter
+    from pte_ray.method.cache import Placement
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's key and value buffers [B, n_kv, S, hd]
 ROPE_MIN_POSITIONS = 256  # the RoPE tables never hold fewer positions (short calls need no reserve)
@@ -192,35 +194,26 @@ class Transformer(nn.Module):
     def forward(
         self,
         ids: torch.Tensor,
-        pos: torch.Tensor,
+        at: Placement,
         kv: list[KV],
-        write_slots: torch.Tensor,
-        mask: torch.Tensor,
         adapter: Adapter | None = None,
         state: torch.Tensor | None = None,
         last_only: bool = False,
-        max_pos: int | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
-        """Run ``ids`` [B, T] at positions ``pos`` [B, T].
+        """Run ``ids`` [B, T] at positions ``at.pos`` [B, T].
 
-        New keys/values go to ``write_slots`` [B, T] of each layer's ``kv`` buffers
-        [B, n_kv, S, hd]; ``mask`` [B, T, S] says which slots each query may attend to (after
+        New keys/values go to slots ``at.slots`` [B, T] of each layer's ``kv`` buffers
+        [B, n_kv, S, hd]; ``at.mask`` [B, T, S] says which slots each query may attend to (after
         the write). With grad enabled the write is out of place and the returned buffers carry
         the graph; without grad the buffers are updated in place. ``state`` [L, B, G, r] is the
-        thought state for ``adapter``. ``max_pos`` (optional) is checked against the RoPE tables,
-        which ``reserve_positions`` sized up front. Returns fp32 logits [B, T or 1, V] and the
-        buffers.
+        thought state for ``adapter``. The RoPE tables are only indexed: ``reserve_positions``
+        sizes them beforehand. Returns fp32 logits [B, T or 1, V] and the buffers.
         """
         a = self.args
-        if max_pos is not None and max_pos > self._cos.shape[0]:
-            raise ValueError(
-                f"positions up to {max_pos} need reserve_positions({max_pos}) first "
-                f"(the RoPE tables hold {self._cos.shape[0]})"
-            )
         bsz, t = ids.shape
-        rope = self._cos[pos][:, None], self._sin[pos][:, None]  # [B, 1, T, hd]
-        idx = write_slots[:, None, :, None].expand(bsz, a.n_kv_heads, t, a.head_dim)
-        attn_mask = mask[:, None]
+        rope = self._cos[at.pos][:, None], self._sin[at.pos][:, None]  # [B, 1, T, hd]
+        idx = at.slots[:, None, :, None].expand(bsz, a.n_kv_heads, t, a.head_dim)
+        attn_mask = at.mask[:, None]
         x = F.embedding(ids, self.embed)
         new_kv: list[KV] = []
         for li, blk in enumerate(self.layers):

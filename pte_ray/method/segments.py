@@ -83,7 +83,7 @@ def prefill(
     s0 = adapter.initial_state(len(prompts)) if adapter is not None else None
     ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
     model.reserve_positions(max_pos)  # RoPE sized once, before the first forward
-    first, kv = model(ids, at.pos, cache.kv, at.slots, at.mask, adapter, s0, True)
+    first, kv = model(ids, at, cache.kv, adapter, s0, True)
     prompt_kv = [x[:, :, : cache.p_max] for pair in kv for x in pair]
     cache.kv = kv
     return Prefill([first, *prompt_kv] + ([s0] if s0 is not None else []), len(prompt_kv), grad)
@@ -109,7 +109,7 @@ def segment(
     if z == a:
         return None, state
     at = cache.step_inputs(z - a)
-    logits, cache.kv = model(g.toks[:, a:z], at.pos, cache.kv, at.slots, at.mask, adapter, state)
+    logits, cache.kv = model(g.toks[:, a:z], at, cache.kv, adapter, state)
     return logits, state
 
 
