@@ -31,13 +31,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pte_ray.train import main as train_main
+    from pte_ray.commands.train import main as train_main
 
     return train_main(args.config, args.overrides, resume=args.resume)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pte_ray.evaluate import eval_config, evaluate, table
+    from pte_ray.commands.evaluate import eval_config, evaluate, table
 
     cfg = eval_config(args.config, args.overrides, args.adapter)
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
@@ -63,7 +63,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import ray
 
-    from pte_ray.compare import compare, print_table
+    from pte_ray.commands.compare import compare, print_table
     from pte_ray.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -90,7 +90,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pte_ray.generate import main as generate_main
+    from pte_ray.commands.generate import main as generate_main
 
     return generate_main(args)
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_compare)
 
     g = sub.add_parser("generate", help="generate with a checkpoint under the bounded cache")
-    from pte_ray.generate import add_args as add_generate_args
+    from pte_ray.commands.generate import add_args as add_generate_args
 
     add_generate_args(g)
     g.set_defaults(func=_generate)

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from pte_ray.compare import compare, print_table
+from pte_ray.commands.compare import compare, print_table
 
 
 @pytest.mark.slow  # four trainings + evals

@@ -11,7 +11,7 @@ import torch
 
 from pte_ray.config import load_config
 from pte_ray.controller.step import Controller
-from pte_ray.run_dir import RunDir
+from pte_ray.run.run_dir import RunDir
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="CUDA not available: GPU smoke tests skipped"

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pte_ray.cli import main as cli
+from pte_ray.commands.evaluate import eval_config, evaluate, pass_at_k
 from pte_ray.config import load_config
-from pte_ray.evaluate import _problems, eval_config, evaluate, pass_at_k, resolve_bench
+from pte_ray.evalsets import problems, resolve_bench
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base, save_adapter
 
@@ -29,7 +30,7 @@ def test_pass_at_k_is_the_unbiased_estimator():
 def test_bundled_benchmarks_load_in_their_own_formats(name, gold):
     cfg = load_config(None)
     bench = resolve_bench(name, cfg)
-    examples, golds, _ = _problems(bench, cfg, None)
+    examples, golds, _ = problems(bench, cfg, None)
     assert len(examples) >= 4 and golds[0] == gold
 
 

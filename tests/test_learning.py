@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from pte_ray import train
+from pte_ray.commands import train
 
 
 @pytest.mark.slow  # 80 training steps: ~4 min

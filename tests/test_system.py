@@ -13,11 +13,11 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from pte_ray import train
 from pte_ray.actors.pool import PoolError
+from pte_ray.commands import train
 from pte_ray.config import load_config
 from pte_ray.controller.step import Controller
-from pte_ray.run_dir import RunDir
+from pte_ray.run.run_dir import RunDir
 
 METRIC_KEYS = {
     "step",

@@ -14,7 +14,7 @@ from pte_ray.records import LearnStats, PublishedWeights, Scores
 
 if TYPE_CHECKING:
     from pte_ray.controller.step import Batch, PhaseTimer
-    from pte_ray.prepare import Prepared
+    from pte_ray.run.prepare import Prepared
 
 
 def step_metrics(
@@ -56,7 +56,7 @@ def step_metrics(
 def step_rows(
     step: int, batch: Batch, scores: Scores, adv: list[float], data: Prepared
 ) -> list[dict[str, Any]]:
-    """One rollout-file row per sample (schema: ``rl/rollouts.py``)."""
+    """One rollout-file row per sample (schema: ``pte_ray/run/rollout_log.py``)."""
     ro, g = batch.rollouts, len(batch.prompts) // max(len(batch.examples), 1)
     return [
         {

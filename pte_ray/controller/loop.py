@@ -16,7 +16,7 @@ from typing import Any
 
 from pte_ray.actors import metrics as dash
 from pte_ray.controller.step import Batch, Controller
-from pte_ray.progress import progress
+from pte_ray.run.progress import progress
 
 
 def resume(ctl: Controller, ckpt: Path) -> None:

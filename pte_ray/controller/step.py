@@ -21,8 +21,6 @@ import torch
 
 from pte_ray.config import Config
 from pte_ray.controller.log import step_metrics, step_rows
-from pte_ray.prepare import prepare
-from pte_ray.progress import say
 from pte_ray.records import (
     LearnerShard,
     LearnStats,
@@ -36,7 +34,9 @@ from pte_ray.records import (
 )
 from pte_ray.rl.data import Example
 from pte_ray.rl.grpo import group_advantages
-from pte_ray.run_dir import RunDir
+from pte_ray.run.prepare import prepare
+from pte_ray.run.progress import say
+from pte_ray.run.run_dir import RunDir
 
 
 def split(n_groups: int, parts: int) -> list[range]:

@@ -3,7 +3,7 @@ prompts, stream them in seeded, resumable, shardable order, and filter by prompt
 
 Every row is validated before any compute is spent; a bad row is a ``DataError`` naming the file
 and the 1-based row (for JSONL, the line number), or, with ``skip_bad_rows``, a counted skip.
-Rollout output lives in ``pte_ray.rl.rollouts`` and is re-exported here.
+Rollout output lives in ``pte_ray.run.rollout_log`` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pte_ray.rl.rollouts import ROLLOUT_SCHEMA, RolloutWriter, read_rollouts
+from pte_ray.run.rollout_log import ROLLOUT_SCHEMA, RolloutWriter, read_rollouts
 
 __all__ = [
     "BOXED_INSTRUCTION",

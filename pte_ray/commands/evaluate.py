@@ -16,7 +16,6 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,12 @@ import pyarrow.parquet as pq
 import torch
 
 from pte_ray.config import Config, load_config
-from pte_ray.progress import progress
-from pte_ray.rl.data import DataConfig, load_dataset, render_prompt
+from pte_ray.evalsets import Bench, distances, problems, resolve_bench
+from pte_ray.rl.data import render_prompt
 from pte_ray.rl.rewards import RewardConfig, Verifier
+from pte_ray.run.progress import progress
 
-EVALSETS = Path(__file__).with_name("evalsets")
-BUNDLED = {"math500": "math500.jsonl", "gsm8k": "gsm8k.jsonl", "aime": "aime.jsonl"}
-PROMPT_KEYS = ("prompt", "problem", "question", "Problem", "Question")
-ANSWER_KEYS = ("answer", "Answer")
 ADAPTER_KEYS = ("method", "rank", "alpha", "global_tokens", "targets", "attention")
-
-
-@dataclass
-class Bench:
-    name: str
-    path: str
-    prompt_key: str
-    answer_key: str
-    has_distance: bool = False  # the recall task's rows carry it: accuracy per distance
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,46 +40,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-def resolve_bench(spec: str, cfg: Config) -> Bench:
-    """A bundled name (math500, gsm8k, aime), 'tiny' (the tiny task's test split) or a path."""
-    if spec in BUNDLED:
-        path, name = EVALSETS / BUNDLED[spec], spec
-    elif spec in ("tiny", "tiny-recall"):  # the tiny tasks' held-out splits
-        from pte_ray.tiny import RECIPES, build_tiny_task
-
-        path, name = build_tiny_task(recipe=RECIPES[spec])["test"], spec
-    else:
-        path = Path(spec)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"benchmark {spec!r}: no such file or directory (bundled: {sorted(BUNDLED)}, tiny)"
-            )
-        name = path.stem
-    first = _first_row(path)
-    pkey = next((k for k in (cfg.data.prompt_key, *PROMPT_KEYS) if k in first), None)
-    akey = next((k for k in (cfg.data.answer_key, *ANSWER_KEYS) if k in first), None)
-    if pkey is None or akey is None:
-        raise ValueError(
-            f"benchmark {path}: row 1 has columns {sorted(first)}; need a prompt column "
-            f"({', '.join(PROMPT_KEYS)} or data.prompt_key) and an answer column "
-            f"({', '.join(ANSWER_KEYS)} or data.answer_key)"
-        )
-    return Bench(name, str(path), pkey, akey, "distance" in first)
-
-
-def _first_row(path: Path) -> dict[str, Any]:
-    files = sorted(path.iterdir()) if path.is_dir() else [path]
-    for f in files:
-        if f.suffix == ".parquet":
-            return {k: None for k in pq.read_schema(f).names}
-        if f.suffix in (".jsonl", ".json"):
-            with f.open() as fh:
-                line = fh.readline()
-            row = json.loads(line) if f.suffix == ".jsonl" else json.loads(f.read_text())[0]
-            return row if isinstance(row, dict) else {}
-    raise ValueError(f"benchmark {path}: no .jsonl, .json or .parquet file")
 
 
 def eval_config(config: str | None, overrides: list[str], adapter_dir: str | None) -> Config:
@@ -129,7 +76,7 @@ class _Engine:
         from pte_ray.engines.torch_engine import resolve_dtype
         from pte_ray.method.adapter import Adapter
         from pte_ray.method.checkpoint import load_adapter, load_base
-        from pte_ray.prepare import resolve_model
+        from pte_ray.run.prepare import resolve_model
 
         path = resolve_model(cfg.model.path)
         self.tok = AutoTokenizer.from_pretrained(path)
@@ -147,39 +94,14 @@ class _Engine:
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
 
 
-def _problems(bench: Bench, cfg: Config, limit: int | None) -> tuple[list, list[str], DataConfig]:
-    d = cfg.data
-    dcfg = DataConfig(
-        bench.path,
-        bench.prompt_key,
-        bench.answer_key,
-        None,
-        d.system_prompt,
-        d.instruction,
-        d.apply_chat_template,
-    )
-    examples = load_dataset(dcfg)[0][:limit]  # GSM8K's answers end in "#### 72"
-    return examples, [e.answer.split("####")[-1].strip() for e in examples], dcfg
-
-
-def _distances(bench: Bench) -> list[int | None]:
-    """The ``distance`` column in file order (None where a benchmark has none)."""
-    if not bench.has_distance:
-        return []
-    path = Path(bench.path)
-    if path.suffix == ".parquet":
-        return pq.read_table(path, columns=["distance"]).column("distance").to_pylist()
-    return [json.loads(line).get("distance") for line in path.read_text().splitlines() if line]
-
-
 def _run_bench(
     eng: _Engine, cfg: Config, bench: Bench, seed: int, n: int, batch: int, limit: int | None, bar
 ) -> list[dict[str, Any]]:
     """Every completion of one benchmark under one seed, scored."""
     from pte_ray.method.decode import generate
 
-    examples, golds, dcfg = _problems(bench, cfg, limit)
-    dist = _distances(bench)
+    examples, golds, dcfg = problems(bench, cfg, limit)
+    dist = distances(bench)
     special = not cfg.data.apply_chat_template
     texts = [render_prompt(e, dcfg, eng.tok) for e in examples]
     ids = [eng.tok(t, add_special_tokens=special).input_ids for t in texts]
@@ -242,12 +164,12 @@ def evaluate(
         raise ValueError(f"pass@{max(ks)} needs --samples >= {max(ks)}, got --samples {samples}")
     specs = [resolve_bench(b, cfg) for b in benches]  # bad names / columns fail before compute
     for bench in specs:
-        _problems(bench, cfg, limit)
+        problems(bench, cfg, limit)
     out = Path(out_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
     eng = _Engine(cfg, adapter_dir, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    total = sum(len(_problems(b, cfg, limit)[0]) for b in specs) * samples * len(seeds)
+    total = sum(len(problems(b, cfg, limit)[0]) for b in specs) * samples * len(seeds)
     bar = progress(total, "eval", "sample")
     rows: list[dict[str, Any]] = []
     per_seed: dict[str, list[dict[str, float]]] = {b.name: [] for b in specs}

@@ -11,7 +11,7 @@ import os
 import sys
 
 from pte_ray.config import dump_config, load_config
-from pte_ray.run_dir import RunDir
+from pte_ray.run.run_dir import RunDir
 
 
 def main(config: str | None, overrides: list[str], resume: str | None = None) -> int:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pte_ray.commands.evaluate import eval_config, evaluate
 from pte_ray.config import load_config
-from pte_ray.evaluate import eval_config, evaluate
 
 METHODS = ("lora", "lora_c", "global_only", "pte")
 # "pte:exact" = method pte trained with replay.grad=exact (a bare name keeps the config's mode)
@@ -32,7 +32,7 @@ def _split(name: str) -> tuple[str, list[str]]:
 
 
 def _train(config: str | None, overrides: list[str], out: Path) -> dict[str, Any]:
-    from pte_ray import train
+    from pte_ray.commands import train
 
     t0 = time.perf_counter()
     if train.main(config, [*overrides, f"output_dir={out}"]) != 0:

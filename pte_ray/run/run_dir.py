@@ -17,7 +17,7 @@ from typing import Any
 
 from pte_ray.atomic import write_text
 from pte_ray.config import Config
-from pte_ray.rl.rollouts import RolloutWriter
+from pte_ray.run.rollout_log import RolloutWriter
 
 
 class RunDir:
