@@ -95,16 +95,15 @@ def _generate(args: argparse.Namespace) -> int:
     return generate_main(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pte-ray", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="GRPO training (no arguments: tiny model + task, locally)")
     t.add_argument("--config", default=None, help="YAML config (launch/configs/*.yaml)")
     t.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
     t.set_defaults(func=_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="accuracy of a checkpoint (or the base model) on benchmarks")
     e.add_argument("--config", default=None, help="YAML config (model, cache, sampling, data)")
     e.add_argument("--adapter", default=None, help="checkpoint dir (none: the base model)")
@@ -124,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
     e.set_defaults(func=_eval)
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="train + evaluate several methods x seeds (Table 1)")
     c.add_argument("--config", default=None, help="YAML config shared by every run")
     c.add_argument(
@@ -138,12 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
     c.set_defaults(func=_compare)
 
-    g = sub.add_parser("generate", help="generate with a checkpoint under the bounded cache")
-    from pte_ray.commands.generate import add_args as add_generate_args
 
-    add_generate_args(g)
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from pte_ray.commands.generate import add_args
+
+    g = sub.add_parser("generate", help="generate with a checkpoint under the bounded cache")
+    add_args(g)
     g.set_defaults(func=_generate)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
     from pte_ray.bench import grad, method, reward
@@ -154,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_args(bsub.add_parser("reward", help="math verifier throughput"))
     grad.add_args(bsub.add_parser("grad", help="truncated vs exact replay gradient (fp64)"))
     b.set_defaults(func=_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pte-ray", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench):
+        add(sub)
     return p
 
 

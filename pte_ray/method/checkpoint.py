@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from pte_ray.atomic import atomic_path, write_text
 from pte_ray.method.layout import ModelArgs
 from pte_ray.method.model import Transformer
 
@@ -158,12 +159,9 @@ def save_adapter(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
-    tmp = out / "adapter.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / "adapter.safetensors")
-    tmp_meta = out / "adapter.json.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_meta, out / "adapter.json")
+    with atomic_path(out / "adapter.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_text(out / "adapter.json", json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_adapter_tensors(
