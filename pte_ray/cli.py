@@ -1,4 +1,4 @@
-"""`pte-ray` entry points: train, eval, compare, generate, bench."""
+"""`pte-ray` entry points: train, eval, compare, generate, bench, config."""
 
 from __future__ import annotations
 
@@ -161,10 +161,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_bench)
 
 
+def _config(args: argparse.Namespace) -> int:
+    from pte_ray.config import annotated_yaml, load_config
+
+    print(annotated_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("config", help="print the resolved config, every key with its help")
+    c.add_argument("--config", default=None, help="YAML config (launch/configs/*.yaml)")
+    c.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
+    c.set_defaults(func=_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pte-ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench):
+    for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench, _add_config):
         add(sub)
     return p
 

@@ -214,3 +214,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def annotated_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, each key followed by its help: ``pte-ray config``."""
+    lines = []
+    for section, model in cfg:
+        lines.append(f"{section}:")
+        for key, field in type(model).model_fields.items():
+            value = yaml.safe_dump(
+                model.model_dump(mode="json")[key], default_flow_style=True, width=10**6
+            ).strip()
+            value = value.removesuffix("\n...").removesuffix(" ...").strip()
+            lines.append(f"  {key}: {value}  # {field.description or ''}".rstrip(" #"))
+    return "\n".join(lines) + "\n"

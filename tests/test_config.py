@@ -88,3 +88,26 @@ def test_defaults_agree_with_the_design():
     assert cfg.adapter.global_tokens == 32 == cfg.adapter_config().global_tokens
     assert load_config(None, ["adapter.method=global_only"]).cache_config().bounded
     assert not load_config(None, ["adapter.method=lora"]).cache_config().bounded
+
+
+def test_every_setting_has_one_declaration_with_help(tmp_path):
+    """`pte-ray config` prints each key once with its help, and what it prints loads back."""
+    from pte_ray.config import Config, annotated_yaml
+
+    cfg = load_config(None, ["cache.budget=32", "adapter.targets=[q,v]", "train.seed=3"])
+    for section, model in cfg:
+        for key, field in type(model).model_fields.items():
+            assert field.description, f"{section}.{key} has no help"
+    text = annotated_yaml(cfg)
+    assert "  budget: 32  # " in text and "  seed: 3  # " in text
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(tmp_path / "c.yaml") == cfg
+    # the method layer's models are the sections themselves: no second copy to drift
+    from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig
+    from pte_ray.rl.grpo import GRPOConfig
+
+    fields = Config.model_fields
+    assert fields["cache"].annotation is CacheConfig
+    assert fields["adapter"].annotation is AdapterConfig
+    assert fields["sampling"].annotation is SamplingConfig
+    assert fields["grpo"].annotation is GRPOConfig
