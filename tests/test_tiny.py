@@ -28,7 +28,7 @@ from pte_ray.tiny import (
     raw_tokenizer,
     write_task,
 )
-from pte_ray.tiny_task import RecallSpec, recall_distance
+from pte_ray.tiny.task import RecallSpec, recall_distance
 
 TEXTS = [
     "Start at 44 and add 5, 11 times.\n11: 44+5=49\n10: 49+5=54\n#### 99",
