@@ -23,9 +23,9 @@ def _bench(args: argparse.Namespace) -> int:
 
         result = grad.run(args)
     else:
-        from pte_ray.bench import method
+        from pte_ray.bench import replay, rollout
 
-        result = method.run_rollout(args) if args.bench == "rollout" else method.run_replay(args)
+        result = rollout.run_rollout(args) if args.bench == "rollout" else replay.run_replay(args)
     print(json.dumps(result))
     return 0
 
@@ -151,11 +151,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from pte_ray.bench import grad, method, reward
+    from pte_ray.bench import common, grad, reward
 
     for name, help_ in [("rollout", "bounded-cache generation"), ("replay", "segment replay")]:
         bp = bsub.add_parser(name, help=help_)
-        method.add_args(bp)
+        common.add_args(bp)
     reward.add_args(bsub.add_parser("reward", help="math verifier throughput"))
     grad.add_args(bsub.add_parser("grad", help="truncated vs exact replay gradient (fp64)"))
     b.set_defaults(func=_bench)

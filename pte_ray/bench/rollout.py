@@ -1,0 +1,78 @@
+"""`pte-ray bench rollout`: tokens per second and peak memory of bounded-cache generation.
+
+``--compare-hf`` also times HF ``generate`` with the full cache on the same prompts, so the
+speed figure comes with its baseline from the same machine and run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pte_ray.bench.common import rollout_fn, settings, setup, sweep, timed
+from pte_ray.bench.memory import PeakMemory
+
+
+def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
+    """Times one rollout after a short warm-up (which also compiles) under ``PeakMemory``."""
+    if args.memory_sweep:
+        return sweep(args, "rollout")
+    model, adapter, prompts, path = setup(args)
+    gen = rollout_fn(args, model, adapter, prompts)
+    small = argparse.Namespace(**{**vars(args), "max_new_tokens": min(16, args.max_new_tokens)})
+    rollout_fn(small, model, adapter, prompts)()  # warm-up (and compile)
+    with PeakMemory(args.device) as mem:
+        out, wall = timed(gen, args.device)
+    n_tok = sum(len(t) for t in out.tokens)
+    res: dict[str, Any] = {
+        "bench": "rollout",
+        **settings(args),
+        "tokens": n_tok,
+        "tokens_per_s": n_tok / wall,
+        "wall_s": wall,
+        "evictions": sum(out.evictions),
+        "evictions_per_seq": sum(out.evictions) / len(prompts),
+        ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
+    }
+    if args.compare_hf:
+        res.update(_hf_generate(path, prompts, args, n_tok / wall))
+    return res
+
+
+def _hf_generate(
+    path: Path, prompts: list[list[int]], args: argparse.Namespace, ours: float
+) -> dict:
+    """HF ``generate`` with the full cache, sampling exactly ``max_new_tokens`` per row."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(
+        args.device
+    )
+    p_max = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), p_max, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, p_max - len(p) :], att[i, p_max - len(p) :] = torch.tensor(p), 1
+    ids, att = ids.to(args.device), att.to(args.device)
+
+    def go(n: int) -> Any:
+        torch.manual_seed(args.seed)
+        return hf.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=0,
+        )
+
+    go(min(16, args.max_new_tokens))
+    out, wall = timed(lambda: go(args.max_new_tokens), args.device)
+    hf_tps = (out.shape[1] - p_max) * len(prompts) / wall
+    return {"hf_tokens_per_s": hf_tps, "hf_wall_s": wall, "speedup_vs_hf": ours / hf_tps}
