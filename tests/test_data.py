@@ -231,21 +231,6 @@ def test_stream_resume_from_cursor_is_identical(tmp_path: Path):
         b.restore({"epoch": 0, "index": 24})
 
 
-def test_shards_are_disjoint_and_cover_each_epoch(tmp_path: Path):
-    exs = _examples(tmp_path)
-    base = PromptStream(exs, seed=3)
-    shards = [base.shard(r, 3) for r in range(3)]
-    assert [s.epoch_size for s in shards] == [8, 8, 7]
-    for _ in range(2):  # two epochs
-        seen = [[e.index for e in s.next_batch(s.epoch_size)] for s in shards]
-        flat = [i for part in seen for i in part]
-        assert sorted(flat) == list(range(23))
-    with pytest.raises(ValueError):
-        base.shard(3, 3)
-    with pytest.raises(ValueError):
-        PromptStream(exs[:2], world=3)
-
-
 # ----------------------------------------------------------------------------- rollouts
 
 

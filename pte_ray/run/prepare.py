@@ -85,7 +85,6 @@ def prepare(cfg: Config) -> Prepared:
         d.instruction,
         d.apply_chat_template,
         d.skip_bad_rows,
-        cfg.train.seed,
     )
     examples, report = load_dataset(dcfg)
     if report.skipped:
