@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig, SamplingParams
 from pte_ray.rl.grpo import GRPOConfig
+from pte_ray.rl.rewards import RewardConfig
 
 
 class Section(BaseModel):
@@ -67,12 +68,11 @@ class RolloutSection(Section):
     scale_down_idle_s: float = _f(120.0, "idle time that retires a worker", gt=0.0)
 
 
-class RewardSection(Section):
-    num_workers: int = _f(1, "reward workers", ge=1)
+class RewardSection(RewardConfig):
+    """The verifier's own settings (``rl/rewards.py``) plus the reward pool's resources."""
+
+    num_workers: int = _f(1, "reward workers (Ray actors)", ge=1)
     num_cpus: float = _f(0.25, "CPUs per reward worker", gt=0.0)
-    timeout_s: float = _f(2.0, "hard per-item verification timeout (killed after)", gt=0.0)
-    last_number_fallback: bool = _f(True, "no boxed answer: compare the last number")
-    format_bonus: float = _f(0.0, "added to the reward of a well-formed answer")
 
 
 class ReferenceSection(Section):

@@ -7,20 +7,13 @@ from typing import Any
 from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.records import ScoreRequest, Scores
-from pte_ray.rl.rewards import RewardConfig, Verifier
+from pte_ray.rl.rewards import Verifier
 
 
 class RewardWorker:
     def __init__(self, cfg: dict[str, Any], worker_id: int) -> None:
-        c = Config.model_validate(cfg).reward
         self.worker_id = str(worker_id)
-        self.verifier = Verifier(
-            RewardConfig(
-                timeout_s=c.timeout_s,
-                last_number_fallback=c.last_number_fallback,
-                format_bonus=c.format_bonus,
-            )
-        )
+        self.verifier = Verifier(Config.model_validate(cfg).reward)  # the section is a RewardConfig
         self.verifier.warm_up()  # a cold verifier would make the first step's items slow
 
     def ready(self) -> dict[str, Any]:

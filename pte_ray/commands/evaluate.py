@@ -27,7 +27,7 @@ import torch
 from pte_ray.config import Config, load_config
 from pte_ray.evalsets import Bench, distances, problems, resolve_bench
 from pte_ray.rl.data import render_prompt
-from pte_ray.rl.rewards import RewardConfig, Verifier
+from pte_ray.rl.rewards import Verifier
 from pte_ray.run.progress import progress
 
 ADAPTER_KEYS = ("method", "rank", "alpha", "global_tokens", "targets", "attention")
@@ -88,7 +88,7 @@ class _Engine:
             if adapter_dir is not None:
                 load_adapter(self.adapter, adapter_dir)
         r = cfg.reward
-        self.verifier = Verifier(RewardConfig(r.timeout_s, r.last_number_fallback))
+        self.verifier = Verifier(r.model_copy(update={"format_bonus": 0.0}))  # accuracy only
         self.verifier.warm_up()
         self.eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from pte_ray.rl.answers import extract_answer, has_closed_box
 from pte_ray.rl.verdict import STATUSES, clear_caches, decide_fast
@@ -24,17 +25,20 @@ from pte_ray.rl.verify_pool import WorkerPool
 __all__ = ["STATUSES", "RewardConfig", "Verifier", "clear_caches", "decide_fast", "extract_answer"]
 
 
-@dataclass
-class RewardConfig:
-    timeout_s: float = 2.0  # per item that reaches a worker process
-    last_number_fallback: bool = True
-    percent_as_fraction: bool = True  # "50%" also equals 0.5 (it always equals 50)
-    format_bonus: float = 0.0  # added when the completion has a closed \boxed{}, right or wrong
-    workers: int = 1
-    max_completion_chars: int = 200_000  # longer completions score parse_error unread
-    mem_limit_mb: int = 2048  # RLIMIT_AS of each worker process (Linux)
-    cache_size: int = 16384  # worker verdicts kept per Verifier, oldest dropped first
-    start_timeout_s: float = 60.0  # a worker that cannot start in this long is a setup error
+class RewardConfig(BaseModel):
+    """The verifier's settings; the run config's ``reward`` section extends it (declared once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(2.0, gt=0.0, description="hard per-item check time (then killed)")
+    last_number_fallback: bool = Field(True, description="no boxed answer: use the last number")
+    percent_as_fraction: bool = Field(True, description='"50%" also equals 0.5 (always 50)')
+    format_bonus: float = Field(0.0, description="added for a closed \\boxed{}, right or wrong")
+    workers: int = Field(1, ge=1, description="verifier processes per reward worker")
+    max_completion_chars: int = Field(200_000, ge=1, description="longer: parse_error, unread")
+    mem_limit_mb: int = Field(2048, ge=64, description="address-space limit of each verifier")
+    cache_size: int = Field(16384, ge=0, description="verdicts kept per verifier (LRU)")
+    start_timeout_s: float = Field(60.0, gt=0.0, description="a verifier slower to start fails")
 
 
 class Verifier:
