@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from pte_ray.config import Config
@@ -117,7 +118,9 @@ class Controller:
         return Batch(examples, prompts, answers, rollouts, cursor, time.perf_counter() - t0)
 
     def _seed(self, step: int, first_group: int) -> int:
-        return hash((self.cfg.train.seed, step, first_group)) & 0x7FFFFFFF
+        """A shard's sampling seed: independent streams per (run seed, step, first group)."""
+        seq = np.random.SeedSequence([self.cfg.train.seed, step, first_group])
+        return int(seq.generate_state(1)[0])
 
     def score_and_reference(self, batch: Batch) -> tuple[Scores, ReferenceLogprobs | None]:
         """Rewards and reference log-probs, in parallel (they need nothing from each other)."""
