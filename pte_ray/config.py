@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig, SamplingParams
+from pte_ray.rl.data.schema import DataColumns, DataConfig
 from pte_ray.rl.grpo import GRPOConfig
 from pte_ray.rl.rewards import RewardConfig
 
@@ -35,16 +36,15 @@ class ModelSection(Section):
     )
 
 
-class DataSection(Section):
+class DataSection(DataColumns):
+    """The training data: its path here, how its rows are read in ``rl/data/schema.py``."""
+
     train: str = _f("tiny", "JSONL / JSON / Parquet / dir of Parquet shards, or tiny")
-    prompt_key: str = _f("prompt", "column holding the prompt text")
-    answer_key: str = _f("answer", "column holding the gold answer")
-    messages_key: str | None = _f(None, "column holding chat messages instead of a prompt")
-    system_prompt: str | None = _f(None, "system message prepended to every prompt")
-    instruction: str | None = _f(None, "appended to prompts; boxed = 'put it in \\boxed{}'")
-    apply_chat_template: bool = _f(False, "render prompts with the tokenizer's chat template")
-    skip_bad_rows: bool = _f(False, "drop bad rows with a warning instead of failing")
     max_prompt_tokens: int | None = _f(None, "drop (or fail on) longer prompts", ge=1)
+
+    def loader(self, path: str) -> DataConfig:
+        """The ``DataConfig`` that reads ``path`` with this section's columns and rendering."""
+        return DataConfig(path=path, **self.model_dump(include=set(DataColumns.model_fields)))
 
 
 class OptimSection(Section):

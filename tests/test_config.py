@@ -111,3 +111,8 @@ def test_every_setting_has_one_declaration_with_help(tmp_path):
     assert fields["adapter"].annotation is AdapterConfig
     assert fields["sampling"].annotation is SamplingConfig
     assert fields["grpo"].annotation is GRPOConfig
+    from pte_ray.rl.data.schema import DataColumns
+    from pte_ray.rl.rewards import RewardConfig
+
+    assert issubclass(fields["data"].annotation, DataColumns)  # + train, max_prompt_tokens
+    assert issubclass(fields["reward"].annotation, RewardConfig)  # + the pool's resources

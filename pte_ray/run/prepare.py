@@ -14,7 +14,7 @@ from typing import Any
 
 from pte_ray.config import Config
 from pte_ray.method.checkpoint import _hf_config
-from pte_ray.rl.data import DataConfig, Example, PromptStream, filter_by_length, load_dataset
+from pte_ray.rl.data import Example, PromptStream, filter_by_length, load_dataset
 from pte_ray.rl.data import render_prompt as render
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,7 @@ def prepare(cfg: Config) -> Prepared:
 
     model_path = resolve_model(cfg.model.path)
     d = cfg.data
-    dcfg = DataConfig(
-        resolve_data(d.train),
-        d.prompt_key,
-        d.answer_key,
-        d.messages_key,
-        d.system_prompt,
-        d.instruction,
-        d.apply_chat_template,
-        d.skip_bad_rows,
-    )
+    dcfg = d.loader(resolve_data(d.train))
     examples, report = load_dataset(dcfg)
     if report.skipped:
         log.warning("skipped %d bad rows: %s", report.skipped, report)

@@ -8,17 +8,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
 
-@dataclass
-class DataConfig:
-    path: str
-    prompt_key: str = "prompt"
-    answer_key: str = "answer"
-    messages_key: str | None = None  # chat rows: a list of {"role", "content"} instead of prompt
-    system_prompt: str | None = None
-    instruction: str | None = None  # appended to the user turn; "boxed" = BOXED_INSTRUCTION
-    apply_chat_template: bool = False
-    skip_bad_rows: bool = False
+
+class DataColumns(BaseModel):
+    """How rows are read and rendered: declared once, shared by ``DataConfig`` and the run
+    config's ``data`` section (which names the file ``data.train``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_key: str = Field("prompt", description="column holding the prompt text")
+    answer_key: str = Field("answer", description="column holding the gold answer")
+    messages_key: str | None = Field(
+        None, description="column of chat messages ({role, content}) instead of a prompt"
+    )
+    system_prompt: str | None = Field(None, description="system message before every prompt")
+    instruction: str | None = Field(
+        None, description="appended to the user turn; boxed = 'put it in \\boxed{}'"
+    )
+    apply_chat_template: bool = Field(False, description="render with the chat template")
+    skip_bad_rows: bool = Field(False, description="drop bad rows with a warning, not fail")
+
+
+class DataConfig(DataColumns):
+    """One dataset to load: its path and how its rows are read."""
+
+    path: str = Field(description="JSONL / JSON / Parquet file or a directory of Parquet shards")
 
 
 class DataError(ValueError):
