@@ -14,6 +14,10 @@ apply_defaults()
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench != "reward":  # rollout, replay, grad read the run config's keys
+        from pte_ray.bench.common import resolve_config
+
+        resolve_config(args)
     if args.bench == "reward":
         from pte_ray.bench import reward
 

@@ -20,25 +20,53 @@ from typing import Any
 
 import torch
 
+from pte_ray.engines.torch_engine import resolve_dtype
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
-from pte_ray.method.config import METHODS, AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
-from pte_ray.method.replay import GRAD_MODES
+
+# What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
+# the attribute it uses: the settings themselves are declared once, in ``pte_ray/config.py``.
+CONFIG_KEYS = {
+    "model": "model.path",
+    "dtype": "model.dtype",
+    "budget": "cache.budget",
+    "budget_mode": "cache.budget_mode",
+    "evict_ratio": "cache.evict_ratio",
+    "max_new_tokens": "sampling.max_new_tokens",
+    "method": "adapter.method",
+    "rank": "adapter.rank",
+    "global_tokens": "adapter.global_tokens",
+    "replay_grad": "replay.grad",
+}
+# Where a benchmark's defaults differ from a training run's: long generations, fp32.
+BENCH_DEFAULTS = ["sampling.max_new_tokens=512", "model.dtype=float32"]
+
+
+def add_config_args(p: argparse.ArgumentParser, defaults: list[str]) -> None:
+    p.add_argument("--config", default=None, help="YAML config, as for pte-ray train")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted key=value, e.g. cache.budget=64 adapter.method=lora"
+    )
+    p.set_defaults(config_defaults=defaults)
+
+
+def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill ``args`` with the config's settings (bench defaults, then the file, then k=v)."""
+    from pte_ray.config import load_config
+
+    cfg = load_config(args.config, [*args.config_defaults, *args.overrides])
+    for attr, key in CONFIG_KEYS.items():
+        section, name = key.split(".")
+        setattr(args, attr, getattr(getattr(cfg, section), name))
+    return args
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     """The flags of both benchmarks (one set, so a sweep can pass any of them on)."""
-    p.add_argument("--model", default="tiny", help="'tiny' (built and cached) or a checkpoint path")
+    add_config_args(p, BENCH_DEFAULTS)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--budget", type=int, default=64)
-    p.add_argument("--budget-mode", default="thought", choices=["thought", "total"])
-    p.add_argument("--evict-ratio", type=float, default=0.25)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--method", default="pte", choices=list(METHODS))
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--global-tokens", type=int, default=32)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--compare-hf", action="store_true", help="also time HF generate, full cache")
@@ -48,12 +76,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--compare-lora",
         action="store_true",
         help="replay: also a full-cache LoRA backward of the same sequences, in its own process",
-    )
-    p.add_argument(
-        "--replay-grad",
-        default="truncated",
-        choices=list(GRAD_MODES),
-        help="replay: how gradients cross evictions (--compare-lora runs both)",
     )
     p.add_argument(
         "--base-rollout",
@@ -79,7 +101,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]
 
     tok = AutoTokenizer.from_pretrained(path)
     prompts = [tok(t).input_ids for t in texts][: args.batch]
-    dtype = getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype, args.device)
     model = load_base(path, dtype=dtype, device=args.device)
     adapter = None
     if args.method != "base":
@@ -144,11 +166,14 @@ def sweep(args: argparse.Namespace, which: str) -> dict[str, Any]:
 def subprocess_bench(args: argparse.Namespace, which: str, change: dict[str, Any]) -> dict:
     """``pte-ray bench WHICH`` with ``args`` updated by ``change``, in a fresh process."""
     argv = [sys.executable, "-m", "pte_ray.cli", "bench", which]
-    for k, v in {**vars(args), **change}.items():
-        if k in ("func", "bench", "command") or v in (None, False):
+    merged = {**vars(args), **change}
+    for k, v in merged.items():
+        skip = ("func", "bench", "command", "config", "overrides", "config_defaults")
+        if k in skip or k in CONFIG_KEYS or v in (None, False):
             continue
         flag = "--" + k.replace("_", "-")
         argv += [flag] if v is True else [flag, str(v)]
+    argv += [f"{CONFIG_KEYS[k]}={json.dumps(merged[k])}" for k in CONFIG_KEYS]
     out = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
     if out.returncode:
         raise RuntimeError(f"bench run {change} failed:\n{out.stderr[-2000:]}")

@@ -25,13 +25,12 @@ from pte_ray.method.replay import replay
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny-recall", help="tiny, tiny-recall or a checkpoint path")
+    from pte_ray.bench.common import add_config_args
+
+    # model.path, adapter.method (a fresh adapter's), cache.*, sampling.max_new_tokens: k=v
+    add_config_args(p, ["model.path=tiny-recall"])
     p.add_argument("--adapter", default=None, help="a checkpoint dir (default: a fresh adapter)")
-    p.add_argument("--method", default="pte", help="for a fresh adapter: pte, global_only, lora_c")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--budget", type=int, default=64)
-    p.add_argument("--evict-ratio", type=float, default=0.25)
-    p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--a-std", type=float, default=0.02, help="fresh adapter: A ~ N(0, std)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -14,6 +14,7 @@ import torch
 
 from pte_ray.bench.common import rollout_fn, settings, setup, sweep, timed
 from pte_ray.bench.memory import PeakMemory
+from pte_ray.engines.torch_engine import resolve_dtype
 
 
 def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,9 +49,8 @@ def _hf_generate(
     """HF ``generate`` with the full cache, sampling exactly ``max_new_tokens`` per row."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(
-        args.device
-    )
+    dtype = resolve_dtype(args.dtype, args.device)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
     p_max = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), p_max, dtype=torch.long)
     att = torch.zeros_like(ids)
