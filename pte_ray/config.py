@@ -8,6 +8,7 @@ ignored setting. Each setting is declared once, with its default, bounds and hel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,27 @@ class RolloutSection(Section):
     num_gpus: float = _f(0.0, "GPUs per rollout worker (fractions share a GPU)", ge=0.0)
     scale_up_wait_s: float = _f(30.0, "queue wait that adds a worker", gt=0.0)
     scale_down_idle_s: float = _f(120.0, "idle time that retires a worker", gt=0.0)
+    max_groups_per_call: int | None = _f(
+        None, "cap on groups one call takes (None: a fair share of the queue)", ge=1
+    )
+    request_resources: bool = _f(
+        True, "ask Ray's autoscaler for workers the cluster cannot place yet"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RolloutSection:
+        if self.min_workers and self.max_workers and self.min_workers > self.max_workers:
+            raise ValueError(
+                f"rollout.min_workers={self.min_workers} > rollout.max_workers={self.max_workers}"
+            )
+        lo = self.min_workers or min(self.num_workers, self.max_workers or self.num_workers)
+        hi = self.max_workers or max(self.num_workers, lo)
+        if not lo <= self.num_workers <= hi:
+            raise ValueError(
+                f"rollout.num_workers={self.num_workers} is outside "
+                f"[min_workers={lo}, max_workers={hi}]"
+            )
+        return self
 
 
 class RewardSection(RewardConfig):
@@ -167,8 +189,10 @@ class Config(Section):
     def adapter_config(self) -> AdapterConfig:
         return self.adapter
 
-    def sampling_params(self, seed: int | None = None) -> SamplingParams:
-        return SamplingParams(**self.sampling.model_dump(), seed=seed)
+    def sampling_params(
+        self, seed: int | None = None, row_seeds: Sequence[int] = ()
+    ) -> SamplingParams:
+        return SamplingParams(**self.sampling.model_dump(), seed=seed, row_seeds=tuple(row_seeds))
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -17,11 +17,45 @@ This module imports neither Ray nor torch: the method layer and tests can build 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, Self
 
 TokenRows = list[list[int]]  # [n][P_i] or [n][T_i] token ids
 FloatRows = list[list[float]]  # [n][T_i] per-token values
+
+
+class Rows:
+    """A row-aligned record: its list fields hold one entry per row, the rest are shared.
+
+    Pools cut a step into requests of whole groups and may send several in one call:
+    ``concat`` joins records (shared fields must agree, or ``_merge`` says how to combine
+    them), ``rows`` cuts one back out.
+    """
+
+    def __len__(self) -> int:
+        return len(getattr(self, fields(self)[0].name))  # type: ignore[arg-type]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Self]) -> Self:
+        out: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            vals = [getattr(p, f.name) for p in parts]
+            if vals and isinstance(vals[0], list):
+                out[f.name] = [x for v in vals for x in v]
+            else:
+                out[f.name] = cls._merge(f.name, vals)
+        return cls(**out)
+
+    @classmethod
+    def _merge(cls, name: str, vals: list[Any]) -> Any:
+        if any(v != vals[0] for v in vals[1:]):
+            raise ValueError(f"{cls.__name__}.{name} differs between the parts joined")
+        return vals[0] if vals else None
+
+    def rows(self, lo: int, hi: int) -> Self:
+        """Rows ``lo:hi`` (shared fields as they are)."""
+        cut = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return replace(self, **{k: v[lo:hi] for k, v in cut.items() if isinstance(v, list)})
 
 
 @dataclass(frozen=True)
@@ -39,16 +73,16 @@ class PublishedWeights:
 
 
 @dataclass(frozen=True)
-class RolloutRequest:
+class RolloutRequest(Rows):
     """Whole GRPO groups to generate, in order: rows g*i .. g*i+g-1 are one prompt's group."""
 
     prompts: TokenRows  # [n][P_i]
-    seed: int  # sampling seed of this shard (one per step and shard, from a SeedSequence)
+    seeds: list[int]  # [n] each row's sampling seed: its tokens do not depend on the batch
     weights: PublishedWeights | None  # the version to generate with (None: as initialised)
 
 
 @dataclass(frozen=True)
-class Rollouts:
+class Rollouts(Rows):
     """What rollout workers generated, row-aligned with the request's prompts."""
 
     tokens: TokenRows  # [n][T_i] completion token ids (no prompt)
@@ -57,58 +91,42 @@ class Rollouts:
     finish_reasons: list[str]  # [n] "stop" or "length"
     texts: list[str]  # [n] decoded completions
     versions: list[int]  # [n] adapter version that generated each row
-    wall_s: float  # generation wall time (of the slowest shard, once concatenated)
+    wall_s: float  # generation wall time (of the slowest call, once concatenated)
 
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @staticmethod
-    def concat(parts: Sequence[Rollouts]) -> Rollouts:
-        """Shards of one step back into one record, in shard order."""
-        rows = {
-            f.name: [x for p in parts for x in getattr(p, f.name)]
-            for f in fields(Rollouts)
-            if f.name != "wall_s"
-        }
-        return Rollouts(**rows, wall_s=max((p.wall_s for p in parts), default=0.0))
+    @classmethod
+    def _merge(cls, name: str, vals: list[Any]) -> Any:
+        return max(vals, default=0.0)  # wall_s
 
 
 @dataclass(frozen=True)
-class ScoreRequest:
+class ScoreRequest(Rows):
     completions: list[str]  # [n] model output: hostile input, parsed, never evaluated
     answers: list[str]  # [n] gold answers
 
 
 @dataclass(frozen=True)
-class Scores:
+class Scores(Rows):
     rewards: list[float]  # [n]
     statuses: list[str]  # [n] ok / no_answer / parse_error / timeout / mismatch
-    counts: dict[str, int]  # status -> rows with it
 
-    @staticmethod
-    def concat(parts: Sequence[Scores]) -> Scores:
-        counts: dict[str, int] = {}
-        for p in parts:
-            for k, v in p.counts.items():
-                counts[k] = counts.get(k, 0) + v
-        return Scores(
-            [r for p in parts for r in p.rewards], [s for p in parts for s in p.statuses], counts
-        )
+    @property
+    def counts(self) -> dict[str, int]:
+        """status -> rows with it."""
+        out: dict[str, int] = {}
+        for s in self.statuses:
+            out[s] = out.get(s, 0) + 1
+        return out
 
 
 @dataclass(frozen=True)
-class ReferenceRequest:
+class ReferenceRequest(Rows):
     prompts: TokenRows  # [n][P_i]
     completions: TokenRows  # [n][T_i]
 
 
 @dataclass(frozen=True)
-class ReferenceLogprobs:
+class ReferenceLogprobs(Rows):
     logprobs: FloatRows  # [n][T_i] frozen base model, whole context, sampling temperature
-
-    @staticmethod
-    def concat(parts: Sequence[ReferenceLogprobs]) -> ReferenceLogprobs:
-        return ReferenceLogprobs([r for p in parts for r in p.logprobs])
 
 
 @dataclass(frozen=True)

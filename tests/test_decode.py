@@ -110,7 +110,7 @@ def test_sampler_matches_filtered_softmax():
         (SamplingParams(temperature=0.5, top_k=3), 3),
         (SamplingParams(temperature=1.0, top_p=0.8), None),
     ]:
-        tok, lp = sample(logits, sp, gen)
+        tok, lp = sample(logits, sp, torch.rand(len(logits), 1, generator=gen))
         scaled = logits[0] / sp.temperature
         probs = torch.softmax(scaled, -1)
         if allowed is None:  # smallest prefix of sorted probs reaching top_p
@@ -135,3 +135,28 @@ def test_sampler_matches_filtered_softmax():
 def test_bad_sampling_params_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("cache", [FULL, CacheConfig(budget=8)], ids=["full", "bounded"])
+def test_row_seeds_sample_each_row_as_it_would_alone(model, cache):
+    """With row seeds a row's tokens do not depend on its batch: the same prompt + seed gives
+    the same completion alone, in another order and beside other rows (the pool may cut a
+    step's groups into any chunks, or retry one on another worker)."""
+    sp = SamplingParams(max_new_tokens=24, temperature=1.0, check_every=4)
+    seeds = (11, 12, 13)
+    together = generate(model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": seeds}), cache)
+    for i in range(3):
+        alone = generate(
+            model, None, [PROMPTS[i]], sp.model_copy(update={"row_seeds": (seeds[i],)}), cache
+        )
+        assert alone.tokens[0] == together.tokens[i]
+    flipped = generate(
+        model, None, PROMPTS[2::-1][:3], sp.model_copy(update={"row_seeds": seeds[::-1]}), cache
+    )
+    assert flipped.tokens[::-1] == together.tokens
+    other = generate(
+        model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": (11, 99, 13)}), cache
+    )
+    assert other.tokens[1] != together.tokens[1] and other.tokens[0] == together.tokens[0]
+    with pytest.raises(ValueError, match="2 row_seeds for 3 prompts"):
+        generate(model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": (1, 2)}), cache)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 import ray
 from ray import cloudpickle
 
 from pte_ray.actors.pool import Pool, PoolError
+from pte_ray.records import Rows
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable by workers
 
@@ -117,5 +121,107 @@ def test_a_starting_actor_holds_no_shard_and_no_second_one_is_added(ray_cluster)
         assert [a for _, a in out] == [0] * 6  # every shard on the actor that was running
         assert [e.kind for e in pool.events] == ["up"] and pool.size == 2
         assert list(pool.starting) == [1]
+    finally:
+        pool.shutdown()
+
+
+@dataclass(frozen=True)
+class Req(Rows):
+    xs: list[int]
+    sleep_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Out(Rows):
+    ys: list[int]
+    aid: int  # shared by every row of one call: who served it
+    n_call: int  # rows the call held
+
+
+class Batcher:
+    def __init__(self, aid: int) -> None:
+        self.aid = aid
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "aid": self.aid}
+
+    def work(self, req: Req) -> Out:
+        time.sleep(req.sleep_s)
+        return Out([x * x for x in req.xs], self.aid, len(req.xs))
+
+
+def _batch_pool(n: int, **kw) -> Pool:
+    opts = {"num_cpus": 0.01, "max_restarts": kw.pop("max_restarts", 1), "max_task_retries": 0}
+    return Pool("test", lambda i: ray.remote(Batcher).options(**opts).remote(i), n, **kw)
+
+
+def test_rows_records_join_and_cut():
+    a, b = Req([1, 2], 0.5), Req([3], 0.5)
+    both = Req.concat([a, b])
+    assert both == Req([1, 2, 3], 0.5) and len(both) == 3
+    assert both.rows(2, 3) == b and both.rows(0, 2) == a
+    with pytest.raises(ValueError, match=r"Req.sleep_s differs"):
+        Req.concat([a, Req([4], 0.1)])
+
+
+def test_one_actor_takes_every_queued_item_in_one_call(ray_cluster):
+    """Per-item dispatch costs nothing with one actor: the whole step is one batch."""
+    pool = _batch_pool(1)
+    try:
+        out = pool.map_rows("work", [Req([i, i + 1]) for i in range(0, 16, 2)])
+        assert [o.ys for o in out] == [[i * i, (i + 1) ** 2] for i in range(0, 16, 2)]
+        assert {o.n_call for o in out} == {16}
+    finally:
+        pool.shutdown()
+
+
+def test_room_to_grow_leaves_work_queued_and_the_pool_grows(ray_cluster):
+    """With max_size 2 the one actor takes half; the rest waits, and that wait adds an actor."""
+    pool = _batch_pool(1, min_size=1, max_size=2, scale_up_wait_s=0.2, scale_down_idle_s=60)
+    try:
+        out = pool.map_rows("work", [Req([i], 0.4) for i in range(8)])
+        assert [o.ys for o in out] == [[i * i] for i in range(8)]
+        assert out[0].n_call == 4  # ceil(8 queued / 2 places)
+        assert [e.kind for e in pool.events][:2] == ["up", "ready"], pool.events
+        assert pool.round["event_up"] == 1
+    finally:
+        pool.shutdown()
+
+
+def test_killed_actor_process_loses_nothing_and_comes_back(ray_cluster):
+    """SIGKILL an actor's process mid-call, twice: its items run elsewhere, exactly once; Ray
+    restarts it once (max_restarts=1) and the pool probes it back into service; killed again
+    with no restart left, a fresh actor replaces it."""
+    pool = _batch_pool(2, max_restarts=1, max_retries=2, max_items_per_call=1)
+    try:
+        for _ in range(2):
+            pid = pool.info[0]["pid"]
+            threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+            out = pool.map_rows("work", [Req([i], 0.3) for i in range(12)])
+            assert [o.ys for o in out] == [[i * i] for i in range(12)]
+            assert pool.round["retries"] >= 1, pool.events
+            deadline = time.monotonic() + 60
+            while pool.starting or pool.reprobe:  # let the probe finish between maps
+                assert time.monotonic() < deadline, pool.events
+                pool._check_started()
+                time.sleep(0.1)
+        kinds = [e.kind for e in pool.events]
+        assert kinds.count("lost") == 2 and "back" in kinds and "replaced" in kinds, kinds
+        assert pool.size == 2 and pool.totals["restarts"] == 1
+    finally:
+        pool.shutdown()
+
+
+def test_a_hung_call_times_out_and_runs_on_another_actor(ray_cluster):
+    """Actor 0 hangs (a sleep it runs before the map's call): the call queued behind it times
+    out, the pool restarts actor 0 and the item runs on actor 1."""
+    pool = _batch_pool(2, call_timeout_s=1.5, max_restarts=2)
+    try:
+        pool.actors[0].__ray_call__.remote(lambda self: time.sleep(30))
+        time.sleep(0.2)
+        out = pool.map_rows("work", [Req([i]) for i in range(4)])
+        assert [o.ys for o in out] == [[i * i] for i in range(4)]
+        assert pool.round["timeouts"] >= 1 and {o.aid for o in out} == {1}
+        assert "hung" in [e.kind for e in pool.events]
     finally:
         pool.shutdown()

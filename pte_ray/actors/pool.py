@@ -1,54 +1,39 @@
 """A pool of actors of one role, fed from a work queue.
 
-Shards wait in a queue and go to whichever actor is idle, so a slow actor never holds up the
-others and the queue's wait time is the autoscaling signal: the pool adds an actor while a
-shard has waited longer than ``scale_up_wait_s`` (up to ``max_size``) and retires actors idle
-for ``scale_down_idle_s`` (down to ``min_size``). An added actor takes work only once it is
-ready, and no second one is added while it starts: start-up takes seconds (a new worker process,
-imports, weights), and a shard handed to a starting actor would wait for it while a running
-actor sits idle. Every decision is kept in ``events`` and logged. A call lost to a dead or hung
-actor goes back to the queue for another actor, so no shard is lost; an exception raised by the
-actor's own code is a bug or bad input and stops the run with the actor's message.
+Work items (one GRPO group each, for the controller) wait in a queue; an idle actor takes a fair
+share of what is queued in one call (``ceil(queued / free places)``, where places count actors
+the pool may still add), so one actor alone still gets the whole step as one batch, while with
+room to grow part of the step waits, the wait is the autoscaling signal, and a slow actor holds
+only its share. The pool adds an actor while an item has waited longer than ``scale_up_wait_s``
+(up to ``max_size``) and retires actors idle for ``scale_down_idle_s`` (down to ``min_size``).
+An added actor takes work only once it is ready, and no second one is added while it starts.
+
+Faults (``pool_health.py``): a call lost to a dead or hung actor goes back to the queue for
+another actor, so no item is lost or done twice; the actor is probed and serves again only once
+Ray has restarted it (a call sent to a restarting actor would be lost too), and one that is dead
+for good is replaced. An exception raised by the actor's own code is a bug or bad input and
+stops the run with the actor's message. Every decision is a ``PoolEvent`` in ``events``.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayTaskError
 
 from pte_ray.actors import metrics
 from pte_ray.actors.errors import LOST, PoolError, role_error
+from pte_ray.actors.pool_health import Health, PoolEvent, Task
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScaleEvent:
-    """One autoscaling decision: ``kind`` is "up", "ready", "down" or "failed"."""
-
-    at: float  # time.monotonic()
-    kind: str
-    actor: int
-    size: int  # actors in the pool after the decision
-    why: str
+__all__ = ["Pool", "PoolError", "PoolEvent"]
 
 
-@dataclass
-class _Task:
-    shard: int
-    attempts: int = 0
-    queued_at: float = field(default_factory=time.monotonic)
-    avoid: int | None = None
-
-
-class Pool:
+class Pool(Health):
     def __init__(
         self,
         name: str,
@@ -61,18 +46,16 @@ class Pool:
         scale_up_wait_s: float = 30.0,
         scale_down_idle_s: float = 120.0,
         ready_timeout_s: float = 600.0,
+        max_items_per_call: int | None = None,
+        on_resize: Callable[[int], None] | None = None,
     ) -> None:
-        self.name, self.make = name, make
+        super().__init__(name, make, ready_timeout_s, on_resize)
         self.min_size = min_size or size
         self.max_size = max(max_size or size, size)
         self.call_timeout_s, self.max_retries = call_timeout_s, max_retries
         self.scale_up_wait_s, self.scale_down_idle_s = scale_up_wait_s, scale_down_idle_s
-        self.actors: dict[int, Any] = {}
-        self.idle_since: dict[int, float] = {}
-        self.starting: dict[int, ray.ObjectRef] = {}  # added actors not yet ready -> ready ref
-        self.events: list[ScaleEvent] = []
+        self.max_items_per_call = max_items_per_call
         self._last_up = float("-inf")
-        self._next_id = 0
         try:
             for _ in range(size):
                 self._add()
@@ -82,129 +65,170 @@ class Pool:
             self.shutdown()  # no half-started pool holds cluster resources
             raise
 
-    def _add(self) -> int:
-        aid = self._next_id
-        self._next_id += 1
-        self.actors[aid] = self.make(aid)
-        self.idle_since[aid] = time.monotonic()
-        return aid
-
     def _wait_ready(self, ids: Sequence[int], timeout_s: float) -> None:
         refs = {self.actors[i].ready.remote(): i for i in ids}
         try:
-            ray.get(list(refs), timeout=timeout_s)
+            infos = ray.get(list(refs), timeout=timeout_s)
         except (RayTaskError, *LOST) as e:
             raise role_error(f"{self.name} actor", "ready", e) from e
-        except GetTimeoutError as e:
+        except ray.exceptions.GetTimeoutError as e:
             raise PoolError(
                 f"{self.name} actors not ready after {timeout_s:.0f}s "
                 "(not enough CPUs/GPUs in the cluster for the requested num_cpus/num_gpus?)"
             ) from e
+        self.info.update(zip(refs.values(), infos))
 
-    @property
-    def size(self) -> int:
-        return len(self.actors)
-
+    # ------------------------------------------------------------------ work
     def map(self, method: str, shards: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Run ``actor.method(*shard)`` for every shard; results in shard order."""
-        queue: deque[_Task] = deque(_Task(i) for i in range(len(shards)))
+        """``actor.method(*shard)`` for every shard, one per call; results in shard order."""
         results: list[Any] = [None] * len(shards)
-        inflight: dict[ray.ObjectRef, tuple[int, _Task, float]] = {}
-        busy: set[int] = set()
-        while queue or inflight:
-            self._autoscale(queue, busy)
-            for aid in [a for a in self.actors if a not in busy and a not in self.starting]:
-                if not queue:
-                    break
-                task = next((t for t in queue if t.avoid != aid), queue[0])
-                queue.remove(task)
-                ref = getattr(self.actors[aid], method).remote(*shards[task.shard])
-                inflight[ref] = (aid, task, time.monotonic())
-                busy.add(aid)
-            metrics.gauge("queue_depth", len(queue), self.name)
-            if queue:
-                metrics.gauge("queue_wait_s", time.monotonic() - queue[0].queued_at, self.name)
-            waiting = list(inflight) + list(self.starting.values())
-            if not waiting:  # nothing to wait on yet (cannot happen with a ready actor)
-                time.sleep(0.05)
-            done, _ = ray.wait(waiting, num_returns=1, timeout=1.0) if waiting else ([], [])
-            self._check_started()
-            for ref in (r for r in done if r in inflight):
-                aid, task, _ = inflight.pop(ref)
-                busy.discard(aid)
-                self.idle_since[aid] = time.monotonic()
-                try:
-                    results[task.shard] = ray.get(ref)
-                except RayTaskError as e:
-                    raise role_error(f"{self.name} actor {aid}", f"shard {task.shard}", e) from e
-                except LOST as e:
-                    self._retry(queue, task, aid, f"actor lost: {type(e).__name__}")
-            now = time.monotonic()
-            for ref, (aid, task, started) in list(inflight.items()):
-                if now - started > self.call_timeout_s:
-                    inflight.pop(ref)
-                    busy.discard(aid)
-                    ray.kill(self.actors[aid], no_restart=False)  # hung: restart it
-                    self._retry(queue, task, aid, f"timed out after {self.call_timeout_s:.0f}s")
-        self._autoscale(queue, busy)  # retire actors that sat idle through this round
+
+        def send(actor: Any, items: list[int]) -> ray.ObjectRef:
+            return getattr(actor, method).remote(*shards[items[0]])
+
+        def receive(out: Any, items: list[int]) -> None:
+            results[items[0]] = out
+
+        self._run(len(shards), lambda queued: 1, send, receive)
         return results
 
-    def _retry(self, queue: deque[_Task], task: _Task, aid: int, why: str) -> None:
-        task.attempts += 1
-        if task.attempts > self.max_retries:
-            raise PoolError(
-                f"{self.name}: shard {task.shard} failed {task.attempts} times, last on actor "
-                f"{aid} ({why})"
-            )
-        task.avoid = aid
-        queue.appendleft(task)
+    def map_rows(self, method: str, requests: Sequence[Any]) -> list[Any]:
+        """``actor.method(request)`` for row records (``records.Rows``), several per call.
 
-    def _event(self, kind: str, aid: int, why: str) -> None:
-        ev = ScaleEvent(time.monotonic(), kind, aid, self.size, why)
-        self.events.append(ev)
-        log.info("%s pool: %s actor %d (%s); size %d", self.name, kind, aid, why, self.size)
-        metrics.gauge("pool_size", self.size, self.name)
+        Requests taken together are concatenated into one call and its result cut back into
+        one result per request, in request order.
+        """
+        sizes = [len(r) for r in requests]
+        results: list[Any] = [None] * len(requests)
 
-    def _check_started(self) -> None:
-        """Moves actors whose ``ready`` returned into service; drops ones that failed to start."""
-        if not self.starting:
-            return
-        done, _ = ray.wait(list(self.starting.values()), num_returns=len(self.starting), timeout=0)
-        for aid, ref in list(self.starting.items()):
-            if ref not in done:
-                continue
-            del self.starting[aid]
-            self.idle_since[aid] = time.monotonic()
-            try:
-                ray.get(ref)
-                self._event("ready", aid, "started")
-            except (RayTaskError, RayActorError) as e:  # the pool carries on at its size
-                self.actors.pop(aid)
-                self.idle_since.pop(aid)
-                self._event("failed", aid, f"could not start: {type(e).__name__}")
+        def send(actor: Any, items: list[int]) -> ray.ObjectRef:
+            batch = type(requests[0]).concat([requests[i] for i in items])
+            return getattr(actor, method).remote(batch)
 
-    def _autoscale(self, queue: deque[_Task], busy: set[int]) -> None:
+        def receive(out: Any, items: list[int]) -> None:
+            lo = 0
+            for i in items:
+                results[i] = out.rows(lo, lo + sizes[i])
+                lo += sizes[i]
+
+        self._run(len(requests), self._fair_share, send, receive)
+        return results
+
+    def _fair_share(self, queued: int) -> int:
+        places = max(1, self.max_size - len(self.busy))
+        share = math.ceil(queued / places)
+        return max(1, min(share, self.max_items_per_call or share))
+
+    def _run(
+        self,
+        n: int,
+        take: Callable[[int], int],
+        send: Callable[[Any, list[int]], ray.ObjectRef],
+        receive: Callable[[Any, list[int]], None],
+    ) -> None:
+        queue: deque[Task] = deque(Task(i) for i in range(n))
+        self.inflight: dict[ray.ObjectRef, tuple[int, list[Task], float]] = {}
+        while queue or self.inflight:
+            self._autoscale(queue)
+            self._dispatch(queue, take, send)
+            self._gauges(queue)
+            waiting = list(self.inflight) + list(self.starting.values())
+            if not waiting:
+                self._no_actor_left(queue)
+            done, _ = ray.wait(waiting, num_returns=1, timeout=0.5) if waiting else ([], [])
+            self._check_started()
+            for ref in (r for r in done if r in self.inflight):
+                self._finish(ref, queue, receive)
+            self._check_timeouts(queue)
+        self._autoscale(queue)  # retire actors that sat idle through this round
+
+    def _dispatch(
+        self, queue: deque[Task], take: Callable[[int], int], send: Callable[..., ray.ObjectRef]
+    ) -> None:
+        for aid in self.free():
+            if not queue:
+                return
+            k = take(len(queue))
+            tasks = [t for t in queue if t.avoid != aid][:k] or [queue[0]]
+            for t in tasks:
+                queue.remove(t)
+            ref = send(self.actors[aid], [t.item for t in tasks])
+            self.inflight[ref] = (aid, tasks, time.monotonic())
+            self.busy.add(aid)
+
+    def _finish(self, ref: ray.ObjectRef, queue: deque[Task], receive: Callable) -> None:
+        aid, tasks, _ = self.inflight.pop(ref)
+        self.busy.discard(aid)
+        self.idle_since[aid] = time.monotonic()
+        try:
+            receive(ray.get(ref), [t.item for t in tasks])
+        except RayTaskError as e:
+            items = ", ".join(str(t.item) for t in tasks)
+            raise role_error(f"{self.name} actor {aid}", f"shard {items}", e) from e
+        except LOST as e:
+            # Sent to an actor already restarting: the call never ran, so it costs no attempt.
+            ran = not isinstance(e, ActorUnavailableError)
+            self._requeue(queue, tasks, aid, f"actor lost: {type(e).__name__}", ran)
+            self._probe(aid, "lost")
+
+    def _check_timeouts(self, queue: deque[Task]) -> None:
         now = time.monotonic()
-        if queue and self.size < self.max_size and not self.starting:
+        for ref, (aid, tasks, started) in list(self.inflight.items()):
+            if now - started > self.call_timeout_s:
+                self.inflight.pop(ref)
+                self.busy.discard(aid)
+                self._count("timeouts")
+                ray.kill(self.actors[aid], no_restart=False)  # hung: Ray restarts it
+                self._requeue(queue, tasks, aid, f"timed out after {self.call_timeout_s:.0f}s")
+                self._probe(aid, "hung")
+
+    def _requeue(
+        self, queue: deque[Task], tasks: list[Task], aid: int, why: str, ran: bool = True
+    ) -> None:
+        for task in reversed(tasks):
+            task.attempts += ran
+            if task.attempts > self.max_retries:
+                raise PoolError(
+                    f"{self.name}: shard {task.item} failed {task.attempts} times, last on "
+                    f"actor {aid} ({why})"
+                )
+            task.avoid = aid
+            queue.appendleft(task)
+        for _ in tasks:
+            self._count("retries")
+
+    def _no_actor_left(self, queue: deque[Task]) -> None:
+        if not self.actors:
+            raise PoolError(f"{self.name}: no actor left to run {len(queue)} queued shard(s)")
+        time.sleep(0.05)
+
+    def _gauges(self, queue: deque[Task]) -> None:
+        metrics.gauge("queue_depth", len(queue), self.name)
+        if queue:
+            metrics.gauge("queue_wait_s", time.monotonic() - queue[0].queued_at, self.name)
+
+    # ------------------------------------------------------------------ scaling
+    def retire_idle(self) -> None:
+        """Between maps: retire actors idle past ``scale_down_idle_s`` (the step's other
+        phases are idle time for this pool) and take in actors that became ready."""
+        self._check_started()
+        self._autoscale(deque())
+
+    def _autoscale(self, queue: deque[Task]) -> None:
+        now = time.monotonic()
+        if len(self.actors) < self.min_size and not self.starting:
+            self._start_one("below min_size")
+        elif queue and self.size < self.max_size and not self.starting:
             waited = now - queue[0].queued_at
             if waited > self.scale_up_wait_s and now - self._last_up > self.scale_up_wait_s:
-                aid = self._add()  # Ray places it; it takes work once ``ready`` returns
-                self.starting[aid] = self.actors[aid].ready.remote()
                 self._last_up = now
-                self._event("up", aid, f"a shard waited {waited:.1f}s")
+                self._start_one(f"a shard waited {waited:.1f}s")
         elif not queue and self.size > self.min_size:
             for aid in sorted(self.actors, reverse=True):
-                if self.size <= self.min_size:
-                    break
                 idle = now - self.idle_since[aid]
-                if aid not in busy and idle > self.scale_down_idle_s:
-                    ray.kill(self.actors.pop(aid))
-                    self.idle_since.pop(aid)
-                    self.starting.pop(aid, None)
-                    self._event("down", aid, f"idle {idle:.1f}s")
-
-    def shutdown(self) -> None:
-        for a in self.actors.values():
-            ray.kill(a)
-        self.actors.clear()
-        self.starting.clear()
+                if (
+                    self.size > self.min_size
+                    and aid not in self.busy
+                    and (aid not in self.starting and idle > self.scale_down_idle_s)
+                ):
+                    self._retire(aid, f"idle {idle:.1f}s")

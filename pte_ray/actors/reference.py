@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pte_ray.config import Config
@@ -21,7 +22,7 @@ class ReferenceWorker:
         )
 
     def ready(self) -> dict[str, Any]:
-        return {"worker": self.worker_id, **self.engine.info()}
+        return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
         return ReferenceLogprobs(

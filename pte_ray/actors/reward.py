@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pte_ray.actors import metrics
@@ -17,13 +18,13 @@ class RewardWorker:
         self.verifier.warm_up()  # a cold verifier would make the first step's items slow
 
     def ready(self) -> dict[str, Any]:
-        return {"worker": self.worker_id}
+        return {"worker": self.worker_id, "pid": os.getpid()}
 
     def score(self, req: ScoreRequest) -> Scores:
         scored = self.verifier.score_batch(req.completions, req.answers)
         counts = self.verifier.take_counts()
         metrics.count("timeouts", counts.get("timeout", 0), "reward", worker=self.worker_id)
-        return Scores([r for r, _ in scored], [s for _, s in scored], counts)
+        return Scores([r for r, _ in scored], [s for _, s in scored])
 
     def close(self) -> None:
         self.verifier.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from pte_ray.actors.capacity import autoscaler_request, check_placeable
 from pte_ray.actors.learner_group import LearnerGroup
 from pte_ray.actors.pool import Pool
 from pte_ray.actors.reference import ReferenceWorker
@@ -60,6 +61,8 @@ def _pools(cfg: Config, model_path: str, on: Callable[[int], Any], started: list
             max_size=rc.max_workers,
             scale_up_wait_s=rc.scale_up_wait_s,
             scale_down_idle_s=rc.scale_down_idle_s,
+            max_items_per_call=rc.max_groups_per_call,
+            on_resize=autoscaler_request(cfg),
             **common,
         )
     )
@@ -80,6 +83,7 @@ def _pools(cfg: Config, model_path: str, on: Callable[[int], Any], started: list
 
 def start_roles(cfg: Config, model_path: str) -> Roles:
     """Learners first (the largest ask), then the pools; on any failure, stop what started."""
+    check_placeable(cfg)
     started: list[Any] = []
     try:
         learners = LearnerGroup(cfg, model_path)

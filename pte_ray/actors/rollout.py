@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -29,7 +30,7 @@ class RolloutWorker:
         self.version = -1
 
     def ready(self) -> dict[str, Any]:
-        return {"worker": self.worker_id, **self.engine.info()}
+        return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
 
     def adapter_state(self) -> tuple[int, dict[str, Any]]:
         """(version, adapter tensors) as loaded: lets callers check a publish landed."""
@@ -54,7 +55,7 @@ class RolloutWorker:
     def generate(self, req: RolloutRequest) -> Rollouts:
         self._sync(req.weights)
         t0 = time.perf_counter()
-        out = self.engine.generate(req.prompts, self.cfg.sampling_params(seed=req.seed))
+        out = self.engine.generate(req.prompts, self.cfg.sampling_params(row_seeds=req.seeds))
         wall = time.perf_counter() - t0
         n_tok = sum(len(t) for t in out.tokens)
         metrics.gauge("tokens_per_s", n_tok / max(wall, 1e-9), "rollout", worker=self.worker_id)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pte_ray.records import LearnStats, PublishedWeights, Scores
+from pte_ray.rl.verdict import STATUSES
 
 if TYPE_CHECKING:
     from pte_ray.controller.step import Batch, PhaseTimer
@@ -23,10 +24,12 @@ def step_metrics(
     scores: Scores,
     stats: list[LearnStats],
     weights: PublishedWeights,
-    rollout_workers: int,
+    pools: dict[str, dict[str, int]],
     timer: PhaseTimer,
 ) -> dict[str, Any]:
-    """One ``metrics.jsonl`` row: rewards, the learners' view, rollout throughput, phase times."""
+    """One ``metrics.jsonl`` row: rewards, the learners' view, rollout throughput, phase times,
+    and each pool's size, faults and scaling decisions (``rollout_workers``, ``reward_retries``,
+    ...: the same keys every step)."""
     ro, n = batch.rollouts, len(batch.prompts)
     rewards = torch.tensor(scores.rewards, dtype=torch.float32)  # as the advantages see them
     tokens = sum(len(t) for t in ro.tokens)
@@ -41,14 +44,15 @@ def step_metrics(
         "clip_frac": sum(s.clip_frac for s in stats) / k,
         "grad_norm": stats[0].grad_norm,
         "learner_peak_mb": max(s.peak_mb for s in stats),
-        "tokens_per_s": tokens / max(ro.wall_s, 1e-9),
+        # the phase's wall time: with several calls per worker, no one call's time is the step's
+        "tokens_per_s": tokens / max(batch.rollout_s, 1e-9),
         "completion_tokens_mean": tokens / n,
         "evictions_per_seq": sum(len(e) for e in ro.eviction_steps) / n,
         "weight_version": weights.version,
         "rollout_version_min": min(ro.versions),
         "logprob_replay_diff": max(s.logprob_replay_diff for s in stats),
-        "statuses": scores.counts,
-        "rollout_workers": rollout_workers,
+        "statuses": {s: scores.counts.get(s, 0) for s in STATUSES},
+        **{f"{name}_{k}": v for name, pool in pools.items() for k, v in pool.items()},
         **timer.seconds,  # rollout_s, reward_ref_s, learn_s, publish_s, step_s (all of them)
     }
 

@@ -78,6 +78,7 @@ class Batch:
     rollouts: Rollouts  # [n] rows, aligned with ``prompts``
     cursor: Any  # the data stream's cursor after this batch (what a checkpoint resumes from)
     rollout_s: float  # wall time of ``collect`` (it may have run ahead, in another thread)
+    pool: dict[str, int]  # the rollout pool's faults and scaling during ``collect``
 
 
 class Controller:
@@ -102,7 +103,12 @@ class Controller:
 
     # ------------------------------------------------------------------ phases
     def collect(self, step: int, weights: PublishedWeights | None) -> Batch:
-        """Draw step ``step``'s prompts and generate their groups with ``weights``."""
+        """Draw step ``step``'s prompts and generate their groups with ``weights``.
+
+        One request per group: the rollout pool hands queued groups to whichever worker is
+        free (several per call), and every row's seed is its own, so where a group runs never
+        changes what it samples.
+        """
         t0 = time.perf_counter()
         g = self.cfg.grpo.group_size
         examples = self.data.stream.next_batch(self.cfg.train.prompts_per_step)
@@ -110,17 +116,19 @@ class Controller:
         prompts = [self.data.prompt_ids[ex.index] for ex in examples for _ in range(g)]
         answers = [ex.answer for ex in examples for _ in range(g)]
         requests = [
-            RolloutRequest(prompts[r.start * g : r.stop * g], self._seed(step, r.start), weights)
-            for r in split(len(examples), self.roles.rollout.size)
+            RolloutRequest(prompts[k * g : (k + 1) * g], self._seeds(step, k), weights)
+            for k in range(len(examples))
         ]
-        parts = self.roles.rollout.map("generate", [(req,) for req in requests])
-        rollouts = Rollouts.concat(parts)
-        return Batch(examples, prompts, answers, rollouts, cursor, time.perf_counter() - t0)
+        pool = self.roles.rollout
+        pool.retire_idle()
+        rollouts = Rollouts.concat(pool.map_rows("generate", requests))
+        wall = time.perf_counter() - t0
+        return Batch(examples, prompts, answers, rollouts, cursor, wall, pool.summary())
 
-    def _seed(self, step: int, first_group: int) -> int:
-        """A shard's sampling seed: independent streams per (run seed, step, first group)."""
-        seq = np.random.SeedSequence([self.cfg.train.seed, step, first_group])
-        return int(seq.generate_state(1)[0])
+    def _seeds(self, step: int, group: int) -> list[int]:
+        """Group ``group``'s row seeds: independent streams per (run seed, step, group, row)."""
+        seq = np.random.SeedSequence([self.cfg.train.seed, step, group])
+        return [int(x) for x in seq.generate_state(self.cfg.grpo.group_size)]
 
     def score_and_reference(self, batch: Batch) -> tuple[Scores, ReferenceLogprobs | None]:
         """Rewards and reference log-probs, in parallel (they need nothing from each other)."""
@@ -129,10 +137,13 @@ class Controller:
             ref = ex.submit(self._reference, batch.prompts, batch.rollouts.tokens)
             return scores.result(), ref.result()
 
+    def _groups(self, n: int) -> list[slice]:
+        g = self.cfg.grpo.group_size
+        return [slice(lo, lo + g) for lo in range(0, n, g)]
+
     def _score(self, texts: list[str], answers: list[str]) -> Scores:
-        ranges = split(len(texts), self.roles.reward.size)
-        reqs = [ScoreRequest(texts[r.start : r.stop], answers[r.start : r.stop]) for r in ranges]
-        return Scores.concat(self.roles.reward.map("score", [(q,) for q in reqs]))
+        reqs = [ScoreRequest(texts[s], answers[s]) for s in self._groups(len(texts))]
+        return Scores.concat(self.roles.reward.map_rows("score", reqs))
 
     def _reference(
         self, prompts: list[list[int]], comps: list[list[int]]
@@ -140,11 +151,8 @@ class Controller:
         pool = self.roles.reference
         if pool is None:
             return None
-        ranges = split(len(prompts), pool.size)
-        reqs = [
-            ReferenceRequest(prompts[r.start : r.stop], comps[r.start : r.stop]) for r in ranges
-        ]
-        return ReferenceLogprobs.concat(pool.map("logprobs", [(q,) for q in reqs]))
+        reqs = [ReferenceRequest(prompts[s], comps[s]) for s in self._groups(len(prompts))]
+        return ReferenceLogprobs.concat(pool.map_rows("logprobs", reqs))
 
     def advantages(self, scores: Scores) -> list[float]:
         g = self.cfg.grpo
@@ -197,7 +205,10 @@ class Controller:
             weights = self.publish()
         timer.seconds["step_s"] = batch.rollout_s + time.perf_counter() - t0
         self.run.write_rollouts(step + 1, step_rows(step, batch, scores, adv, self.data))
-        return step_metrics(step, batch, scores, stats, weights, self.roles.rollout.size, timer)
+        pools = {"rollout": batch.pool, "reward": self.roles.reward.summary()}
+        if self.roles.reference is not None:
+            pools["reference"] = self.roles.reference.summary()
+        return step_metrics(step, batch, scores, stats, weights, pools, timer)
 
     def shutdown(self) -> None:
         self.roles.shutdown()

@@ -135,7 +135,8 @@ class SamplingParams(SamplingConfig):
 
     greedy: bool = False
     stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = None
+    seed: int | None = None  # one stream for the call (rows then depend on their batch)
+    row_seeds: tuple[int, ...] = ()  # one per prompt: each row samples as it would alone
     check_every: int = Field(16, ge=1)  # steps between host checks of finished rows / stops
 
     @property

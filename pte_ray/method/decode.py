@@ -19,7 +19,7 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.model import Transformer
-from pte_ray.method.sampling import sample
+from pte_ray.method.sampling import Noise, sample
 
 # The 1/8 rule: finished rows leave the batch once they are at least 1/8 of it. Dropping rows
 # copies every layer's cache buffers and the state (index_select), so doing it for every row
@@ -118,7 +118,7 @@ def prefill(
     prompts: list[list[int]],
     pad_id: int,
     sp: SamplingParams,
-    gen: torch.Generator | None,
+    noise: Noise,
 ) -> Live:
     """The prompt forward (RoPE sized once for the whole run first) and the first token."""
     state = adapter.initial_state(len(prompts)) if adapter is not None else None
@@ -126,8 +126,8 @@ def prefill(
     ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
     model.reserve_positions(cache.p_max + sp.max_new_tokens + 1)
     logits, _ = model(ids, at, cache.kv, adapter, state, True)
-    tok, lp = sample(logits[:, -1], sp, gen)
     idx = torch.arange(len(prompts), device=model.device)
+    tok, lp = sample(logits[:, -1], sp, noise.draw(idx, 0))
     return Live(idx, list(range(len(prompts))), tok, lp, state)
 
 
@@ -139,7 +139,7 @@ def decode_step(
     out: Outputs,
     t: int,
     sp: SamplingParams,
-    gen: torch.Generator | None,
+    noise: Noise,
 ) -> Live:
     """The next token of every live row: evict what is due and fold it into S, forward, sample."""
     state, due = live.state, cache.due()
@@ -151,7 +151,7 @@ def decode_step(
             state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
     at = cache.step_inputs(1)
     logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True)
-    tok, lp = sample(logits[:, -1], sp, gen)
+    tok, lp = sample(logits[:, -1], sp, noise.draw(live.idx, t + 1))
     out.n_steps += 1
     out.row_steps += len(live.rows)
     return Live(live.idx, live.rows, tok, lp, state)
@@ -236,9 +236,9 @@ def generate(
         raise ValueError("stop_strings need a decode function (the tokenizer's decode)")
     dev, n_new = model.device, sp.max_new_tokens
     cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, n_new)
-    gen = torch.Generator(device=dev).manual_seed(sp.seed) if sp.seed is not None else None
+    noise = Noise(len(prompts), sp, dev)
     eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    live = prefill(model, adapter, cache, prompts, pad_id, sp, gen)
+    live = prefill(model, adapter, cache, prompts, pad_id, sp, noise)
     out = Outputs.empty(len(prompts), n_new, pad_id, dev)
     for t in range(n_new):
         out.record(live, t, eos)
@@ -249,5 +249,5 @@ def generate(
             if not any(running):
                 break
             live = drop_finished(cache, live, running)
-        live = decode_step(step_fn or model.forward, adapter, cache, live, out, t, sp, gen)
+        live = decode_step(step_fn or model.forward, adapter, cache, live, out, t, sp, noise)
     return _result(prompts, out, eos, sp, decode)

@@ -23,10 +23,40 @@ def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+class Noise:
+    """The uniforms that pick sampled tokens: per row from ``sp.row_seeds``, else per call.
+
+    With row seeds, row i's draw for token t is fixed by its seed alone: the same prompt and
+    seed give the same tokens whichever batch, chunk or worker it runs in (so a group retried
+    on another worker, or cut into different chunks, samples as it would have). The [B, T]
+    table is drawn once (B x T floats) and never per step.
+    """
+
+    def __init__(self, n_rows: int, sp: SamplingParams, device: torch.device) -> None:
+        self.table: torch.Tensor | None = None
+        self.gen: torch.Generator | None = None
+        if sp.row_seeds:
+            if len(sp.row_seeds) != n_rows:
+                raise ValueError(f"{len(sp.row_seeds)} row_seeds for {n_rows} prompts")
+            rows = [
+                torch.rand(sp.max_new_tokens, generator=torch.Generator().manual_seed(s))
+                for s in sp.row_seeds
+            ]
+            self.table = torch.stack(rows).to(device)
+        elif sp.seed is not None:
+            self.gen = torch.Generator(device=device).manual_seed(sp.seed)
+
+    def draw(self, rows: torch.Tensor, t: int) -> torch.Tensor:
+        """[len(rows), 1] uniforms for token ``t`` of the original rows ``rows``."""
+        if self.table is not None:
+            return self.table[rows, t].unsqueeze(1)
+        return torch.rand(len(rows), 1, device=rows.device, generator=self.gen)
+
+
 def sample(
-    logits: torch.Tensor, sp: SamplingParams, gen: torch.Generator | None
+    logits: torch.Tensor, sp: SamplingParams, u: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, V] (fp32) -> (token [B], log-prob [B])."""
+    """logits [B, V] (fp32), u [B, 1] uniforms (None: fresh) -> (token [B], log-prob [B])."""
     temp = sp.logprob_temperature
     if sp.greedy:
         tok = logits.argmax(dim=-1)
@@ -43,6 +73,8 @@ def sample(
         scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(scaled, dim=-1)
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand(logits.shape[0], 1, device=logits.device, generator=gen) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand(logits.shape[0], 1, device=logits.device)
+    u = u * cdf[:, -1:]
     tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
     return tok, token_logprobs(logits, tok, temp)
