@@ -60,6 +60,7 @@ class Pool(Health):
             for _ in range(size):
                 self._add()
             self._wait_ready(list(self.actors), ready_timeout_s)
+            self.sizes = [self.size]
             metrics.gauge("pool_size", self.size, self.name)
         except BaseException:
             self.shutdown()  # no half-started pool holds cluster resources
@@ -224,11 +225,15 @@ class Pool(Health):
                 self._last_up = now
                 self._start_one(f"a shard waited {waited:.1f}s")
         elif not queue and self.size > self.min_size:
-            for aid in sorted(self.actors, reverse=True):
+            # Only ready actors retire, and only while min_size ready ones stay: a starting
+            # actor was asked for by a backlog and is judged once it serves.
+            ready = [a for a in self.actors if a not in self.starting and a not in self.reprobe]
+            for aid in sorted(ready, reverse=True):
                 idle = now - self.idle_since[aid]
                 if (
-                    self.size > self.min_size
+                    len(ready) > self.min_size
                     and aid not in self.busy
-                    and (aid not in self.starting and idle > self.scale_down_idle_s)
+                    and (idle > self.scale_down_idle_s)
                 ):
                     self._retire(aid, f"idle {idle:.1f}s")
+                    ready.remove(aid)

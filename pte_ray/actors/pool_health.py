@@ -72,6 +72,7 @@ class Health:
         self.events: list[PoolEvent] = []
         self.round: Counter[str] = Counter()  # since the last ``summary``: faults, scaling
         self.totals: Counter[str] = Counter()  # the same over the pool's life
+        self.sizes: list[int] = []  # pool sizes since the last ``summary``
         self._next_id = 0
 
     @property
@@ -171,8 +172,11 @@ class Health:
     def summary(self) -> dict[str, int]:
         """Faults and scaling since the last summary, fixed keys (a metrics row per step)."""
         r, self.round = self.round, Counter()
+        sizes, self.sizes = [*self.sizes, self.size], [self.size]
         return {
             "workers": self.size,
+            "workers_min": min(sizes),
+            "workers_max": max(sizes),
             "retries": r["retries"],
             "timeouts": r["timeouts"],
             "restarts": r["restarts"],
@@ -189,6 +193,7 @@ class Health:
     def _event(self, kind: str, aid: int, why: str) -> None:
         ev = PoolEvent(time.monotonic(), kind, aid, self.size, why)
         self.events.append(ev)
+        self.sizes.append(self.size)
         self.round[f"event_{kind}"] += 1
         self.totals[f"event_{kind}"] += 1
         log.info("%s pool: %s actor %d (%s); size %d", self.name, kind, aid, why, self.size)
