@@ -14,11 +14,15 @@ apply_defaults()
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench != "reward":  # rollout, replay, grad read the run config's keys
+    if args.bench not in ("reward", "train"):  # rollout, replay, grad read the run config's keys
         from pte_ray.bench.common import resolve_config
 
         resolve_config(args)
-    if args.bench == "reward":
+    if args.bench == "train":
+        from pte_ray.bench import train
+
+        result = train.run(args)
+    elif args.bench == "reward":
         from pte_ray.bench import reward
 
         result = reward.run(args)
@@ -155,13 +159,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from pte_ray.bench import common, grad, reward
+    from pte_ray.bench import common, grad, reward, train
 
     for name, help_ in [("rollout", "bounded-cache generation"), ("replay", "segment replay")]:
         bp = bsub.add_parser(name, help=help_)
         common.add_args(bp)
     reward.add_args(bsub.add_parser("reward", help="math verifier throughput"))
     grad.add_args(bsub.add_parser("grad", help="truncated vs exact replay gradient (fp64)"))
+    train.add_args(bsub.add_parser("train", help="synchronous vs asynchronous rollouts"))
     b.set_defaults(func=_bench)
 
 

@@ -53,3 +53,26 @@ def test_bench_reads_the_run_config_keys(capsys):
     assert "cache.bugdet" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the old copies of the config flags are gone
         cli(["bench", "rollout", "--budget", "8"])
+
+
+@pytest.mark.slow  # two short training runs, each on its own Ray cluster
+def test_bench_train_runs_sync_and_async_side_by_side(random_ckpt, task_file, tmp_path, capsys):
+    over = [
+        f"model.path={random_ckpt('qwen2')}",
+        f"data.train={task_file}",
+        "train.prompts_per_step=2",
+        "grpo.group_size=4",
+        "sampling.max_new_tokens=24",
+        "cache.budget=8",
+    ]
+    args = ["bench", "train", "--steps", "4", "--warmup", "1", "--out", str(tmp_path)]
+    assert cli([*args, *over]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sync, asyn = res["sync"], res["async"]
+    assert sync["staleness_max"] == 0 and sync["staleness_mean"] == 0
+    assert asyn["staleness_max"] <= 1 and sync["steps_measured"] == 3
+    for mode in (sync, asyn):
+        assert 0 <= mode["rollout_idle_ratio"] <= 1 and 0 <= mode["learner_idle_ratio"] <= 1
+        assert mode["wall_s"] > 0 and mode["learn_s"] > 0
+    assert res["async_over_sync_wall"] > 0
+    assert (tmp_path / "staleness1" / "metrics.jsonl").exists()

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
+from pte_ray.actors.errors import PoolError
 from pte_ray.config import load_config
 from pte_ray.controller.loop import fit
 from pte_ray.controller.step import Controller
@@ -166,3 +168,60 @@ def test_rollout_pool_grows_under_backlog_and_retires_when_idle(ray_cluster, bas
     assert sum(m["rollout_scale_down"] for m in rows) >= 1
     assert ("up", 2) in events and ("down", 1) in events
     _check_rollout_files(tmp_path / "run", steps, groups, g)
+
+
+@pytest.mark.slow  # a 6-step run with one hung worker
+def test_a_hung_rollout_worker_does_not_hold_the_run(ray_cluster, base, tmp_path):
+    """Rollout worker 0 hangs (a 10-minute sleep it runs before its next call) at step 3: the
+    call queued behind it times out after ``train.call_timeout_s``, the pool restarts that
+    worker and the groups run on worker 1; the run finishes with every group once."""
+    steps, groups, g = 6, 4, 4
+    over = base(
+        f"train.steps={steps}",
+        f"train.prompts_per_step={groups}",
+        "rollout.num_workers=2",
+        "rollout.num_cpus=0.2",
+        "train.call_timeout_s=20",
+    )
+    cfg = load_config(None, over)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
+    pool = ctl.roles.rollout
+    metrics = tmp_path / "run" / "metrics.jsonl"
+
+    def hang_at_step_3() -> None:
+        while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
+            time.sleep(0.05)
+        pool.actors[0].__ray_call__.remote(lambda self: time.sleep(600))
+
+    hanger = threading.Thread(target=hang_at_step_3, daemon=True)
+    try:
+        hanger.start()
+        fit(ctl)
+        kinds = [e.kind for e in pool.events]
+    finally:
+        ctl.shutdown()
+    rows = _metrics(tmp_path / "run")
+    assert sum(m["rollout_timeouts"] for m in rows) == 1 and "hung" in kinds, kinds
+    assert max(m["step_s"] for m in rows) < 120  # never the 600 s sleep
+    _check_rollout_files(tmp_path / "run", steps, groups, g)
+
+
+def test_a_ceiling_the_fixed_cluster_cannot_hold_is_an_error_at_start(ray_cluster, base):
+    """rollout.max_workers beyond a cluster that cannot grow: an error naming the setting and
+    the numbers, before any actor starts (with request_resources the pool asks instead)."""
+    over = base("rollout.max_workers=40", "rollout.request_resources=false")
+    with pytest.raises(PoolError, match=r"rollout.max_workers=40 needs 20.* CPU.*cannot grow"):
+        Controller(load_config(None, over), RunDir.open(load_config(None, over), None))
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        (["rollout.min_workers=3", "rollout.max_workers=2"], "min_workers=3 > rollout.max"),
+        (["rollout.num_workers=3", "rollout.max_workers=2"], "num_workers=3 is outside"),
+        (["rollout.max_groups_per_call=0"], "max_groups_per_call"),
+    ],
+)
+def test_pool_bounds_are_checked_in_the_config(over, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, over)

@@ -158,9 +158,10 @@ class Pool(Health):
             self.busy.add(aid)
 
     def _finish(self, ref: ray.ObjectRef, queue: deque[Task], receive: Callable) -> None:
-        aid, tasks, _ = self.inflight.pop(ref)
+        aid, tasks, started = self.inflight.pop(ref)
         self.busy.discard(aid)
         self.idle_since[aid] = time.monotonic()
+        self.busy_s += self.idle_since[aid] - started
         try:
             receive(ray.get(ref), [t.item for t in tasks])
         except RayTaskError as e:

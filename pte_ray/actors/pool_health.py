@@ -73,6 +73,7 @@ class Health:
         self.round: Counter[str] = Counter()  # since the last ``summary``: faults, scaling
         self.totals: Counter[str] = Counter()  # the same over the pool's life
         self.sizes: list[int] = []  # pool sizes since the last ``summary``
+        self.busy_s = 0.0  # actor-seconds spent in calls since the last ``summary``
         self._next_id = 0
 
     @property
@@ -169,11 +170,13 @@ class Health:
             self._event("failed", aid, f"could not start: {why}")
             self._resized()
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> dict[str, float]:
         """Faults and scaling since the last summary, fixed keys (a metrics row per step)."""
         r, self.round = self.round, Counter()
         sizes, self.sizes = [*self.sizes, self.size], [self.size]
+        busy, self.busy_s = self.busy_s, 0.0
         return {
+            "busy_s": busy,
             "workers": self.size,
             "workers_min": min(sizes),
             "workers_max": max(sizes),

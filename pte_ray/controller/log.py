@@ -53,7 +53,24 @@ def step_metrics(
         "logprob_replay_diff": max(s.logprob_replay_diff for s in stats),
         "statuses": {s: scores.counts.get(s, 0) for s in STATUSES},
         **{f"{name}_{k}": v for name, pool in pools.items() for k, v in pool.items()},
+        **_overlap(ro.versions, weights.version - 1, timer.seconds, pools["rollout"]),
         **timer.seconds,  # rollout_s, reward_ref_s, learn_s, publish_s, step_s (all of them)
+    }
+
+
+def _overlap(
+    versions: list[int], learned_on: int, sec: dict[str, float], rollout: dict[str, float]
+) -> dict[str, float]:
+    """Staleness of the rows learned from (versions behind the weights they were learned on)
+    and the share of the step's wall time each side sat idle: what asynchronous rollouts buy."""
+    stale = [learned_on - v for v in versions]
+    wall = max(sec.get("wall_s", sec["step_s"]), 1e-9)
+    busy = rollout["busy_s"] / max(rollout["workers"], 1)
+    return {
+        "staleness_mean": sum(stale) / len(stale),
+        "staleness_max": max(stale),
+        "rollout_idle_ratio": max(0.0, 1.0 - busy / wall),
+        "learner_idle_ratio": max(0.0, 1.0 - sec["learn_s"] / wall),
     }
 
 

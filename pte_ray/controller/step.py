@@ -78,7 +78,7 @@ class Batch:
     rollouts: Rollouts  # [n] rows, aligned with ``prompts``
     cursor: Any  # the data stream's cursor after this batch (what a checkpoint resumes from)
     rollout_s: float  # wall time of ``collect`` (it may have run ahead, in another thread)
-    pool: dict[str, int]  # the rollout pool's faults and scaling during ``collect``
+    pool: dict[str, float]  # the rollout pool's faults, scaling and busy time in ``collect``
 
 
 class Controller:
@@ -99,6 +99,7 @@ class Controller:
         say(f"roles ready in {time.perf_counter() - t0:.0f} s")
         self.step = 0
         self.weights: PublishedWeights | None = None  # the newest published version
+        self.published_at = time.perf_counter()
         self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
 
     # ------------------------------------------------------------------ phases
@@ -185,6 +186,7 @@ class Controller:
 
     def publish(self) -> PublishedWeights:
         self.weights = self.roles.learners.publish()
+        self.published_at = time.perf_counter()  # a step's wall time runs publish to publish
         return self.weights
 
     # ------------------------------------------------------------------ one step
@@ -201,9 +203,12 @@ class Controller:
         adv = self.advantages(scores)
         with timer("learn"):
             stats = self.learn(self.learner_shards(batch, adv, ref))
+        last = self.published_at
         with timer("publish"):
             weights = self.publish()
         timer.seconds["step_s"] = batch.rollout_s + time.perf_counter() - t0
+        # publish to publish: what a step costs when the next rollouts overlap this learning
+        timer.seconds["wall_s"] = self.published_at - last
         self.run.write_rollouts(step + 1, step_rows(step, batch, scores, adv, self.data))
         pools = {"rollout": batch.pool, "reward": self.roles.reward.summary()}
         if self.roles.reference is not None:
