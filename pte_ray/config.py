@@ -132,6 +132,9 @@ class TrainSection(Section):
     max_staleness: int = _f(0, "0: synchronous; 1: rollouts overlap learning", ge=0)
     call_timeout_s: float = _f(600.0, "a call that runs longer is retried elsewhere", gt=0.0)
     max_retries: int = _f(2, "retries of a lost or hung call before the run fails", ge=0)
+    start_timeout_s: float = _f(
+        600.0, "a role not ready in this time fails the start (or a probe: replaced)", gt=0.0
+    )
     ray_address: str | None = _f(None, "None: RAY_ADDRESS, else a new local cluster")
 
 

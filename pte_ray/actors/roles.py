@@ -49,7 +49,12 @@ def _pools(cfg: Config, model_path: str, on: Callable[[int], Any], started: list
     """Rollout, reward and (with ``grpo.kl_coef > 0``) reference pools, appended as started."""
     dump = cfg.model_dump(mode="json")
     rc, wc, fc = cfg.rollout, cfg.reward, cfg.reference
-    common = {"call_timeout_s": cfg.train.call_timeout_s, "max_retries": cfg.train.max_retries}
+    tc = cfg.train
+    common = {
+        "call_timeout_s": tc.call_timeout_s,
+        "max_retries": tc.max_retries,
+        "ready_timeout_s": tc.start_timeout_s,
+    }
     started.append(
         Pool(
             "rollout",
@@ -86,7 +91,7 @@ def start_roles(cfg: Config, model_path: str) -> Roles:
     check_placeable(cfg)
     started: list[Any] = []
     try:
-        learners = LearnerGroup(cfg, model_path)
+        learners = LearnerGroup(cfg, model_path, cfg.train.start_timeout_s)
         started.append(learners)
 
         def on(i: int) -> Any:  # a worker's place: a learner's bundle when colocated
