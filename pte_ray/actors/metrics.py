@@ -22,6 +22,10 @@ DESCRIPTIONS = {
     "weight_version_lag": "learner version minus the version a rollout used",
     "step_s": "controller step time",
     "weight_version": "adapter version loaded",
+    "pool_retries": "calls put back in a pool's queue (lost or hung actor)",
+    "pool_timeouts": "calls that ran past train.call_timeout_s",
+    "pool_restarts": "actors back in service after Ray restarted them",
+    "pool_replacements": "actors dead for good, replaced by fresh ones",
 }
 
 

@@ -191,7 +191,7 @@ class Health:
     def _count(self, what: str) -> None:
         self.round[what] += 1
         self.totals[what] += 1
-        metrics.count(what, 1, self.name)
+        metrics.count(f"pool_{what}", 1, self.name)
 
     def _event(self, kind: str, aid: int, why: str) -> None:
         ev = PoolEvent(time.monotonic(), kind, aid, self.size, why)
