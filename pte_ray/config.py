@@ -129,6 +129,10 @@ class TrainSection(Section):
     seed: int = _f(0, "seed of data order, sampling and the adapter's initialisation")
     output_dir: str | None = _f(None, "run directory (None: runs/<date>-<time>)")
     save_every: int = _f(10, "steps between checkpoints", ge=1)
+    keep_last: int | None = _f(None, "checkpoints kept, newest first (None: every one)", ge=1)
+    max_learner_restarts: int = _f(
+        0, "times a dead or hung learner group restarts from the last checkpoint", ge=0
+    )
     max_staleness: int = _f(0, "0: synchronous; 1: rollouts overlap learning", ge=0)
     call_timeout_s: float = _f(600.0, "a call that runs longer is retried elsewhere", gt=0.0)
     max_retries: int = _f(2, "retries of a lost or hung call before the run fails", ge=0)
@@ -176,6 +180,12 @@ class Config(Section):
             raise ValueError(
                 f"learner.num_learners={self.learner.num_learners} > train.prompts_per_step="
                 f"{self.train.prompts_per_step}: a GRPO group is never split across learners"
+            )
+        t = self.train
+        if t.max_learner_restarts > 0 and t.save_every > t.steps:
+            raise ValueError(
+                f"train.max_learner_restarts={t.max_learner_restarts} with train.save_every="
+                f"{t.save_every} > train.steps={t.steps}: no checkpoint to restart from"
             )
         r = self.rollout
         if self.learner.colocate and (r.min_workers or r.max_workers):

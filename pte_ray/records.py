@@ -70,6 +70,9 @@ class PublishedWeights:
 
     version: int  # learner optimizer steps taken; rollouts record the version they used
     ref: Any  # ObjectRef -> weights.Snapshot; fetched with ray.get only when newer
+    # Learner groups started so far: a restarted group resumes at an older version, which
+    # workers holding the lost newer one must load too (they compare (epoch, version)).
+    epoch: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ class PoolError(RuntimeError):
     """A role could not complete its work; the message names the role, the call and the cause."""
 
 
+class LearnerLost(PoolError):
+    """A learner rank died or hung: the group cannot go on, but a new one can resume."""
+
+
 def start_failure(e: RayActorError) -> str:
     """The error an actor's constructor raised, from the traceback Ray wraps it in."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,12 @@ class Learner:
         )
         backend = "nccl" if device == "cuda" else "gloo"
         if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+            # A collective whose peer died fails after this instead of gloo/NCCL's 30 min: the
+            # controller then restarts the group (train.max_learner_restarts).
+            timeout = timedelta(seconds=self.cfg.train.call_timeout_s)
+            torch.distributed.init_process_group(
+                backend, rank=rank, world_size=world, timeout=timeout
+            )
         self.model = load_base(model_path, resolve_dtype(self.cfg.model.dtype, device), device)
         acfg = self.cfg.adapter_config()
         if not acfg.has_adapter:
@@ -124,7 +130,7 @@ class Learner:
         self.version = 0
 
     def ready(self) -> dict[str, Any]:
-        return {"rank": self.rank, "device": str(self.model.device)}
+        return {"rank": self.rank, "device": str(self.model.device), "pid": os.getpid()}
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One RL step on this rank's shard: ``learner.mini_batches`` optimizer steps.

@@ -7,7 +7,9 @@ node and a free port found *there* become the rendezvous address.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import time
 from typing import Any
 
 import ray
@@ -15,7 +17,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from pte_ray.actors.errors import PoolError, role_error
+from pte_ray.actors.errors import LearnerLost, PoolError, role_error
 from pte_ray.actors.learner import Learner
 from pte_ray.config import Config
 from pte_ray.records import PublishedWeights
@@ -50,9 +52,13 @@ def _bundles(cfg: Config) -> list[dict[str, float]]:
 class LearnerGroup:
     """D learner actors forming one torch.distributed group, in one placement group."""
 
-    def __init__(self, cfg: Config, model_path: str, ready_timeout_s: float = 900.0) -> None:
+    def __init__(
+        self, cfg: Config, model_path: str, ready_timeout_s: float = 900.0, epoch: int = 0
+    ) -> None:
         self.pg = placement_group(_bundles(cfg), strategy="PACK")
         self.actors: list[Any] = []
+        self.epoch = epoch  # groups started before this one in the job (restarts)
+        self.info: list[dict[str, Any]] = []  # each rank's ``ready`` (pid, device)
         try:
             self._start(cfg, model_path, ready_timeout_s)
         except BaseException:
@@ -80,7 +86,7 @@ class LearnerGroup:
             for i in range(lc.num_learners)
         ]
         self.call_timeout_s = cfg.train.call_timeout_s
-        self.all("ready", timeout=ready_timeout_s)
+        self.info = self.all("ready", timeout=ready_timeout_s)
 
     def on(self, i: int) -> PlacementGroupSchedulingStrategy:
         """Schedule into bundle ``i % D`` of the learners' placement group."""
@@ -98,14 +104,43 @@ class LearnerGroup:
         return self._get(refs, method, None)
 
     def _get(self, refs: list[ray.ObjectRef], method: str, timeout: float | None) -> list[Any]:
-        try:
-            return ray.get(refs, timeout=timeout or self.call_timeout_s)
-        except (RayTaskError, RayActorError, GetTimeoutError) as e:
-            raise role_error("learner", method, e, timeout or self.call_timeout_s) from e
+        """Every rank's result, or an error as soon as one rank fails: ``LearnerLost`` when a
+        rank died or hung (the others would wait in a collective), ``PoolError`` when a rank's
+        own code raised and no rank was lost (a bug or bad input: restarting will not help)."""
+        limit = timeout or self.call_timeout_s
+        deadline, pending = time.monotonic() + limit, list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=deadline - time.monotonic())
+            if not done:
+                raise LearnerLost(f"learner {method} timed out ({limit:.0f}s): a rank hung")
+            try:
+                ray.get(done[0])
+            except RayActorError as e:
+                raise LearnerLost(str(role_error("learner", method, e))) from e
+            except RayTaskError as e:
+                lost = self._lost_peer(pending)
+                if lost is not None:  # the collective failed because a peer died
+                    raise LearnerLost(str(role_error("learner", method, lost))) from lost
+                raise role_error("learner", method, e) from e
+        return ray.get(list(refs))
+
+    @staticmethod
+    def _lost_peer(refs: list[ray.ObjectRef], grace_s: float = 10.0) -> RayActorError | None:
+        """A rank among ``refs`` that died within ``grace_s``, if any."""
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=grace_s) if refs else ([], [])
+        for ref in done:
+            try:
+                ray.get(ref)
+            except RayActorError as e:
+                return e
+            except RayTaskError:
+                continue
+        return None
 
     def publish(self) -> PublishedWeights:
         """Rank 0's adapter, versioned, in the object store (every rank holds the same)."""
-        return self._get([self.actors[0].publish.remote()], "publish", None)[0]
+        w = self._get([self.actors[0].publish.remote()], "publish", None)[0]
+        return dataclasses.replace(w, epoch=self.epoch)
 
     def shutdown(self) -> None:
         for a in self.actors:

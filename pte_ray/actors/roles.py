@@ -86,12 +86,17 @@ def _pools(cfg: Config, model_path: str, on: Callable[[int], Any], started: list
         )
 
 
-def start_roles(cfg: Config, model_path: str) -> Roles:
+def start_learners(cfg: Config, model_path: str, epoch: int) -> LearnerGroup:
+    """A learner group; ``epoch`` counts the groups this job started before it (restarts)."""
+    return LearnerGroup(cfg, model_path, cfg.train.start_timeout_s, epoch)
+
+
+def start_roles(cfg: Config, model_path: str, epoch: int = 0) -> Roles:
     """Learners first (the largest ask), then the pools; on any failure, stop what started."""
     check_placeable(cfg)
     started: list[Any] = []
     try:
-        learners = LearnerGroup(cfg, model_path, cfg.train.start_timeout_s)
+        learners = start_learners(cfg, model_path, epoch)
         started.append(learners)
 
         def on(i: int) -> Any:  # a worker's place: a learner's bundle when colocated

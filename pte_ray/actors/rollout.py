@@ -28,6 +28,7 @@ class RolloutWorker:
             device,
         )
         self.version = -1
+        self.epoch = -1
 
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
@@ -44,12 +45,13 @@ class RolloutWorker:
         return self.version
 
     def _sync(self, weights: PublishedWeights | None) -> None:
-        """Load version v before serving: a new or restarted worker catches up here."""
-        if weights is None or weights.version <= self.version:
+        """Load version v before serving: a new or restarted worker catches up here, and after
+        a learner restart (a new epoch) so does one holding a newer, lost version."""
+        if weights is None or (weights.epoch, weights.version) <= (self.epoch, self.version):
             return
         snap: Snapshot = ray.get(weights.ref)
         self.engine.load_state(unpack(snap))
-        self.version = snap.version
+        self.version, self.epoch = snap.version, weights.epoch
         metrics.gauge("weight_version", self.version, "rollout", worker=self.worker_id)
 
     def generate(self, req: RolloutRequest) -> Rollouts:

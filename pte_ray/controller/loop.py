@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pte_ray.actors import metrics as dash
+from pte_ray.actors.errors import LearnerLost, PoolError
 from pte_ray.controller.step import Batch, Controller
-from pte_ray.run.progress import progress
+from pte_ray.run.progress import progress, say
 
 
 def resume(ctl: Controller, ckpt: Path) -> None:
@@ -49,6 +50,7 @@ def _next_batch(ctl: Controller, pending: Future[Batch] | None) -> Batch:
         ctl.cfg.train.max_staleness
     ):
         batch = None  # older than max_staleness: drop it, generate afresh
+        ctl.dropped_stale += 1
         ctl.data.stream.restore(ctl.cursor)
     return batch if batch is not None else ctl.collect(ctl.step, ctl.weights)
 
@@ -67,30 +69,73 @@ def _report(m: dict[str, Any], bar: Any) -> None:
     bar.update(1)
 
 
-def fit(ctl: Controller) -> dict[str, Any]:
-    """Train to ``train.steps``; returns the first and last metrics rows and the run dir."""
-    cfg = ctl.cfg
-    ctl.publish()  # every worker starts on the same version
-    bar = progress(cfg.train.steps, "train", "step", initial=ctl.step)
-    first = last = None
-    ahead = ThreadPoolExecutor(1) if cfg.train.max_staleness > 0 else None
+def _steps(ctl: Controller, bar: Any, ahead: ThreadPoolExecutor | None) -> dict[str, Any] | None:
+    """Steps until ``train.steps``; returns the last metrics row."""
+    cfg, last = ctl.cfg, None
     pending: Future[Batch] | None = None
+    while ctl.step < cfg.train.steps:
+        dropped = ctl.dropped_stale
+        batch = _next_batch(ctl, pending)
+        pending = None
+        if ahead is not None and ctl.step + 1 < cfg.train.steps:
+            # rollouts for the next step run while the learners train on this one
+            pending = ahead.submit(ctl.collect, ctl.step + 1, ctl.weights)
+        last = ctl.train_step(ctl.step, batch)
+        last["dropped_stale"] = ctl.dropped_stale - dropped
+        last["learner_restarts"] = ctl.learner_restarts
+        ctl.step += 1
+        ctl.run.append_metrics(last)
+        _report(last, bar)
+        if ctl.step % cfg.train.save_every == 0 or ctl.step == cfg.train.steps:
+            checkpoint(ctl)
+            ctl.run.prune_checkpoints(cfg.train.keep_last)
+    return last
+
+
+def _restart_learners(ctl: Controller, cause: LearnerLost, bar: Any) -> None:
+    """A new learner group (new rendezvous) resumed from the last complete checkpoint."""
+    ckpt = ctl.run.latest_checkpoint()
+    if ckpt is None:
+        raise PoolError(f"{cause}; no checkpoint to restart the learners from yet") from cause
+    ctl.learner_restarts += 1
+    say(
+        f"learner group lost ({cause}); restart {ctl.learner_restarts} of "
+        f"{ctl.cfg.train.max_learner_restarts} from {ckpt.name}"
+    )
+    ctl.restart_learners()
+    resume(ctl, ckpt)
+    bar.n = ctl.step  # the redone steps count again (tqdm and LogProgress alike)
+
+
+def fit(ctl: Controller) -> dict[str, Any]:
+    """Train to ``train.steps``; returns the last metrics row and the run dir.
+
+    A lost learner group (a rank died or hung) is replaced and the run resumes from the last
+    checkpoint, up to ``train.max_learner_restarts`` times in one job.
+    """
+    cfg = ctl.cfg
+    bar = progress(cfg.train.steps, "train", "step", initial=ctl.step)
+    first = ctl.run.read_metrics()[:1]
     try:
-        while ctl.step < cfg.train.steps:
-            batch = _next_batch(ctl, pending)
-            pending = None
-            if ahead is not None and ctl.step + 1 < cfg.train.steps:
-                # rollouts for the next step run while the learners train on this one
-                pending = ahead.submit(ctl.collect, ctl.step + 1, ctl.weights)
-            last = ctl.train_step(ctl.step, batch)
-            first = first or last
-            ctl.step += 1
-            ctl.run.append_metrics(last)
-            _report(last, bar)
-            if ctl.step % cfg.train.save_every == 0 or ctl.step == cfg.train.steps:
-                checkpoint(ctl)
+        while True:
+            ahead = ThreadPoolExecutor(1) if cfg.train.max_staleness > 0 else None
+            try:
+                # every worker starts on the same version (after a restart: the resumed one,
+                # under the new epoch, which workers holding a lost newer version load too)
+                ctl.publish()
+                last = _steps(ctl, bar, ahead)
+                break
+            except LearnerLost as e:
+                if ahead is not None:
+                    ahead.shutdown(cancel_futures=True)  # a prefetch waits out its calls
+                    ahead = None
+                if ctl.learner_restarts >= cfg.train.max_learner_restarts:
+                    raise
+                _restart_learners(ctl, e, bar)
+            finally:
+                if ahead is not None:
+                    ahead.shutdown()
     finally:
         bar.close()
-        if ahead is not None:
-            ahead.shutdown()
-    return {"first": first, "last": last, "run_dir": str(ctl.run.path)}
+    first = first or ctl.run.read_metrics()[:1]
+    return {"first": first[0] if first else last, "last": last, "run_dir": str(ctl.run.path)}

@@ -101,6 +101,8 @@ class Controller:
         self.weights: PublishedWeights | None = None  # the newest published version
         self.published_at = time.perf_counter()
         self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
+        self.dropped_stale = 0  # prefetched batches dropped as too stale, over the run
+        self.learner_restarts = 0  # learner groups replaced in this job
 
     # ------------------------------------------------------------------ phases
     def collect(self, step: int, weights: PublishedWeights | None) -> Batch:
@@ -214,6 +216,19 @@ class Controller:
         if self.roles.reference is not None:
             pools["reference"] = self.roles.reference.summary()
         return step_metrics(step, batch, scores, stats, weights, pools, timer)
+
+    def restart_learners(self) -> None:
+        """A new learner group (new placement group and rendezvous) for a lost one; colocated
+        workers live in the learners' bundles and go with them, so then every role restarts."""
+        from pte_ray.actors.roles import start_learners, start_roles
+
+        epoch = self.roles.learners.epoch + 1
+        if self.cfg.learner.colocate:
+            self.roles.shutdown()
+            self.roles = start_roles(self.cfg, self.data.model_path, epoch)
+        else:
+            self.roles.learners.shutdown()
+            self.roles.learners = start_learners(self.cfg, self.data.model_path, epoch)
 
     def shutdown(self) -> None:
         self.roles.shutdown()

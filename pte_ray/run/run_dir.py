@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -18,6 +19,8 @@ from typing import Any
 from pte_ray.atomic import write_text
 from pte_ray.config import Config
 from pte_ray.run.rollout_log import RolloutWriter
+
+log = logging.getLogger(__name__)
 
 
 class RunDir:
@@ -33,8 +36,9 @@ class RunDir:
         out = cfg.train.output_dir
         if resume not in (None, "auto"):
             ckpt = Path(resume)
-            if not (ckpt / "controller.json").is_file():
-                raise FileNotFoundError(f"--resume {resume}: not a checkpoint directory")
+            why = checkpoint_problem(ckpt)
+            if why is not None:
+                raise FileNotFoundError(f"--resume {resume}: not a usable checkpoint ({why})")
             return cls(ckpt.parent.parent)
         if out is None:
             runs = Path("runs")
@@ -86,8 +90,45 @@ class RunDir:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a broken one is skipped with a warning)."""
         if not self.ckpt_root.is_dir():
-            return None
-        done = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "controller.json").exists())
+            return []
+        out = []
+        for p in sorted(self.ckpt_root.glob("step_*")):
+            why = checkpoint_problem(p)
+            if why is None:
+                out.append(p)
+            else:
+                log.warning("skipping checkpoint %s: %s", p, why)
+        return out
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self.checkpoints()
         return done[-1] if done else None
+
+    def prune_checkpoints(self, keep_last: int | None) -> None:
+        """``train.keep_last``: delete all but the newest complete checkpoints."""
+        if keep_last is None:
+            return
+        for p in self.checkpoints()[:-keep_last]:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (None: it can). A checkpoint is renamed into place
+    only when complete, but a disk can still lose or truncate files afterwards."""
+    try:
+        state = json.loads((ckpt / "controller.json").read_text())
+        int(state["step"])
+        state["cursor"]
+    except FileNotFoundError:
+        return "no controller.json"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"controller.json unreadable ({type(e).__name__}: {e})"
+    for need in ("adapter.safetensors", "adapter.json", "deepspeed"):
+        if not (ckpt / need).exists():
+            return f"missing {need}"
+    if (ckpt / "adapter.safetensors").stat().st_size == 0:
+        return "adapter.safetensors is empty"
+    return None
