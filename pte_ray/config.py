@@ -129,9 +129,17 @@ class TrainSection(Section):
     seed: int = _f(0, "seed of data order, sampling and the adapter's initialisation")
     output_dir: str | None = _f(None, "run directory (None: runs/<date>-<time>)")
     save_every: int = _f(10, "steps between checkpoints", ge=1)
-    keep_last: int | None = _f(None, "checkpoints kept, newest first (None: every one)", ge=1)
+    keep_last: int | None = _f(
+        None,
+        "newest complete checkpoints kept, older ones deleted (None: all, so any step can be "
+        "evaluated later; resuming needs only the newest)",
+        ge=1,
+    )
     max_learner_restarts: int = _f(
-        0, "times a dead or hung learner group restarts from the last checkpoint", ge=0
+        0,
+        "times a dead or hung learner group is replaced in the same job and resumed from the "
+        "last checkpoint (0: a lost learner stops the run)",
+        ge=0,
     )
     max_staleness: int = _f(0, "0: synchronous; 1: rollouts overlap learning", ge=0)
     call_timeout_s: float = _f(600.0, "a call that runs longer is retried elsewhere", gt=0.0)

@@ -170,11 +170,24 @@ def test_rollout_pool_grows_under_backlog_and_retires_when_idle(ray_cluster, bas
     _check_rollout_files(tmp_path / "run", steps, groups, g)
 
 
+def _hang_at_step_3(ctl: Controller, metrics: Path) -> threading.Thread:
+    """Rollout worker 0 runs a 10-minute sleep before its next call, once step 2 is logged."""
+
+    def hang() -> None:
+        while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
+            time.sleep(0.05)
+        ctl.roles.rollout.actors[0].__ray_call__.remote(lambda self: time.sleep(600))
+
+    t = threading.Thread(target=hang, daemon=True)
+    t.start()
+    return t
+
+
 @pytest.mark.slow  # a 6-step run with one hung worker
 def test_a_hung_rollout_worker_does_not_hold_the_run(ray_cluster, base, tmp_path):
-    """Rollout worker 0 hangs (a 10-minute sleep it runs before its next call) at step 3: the
-    call queued behind it times out after ``train.call_timeout_s``, the pool restarts that
-    worker and the groups run on worker 1; the run finishes with every group once."""
+    """Rollout worker 0 hangs at step 3: the call queued behind its sleep times out after
+    ``train.call_timeout_s``, the pool restarts that worker and the groups run on worker 1;
+    the run finishes with every group once."""
     steps, groups, g = 6, 4, 4
     over = base(
         f"train.steps={steps}",
@@ -185,25 +198,35 @@ def test_a_hung_rollout_worker_does_not_hold_the_run(ray_cluster, base, tmp_path
     )
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
-    pool = ctl.roles.rollout
-    metrics = tmp_path / "run" / "metrics.jsonl"
-
-    def hang_at_step_3() -> None:
-        while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
-            time.sleep(0.05)
-        pool.actors[0].__ray_call__.remote(lambda self: time.sleep(600))
-
-    hanger = threading.Thread(target=hang_at_step_3, daemon=True)
     try:
-        hanger.start()
+        _hang_at_step_3(ctl, tmp_path / "run" / "metrics.jsonl")
         fit(ctl)
-        kinds = [e.kind for e in pool.events]
+        kinds = [e.kind for e in ctl.roles.rollout.events]
     finally:
         ctl.shutdown()
     rows = _metrics(tmp_path / "run")
     assert sum(m["rollout_timeouts"] for m in rows) == 1 and "hung" in kinds, kinds
     assert max(m["step_s"] for m in rows) < 120  # never the 600 s sleep
     _check_rollout_files(tmp_path / "run", steps, groups, g)
+
+
+@pytest.mark.slow  # a 3-step run that fails
+def test_a_wait_out_of_retries_names_role_actor_and_step(ray_cluster, base, tmp_path):
+    over = base(
+        "train.steps=3",
+        "train.prompts_per_step=2",
+        "train.call_timeout_s=5",
+        "train.max_retries=0",
+    )
+    cfg = load_config(None, over)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
+    try:
+        ctl.roles.rollout.actors[0].__ray_call__.remote(lambda self: time.sleep(600))
+        want = r"step 1: rollout: shards 0, 1 failed 1 times, last on actor 0 \(timed out"
+        with pytest.raises(PoolError, match=want):
+            fit(ctl)
+    finally:
+        ctl.shutdown()
 
 
 def test_a_ceiling_the_fixed_cluster_cannot_hold_is_an_error_at_start(ray_cluster, base):

@@ -116,6 +116,8 @@ class LearnerGroup:
             try:
                 ray.get(done[0])
             except RayActorError as e:
+                if e.actor_init_failed:  # the constructor raised: a bug or bad input, not a loss
+                    raise role_error("learner", method, e) from e
                 raise LearnerLost(str(role_error("learner", method, e))) from e
             except RayTaskError as e:
                 lost = self._lost_peer(pending)

@@ -187,13 +187,18 @@ class Pool(Health):
     def _requeue(
         self, queue: deque[Task], tasks: list[Task], aid: int, why: str, ran: bool = True
     ) -> None:
-        for task in reversed(tasks):
+        for task in tasks:
             task.attempts += ran
-            if task.attempts > self.max_retries:
-                raise PoolError(
-                    f"{self.name}: shard {task.item} failed {task.attempts} times, last on "
-                    f"actor {aid} ({why})"
-                )
+        failed = [t for t in tasks if t.attempts > self.max_retries]
+        if failed:
+            items = ("shards " if len(failed) > 1 else "shard ") + ", ".join(
+                str(t.item) for t in failed
+            )
+            raise PoolError(
+                f"{self.name}: {items} failed {failed[0].attempts} times, last on actor "
+                f"{aid} ({why})"
+            )
+        for task in reversed(tasks):
             task.avoid = aid
             queue.appendleft(task)
         for _ in tasks:

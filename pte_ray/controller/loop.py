@@ -10,6 +10,7 @@ the data cursor of the last batch learned from, so a resumed run continues bit f
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from pte_ray.actors import metrics as dash
 from pte_ray.actors.errors import LearnerLost, PoolError
 from pte_ray.controller.step import Batch, Controller
 from pte_ray.run.progress import progress, say
+
+log = logging.getLogger(__name__)
 
 
 def resume(ctl: Controller, ckpt: Path) -> None:
@@ -75,12 +78,15 @@ def _steps(ctl: Controller, bar: Any, ahead: ThreadPoolExecutor | None) -> dict[
     pending: Future[Batch] | None = None
     while ctl.step < cfg.train.steps:
         dropped = ctl.dropped_stale
-        batch = _next_batch(ctl, pending)
-        pending = None
-        if ahead is not None and ctl.step + 1 < cfg.train.steps:
-            # rollouts for the next step run while the learners train on this one
-            pending = ahead.submit(ctl.collect, ctl.step + 1, ctl.weights)
-        last = ctl.train_step(ctl.step, batch)
+        try:
+            batch = _next_batch(ctl, pending)
+            pending = None
+            if ahead is not None and ctl.step + 1 < cfg.train.steps:
+                # rollouts for the next step run while the learners train on this one
+                pending = ahead.submit(ctl.collect, ctl.step + 1, ctl.weights)
+            last = ctl.train_step(ctl.step, batch)
+        except PoolError as e:  # the same kind (LearnerLost stays LearnerLost), with the step
+            raise type(e)(f"step {ctl.step + 1}: {e}") from e
         last["dropped_stale"] = ctl.dropped_stale - dropped
         last["learner_restarts"] = ctl.learner_restarts
         ctl.step += 1
@@ -98,43 +104,54 @@ def _restart_learners(ctl: Controller, cause: LearnerLost, bar: Any) -> None:
     if ckpt is None:
         raise PoolError(f"{cause}; no checkpoint to restart the learners from yet") from cause
     ctl.learner_restarts += 1
-    say(
+    msg = (
         f"learner group lost ({cause}); restart {ctl.learner_restarts} of "
         f"{ctl.cfg.train.max_learner_restarts} from {ckpt.name}"
     )
+    log.info(msg)  # for a configured log; ``say`` is the console line
+    say(msg)
     ctl.restart_learners()
     resume(ctl, ckpt)
     bar.n = ctl.step  # the redone steps count again (tqdm and LogProgress alike)
+
+
+def _run(ctl: Controller, bar: Any) -> dict[str, Any] | None:
+    """Publish, then steps to the end; a prefetch still running when a step fails is waited
+    for and dropped (its prompts come back with the cursor a resume restores)."""
+    ahead = ThreadPoolExecutor(1) if ctl.cfg.train.max_staleness > 0 else None
+    try:
+        # every worker starts on the same version (after a restart: the resumed one, under
+        # the new epoch, which workers holding a lost newer version load too)
+        ctl.publish()
+        return _steps(ctl, bar, ahead)
+    finally:
+        if ahead is not None:
+            ahead.shutdown(cancel_futures=True)
 
 
 def fit(ctl: Controller) -> dict[str, Any]:
     """Train to ``train.steps``; returns the last metrics row and the run dir.
 
     A lost learner group (a rank died or hung) is replaced and the run resumes from the last
-    checkpoint, up to ``train.max_learner_restarts`` times in one job.
+    checkpoint, up to ``train.max_learner_restarts`` times in one job; a group lost again
+    while it restarts spends another restart.
     """
     cfg = ctl.cfg
     bar = progress(cfg.train.steps, "train", "step", initial=ctl.step)
     first = ctl.run.read_metrics()[:1]
+    lost: LearnerLost | None = None
     try:
         while True:
-            ahead = ThreadPoolExecutor(1) if cfg.train.max_staleness > 0 else None
             try:
-                # every worker starts on the same version (after a restart: the resumed one,
-                # under the new epoch, which workers holding a lost newer version load too)
-                ctl.publish()
-                last = _steps(ctl, bar, ahead)
+                if lost is not None:
+                    _restart_learners(ctl, lost, bar)
+                    lost = None
+                last = _run(ctl, bar)
                 break
             except LearnerLost as e:
-                if ahead is not None:
-                    ahead.shutdown(cancel_futures=True)  # a prefetch waits out its calls
-                    ahead = None
                 if ctl.learner_restarts >= cfg.train.max_learner_restarts:
                     raise
-                _restart_learners(ctl, e, bar)
-            finally:
-                if ahead is not None:
-                    ahead.shutdown()
+                lost = e
     finally:
         bar.close()
     first = first or ctl.run.read_metrics()[:1]

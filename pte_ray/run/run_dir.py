@@ -1,7 +1,9 @@
 """The run directory: resolved config, metrics.jsonl, rollouts/ (Parquet), checkpoints/.
 
 Checkpoints are built in a dot-prefixed temporary directory and renamed when every rank has
-written its part, so ``latest_checkpoint`` only ever sees complete ones.
+written its part; each lists its files and their sizes, so a checkpoint damaged afterwards
+(a file lost or truncated, unreadable JSON) is skipped with a warning by ``latest_checkpoint``
+(``--resume auto``, the in-job learner restart), and ``train.keep_last`` prunes old ones.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pte_ray.config import Config
 from pte_ray.run.rollout_log import RolloutWriter
 
 log = logging.getLogger(__name__)
+
+MANIFEST = "files.json"  # in each checkpoint: every file it holds and its size
 
 
 class RunDir:
@@ -87,6 +91,10 @@ class RunDir:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        # every file and its size, last: a checkpoint that later loses or truncates one (a
+        # rank's optimizer partition, say) is found broken before a resume trips over it
+        sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in tmp.rglob("*") if f.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(sizes, sort_keys=True))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 
@@ -131,4 +139,23 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             return f"missing {need}"
     if (ckpt / "adapter.safetensors").stat().st_size == 0:
         return "adapter.safetensors is empty"
+    return _manifest_problem(ckpt)
+
+
+def _manifest_problem(ckpt: Path) -> str | None:
+    """A file the manifest lists that is gone or has another size (checkpoints written before
+    the manifest existed have none and pass)."""
+    if not (ckpt / MANIFEST).exists():
+        return None
+    try:
+        sizes = json.loads((ckpt / MANIFEST).read_text())
+        listed = {str(k): int(v) for k, v in sizes.items()}
+    except (ValueError, AttributeError, TypeError) as e:
+        return f"{MANIFEST} unreadable ({type(e).__name__}: {e})"
+    for name, size in sorted(listed.items()):
+        f = ckpt / name
+        if not f.is_file():
+            return f"missing {name}"
+        if f.stat().st_size != size:
+            return f"{name} is {f.stat().st_size} bytes, {size} when written"
     return None
