@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pte_ray.actors.errors import PoolError
+from pte_ray.actors.errors import LearnerLost, PoolError
 from pte_ray.config import load_config
 from pte_ray.controller.loop import fit
 from pte_ray.controller.step import Controller
@@ -84,10 +84,32 @@ def test_killed_learner_resumes_and_ends_bit_identical(ray_cluster, base, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # a 6-step run and a restart of every role
+def test_colocated_roles_restart_with_the_learners_and_a_prefetch_is_dropped(
+    ray_cluster, base, tmp_path
+):
+    """Colocated workers live in the learners' placement group: removing it takes them along,
+    so every role restarts; the batch prefetched for the next step (max_staleness=1) is dropped
+    and its prompts come back with the checkpoint's cursor."""
+    small = ("rollout.num_cpus=0.2", "learner.num_cpus=0.2", "reward.num_cpus=0.1")
+    over = base("colo", "learner.colocate=true", "train.max_staleness=1", *small)
+    ctl = _run([*over, "train.max_learner_restarts=1"], kill_after=3)
+    assert ctl.learner_restarts == 1 and ctl.roles.learners.epoch == 1
+    rows = [json.loads(x) for x in (tmp_path / "colo/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]
+    assert [m["learner_restarts"] for m in rows] == [0, 0, 1, 1, 1, 1]
+    # the resumed step 3 generates afresh with the checkpoint's weights (version 2)
+    assert rows[2]["weight_version"] - rows[2]["rollout_version_min"] == 1
+
+
 def test_lost_learner_without_a_checkpoint_is_a_clear_error(ray_cluster, base, tmp_path):
     cfg = load_config(None, base("early", "train.max_learner_restarts=2"))
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
+        # a rank whose own code raises is a bug: it stops the run, restarts or not
+        with pytest.raises(PoolError, match="learner raised on train_step") as bug:
+            ctl.roles.learners.each("train_step", [(None,)])
+        assert not isinstance(bug.value, LearnerLost)
         os.kill(ctl.roles.learners.info[0]["pid"], signal.SIGKILL)
         with pytest.raises(PoolError, match=r"learner .*no checkpoint to restart the learners"):
             fit(ctl)
@@ -95,28 +117,44 @@ def test_lost_learner_without_a_checkpoint_is_a_clear_error(ray_cluster, base, t
         ctl.shutdown()
 
 
-def _fake_checkpoint(root: Path, step: int) -> Path:
-    d = root / "checkpoints" / f"step_{step:06d}"
-    (d / "deepspeed").mkdir(parents=True)
-    (d / "adapter.safetensors").write_bytes(b"x" * 16)
-    (d / "adapter.json").write_text("{}")
-    (d / "controller.json").write_text(json.dumps({"step": step, "cursor": [0, step]}))
-    return d
+def _fake_checkpoint(run: RunDir, step: int) -> Path:
+    """A checkpoint with the files a learner and the controller write, through ``RunDir``
+    (so with its manifest)."""
+    with run.checkpoint_dir(step) as d:
+        (d / "deepspeed/state").mkdir(parents=True)
+        (d / "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"o" * 32)
+        (d / "adapter.safetensors").write_bytes(b"x" * 16)
+        (d / "adapter.json").write_text("{}")
+        (d / "controller.json").write_text(json.dumps({"step": step, "cursor": [0, step]}))
+    return run.ckpt_root / f"step_{step:06d}"
 
 
 def test_keep_last_prunes_and_broken_checkpoints_are_skipped(tmp_path, caplog):
     run = RunDir(tmp_path)
     for step in (2, 4, 6, 8):
-        _fake_checkpoint(tmp_path, step)
+        _fake_checkpoint(run, step)
     run.prune_checkpoints(2)
     assert [p.name for p in run.checkpoints()] == ["step_000006", "step_000008"]
-    (tmp_path / "checkpoints/step_000008/controller.json").write_text('{"step": 8, "cur')
-    _fake_checkpoint(tmp_path, 10)
-    (tmp_path / "checkpoints/step_000010/adapter.safetensors").unlink()
+    run.prune_checkpoints(None)  # keep_last=None: every one stays
+    assert len(run.checkpoints()) == 2
+    (_fake_checkpoint(run, 8) / "controller.json").write_text('{"step": 8, "cur')
+    (_fake_checkpoint(run, 10) / "adapter.safetensors").unlink()
+    rank1 = "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    (_fake_checkpoint(run, 12) / rank1).write_bytes(b"o" * 5)  # truncated after the write
+    (_fake_checkpoint(run, 14) / rank1).unlink()  # a rank's state lost
+    (_fake_checkpoint(run, 16) / "files.json").write_text("[1, 2")
     with caplog.at_level(logging.WARNING):
         assert run.latest_checkpoint() == tmp_path / "checkpoints/step_000006"
-    assert "step_000008: controller.json unreadable" in caplog.text
-    assert "step_000010: missing adapter.safetensors" in caplog.text
+    for why in (
+        "step_000008: controller.json unreadable",
+        "step_000010: missing adapter.safetensors",
+        f"step_000012: {rank1} is 5 bytes, 32 when written",
+        f"step_000014: missing {rank1}",
+        "step_000016: files.json unreadable",
+    ):
+        assert why in caplog.text
+    run.prune_checkpoints(1)  # a broken checkpoint is not a complete one: never counted
+    assert [p.name for p in run.checkpoints()] == ["step_000006"]
     with pytest.raises(FileNotFoundError, match="not a usable checkpoint .missing adapter"):
         RunDir.open(load_config(None, []), str(tmp_path / "checkpoints/step_000010"))
 
