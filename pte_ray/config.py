@@ -190,10 +190,11 @@ class Config(Section):
                 f"{self.train.prompts_per_step}: a GRPO group is never split across learners"
             )
         t = self.train
-        if t.max_learner_restarts > 0 and t.save_every > t.steps:
+        if t.max_learner_restarts > 0 and t.save_every >= t.steps:
             raise ValueError(
                 f"train.max_learner_restarts={t.max_learner_restarts} with train.save_every="
-                f"{t.save_every} > train.steps={t.steps}: no checkpoint to restart from"
+                f"{t.save_every} >= train.steps={t.steps}: no checkpoint before the last step "
+                "to restart from"
             )
         r = self.rollout
         if self.learner.colocate and (r.min_workers or r.max_workers):

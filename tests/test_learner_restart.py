@@ -163,7 +163,8 @@ def test_keep_last_prunes_and_broken_checkpoints_are_skipped(tmp_path, caplog):
     ("over", "match"),
     [
         (["train.keep_last=0"], "train.keep_last"),
-        (["train.max_learner_restarts=1", "train.save_every=200"], "no checkpoint to restart"),
+        (["train.max_learner_restarts=1", "train.save_every=200"], "no checkpoint before"),
+        (["train.max_learner_restarts=1", "train.save_every=150"], "save_every=150 >= train"),
     ],
 )
 def test_restart_settings_are_checked_in_the_config(over, match):

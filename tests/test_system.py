@@ -202,7 +202,8 @@ def test_resume_continues_bit_for_bit(ray_cluster, base, tmp_path):
     assert train.main(None, base("train.steps=4", "train.save_every=2", out="straight")) == 0
     assert train.main(None, base("train.steps=2", "train.save_every=2", out="split")) == 0
     over = base("train.steps=4", "train.save_every=2", out="split")
-    assert train.main(None, over, resume="auto") == 0
+    ckpt = tmp_path / "split" / "checkpoints" / "step_000002"
+    assert train.main(None, over, resume=str(ckpt)) == 0  # a path: that checkpoint
     a = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     b = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     strip = ("step_s", "rollout_s", "reward_ref_s", "learn_s", "publish_s", "tokens_per_s")

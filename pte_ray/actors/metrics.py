@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "pool_timeouts": "calls that ran past train.call_timeout_s",
     "pool_restarts": "actors back in service after Ray restarted them",
     "pool_replacements": "actors dead for good, replaced by fresh ones",
+    "pool_events": "pool decisions by kind: up, ready, down, failed, lost, hung, back, replaced",
 }
 
 

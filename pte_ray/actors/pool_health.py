@@ -201,6 +201,7 @@ class Health:
         self.totals[f"event_{kind}"] += 1
         log.info("%s pool: %s actor %d (%s); size %d", self.name, kind, aid, why, self.size)
         metrics.gauge("pool_size", self.size, self.name)
+        metrics.count("pool_events", 1, self.name, kind=kind)
 
     def _resized(self) -> None:
         if self.on_resize is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pte_ray.config import dump_config, load_config
 from pte_ray.run.run_dir import RunDir
@@ -32,7 +33,9 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
     controller = None
     try:
         controller = Controller(cfg, run)
-        ckpt = run.latest_checkpoint() if resume else None
+        # --resume PATH: that checkpoint; --resume auto: the newest complete one
+        ckpt = Path(resume) if resume not in (None, "auto") else None
+        ckpt = ckpt or (run.latest_checkpoint() if resume else None)
         if ckpt is not None:
             resume_from(controller, ckpt)
             print(f"resumed from {ckpt} at step {controller.step}", file=sys.stderr)
