@@ -31,7 +31,11 @@ def _f(default: Any, help: str, **bounds: Any) -> Any:
 
 
 class ModelSection(Section):
-    path: str = _f("tiny", "HF checkpoint dir, hub id, or tiny / tiny-recall (built locally)")
+    path: str = _f(
+        "tiny",
+        "HF checkpoint dir, hub id, tiny / tiny-recall, or qwen2.5-0.5b-shape / qwen2.5-1.5b-shape "
+        "(random weights; all built locally)",
+    )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = _f(
         "auto", "auto: the checkpoint's dtype on GPU, fp32 on CPU"
     )

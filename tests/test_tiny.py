@@ -298,3 +298,30 @@ def test_recall_distance_counts_evictions_between_value_and_answer() -> None:
     # the answer comes after 201 tokens: evictions before writing tokens 64, 80, ..., 192 (9);
     # token 0 left in the first one, so it was evicted 9 evictions before the answer
     assert recall_distance(enc, row, budget=64, evict_n=16) == 9
+
+
+@pytest.mark.slow  # builds a 1 GB checkpoint
+def test_real_model_shape_builds_and_matches_hf(tmp_path):
+    """qwen2.5-0.5b-shape: Qwen2.5-0.5B's shapes (24 layers, GQA 14/2, 151,936-token tied
+    head) with random weights, built locally; our decode equals HF's greedy on it."""
+    from pte_ray.method.checkpoint import load_base
+    from pte_ray.method.config import CacheConfig, SamplingParams
+    from pte_ray.method.decode import generate
+    from pte_ray.tiny.shapes import shape_checkpoint
+
+    path = shape_checkpoint("qwen2.5-0.5b-shape", cache_dir=tmp_path)
+    cfg = json.loads((path / "config.json").read_text())
+    assert (cfg["vocab_size"], cfg["num_hidden_layers"], cfg["num_key_value_heads"]) == (
+        151936,
+        24,
+        2,
+    )
+    ids = [5, 9, 11, 20, 40, 41, 42]
+    model = load_base(path, dtype=torch.float32, device="cpu")
+    sp = SamplingParams(max_new_tokens=6, greedy=True)
+    ours = generate(model, None, [ids], sp, CacheConfig(budget=None)).tokens[0]
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert ours == ref[0, len(ids) :].tolist()
+    with pytest.raises(ValueError, match="unknown model shape 'qwen9-shape'"):
+        shape_checkpoint("qwen9-shape", cache_dir=tmp_path)

@@ -93,7 +93,9 @@ def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]
         path = build_tiny()
         texts = [ex["prompt"] for ex in make_task(args.batch, seed=args.seed, split="test")]
     else:
-        path = Path(args.model)
+        from pte_ray.run.prepare import resolve_model
+
+        path = Path(resolve_model(args.model))  # a checkpoint dir or a *-shape name
         texts = [
             f"Question {i}: what is {i} + {2 * i}? Think step by step." for i in range(args.batch)
         ]

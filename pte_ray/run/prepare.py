@@ -38,6 +38,10 @@ def resolve_model(path: str) -> str:
         from pte_ray.tiny import build_tiny
 
         return str(build_tiny(recipe=RECIPES[path]))
+    from pte_ray.tiny.shapes import SHAPES, shape_checkpoint
+
+    if path in SHAPES:  # a real model's shape with random weights, built locally
+        return str(shape_checkpoint(path))
     local = Path(path)
     if not local.exists() and "/" in path and not local.is_absolute() and path.count("/") == 1:
         local = _download(path)  # a hub id such as Qwen/Qwen2.5-3B-Instruct
