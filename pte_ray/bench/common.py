@@ -70,6 +70,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--compare-hf", action="store_true", help="also time HF generate, full cache")
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="rollout: pte eager, pte compiled, lora_c and HF generate, fresh processes, one JSON",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-sweep", default=None, help="e.g. '1,8': peak memory at 1x and 8x")
     p.add_argument(

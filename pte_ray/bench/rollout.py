@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pte_ray.bench.common import rollout_fn, settings, setup, sweep, timed
+from pte_ray.bench.common import rollout_fn, settings, setup, subprocess_bench, sweep, timed
 from pte_ray.bench.memory import PeakMemory
 from pte_ray.engines.torch_engine import resolve_dtype
 
@@ -21,10 +21,12 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     """Times one rollout after a short warm-up (which also compiles) under ``PeakMemory``."""
     if args.memory_sweep:
         return sweep(args, "rollout")
+    if args.suite:
+        return run_suite(args)
     model, adapter, prompts, path = setup(args)
     gen = rollout_fn(args, model, adapter, prompts)
     small = argparse.Namespace(**{**vars(args), "max_new_tokens": min(16, args.max_new_tokens)})
-    rollout_fn(small, model, adapter, prompts)()  # warm-up (and compile)
+    _, warm = timed(rollout_fn(small, model, adapter, prompts), args.device)  # (and compile)
     with PeakMemory(args.device) as mem:
         out, wall = timed(gen, args.device)
     n_tok = sum(len(t) for t in out.tokens)
@@ -34,6 +36,7 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         "tokens": n_tok,
         "tokens_per_s": n_tok / wall,
         "wall_s": wall,
+        "warmup_s": warm,  # 16 tokens; with --compile it holds the compile time
         "evictions": sum(out.evictions),
         "evictions_per_seq": sum(out.evictions) / len(prompts),
         ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
@@ -41,6 +44,32 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     if args.compare_hf:
         res.update(_hf_generate(path, prompts, args, n_tok / wall))
     return res
+
+
+SUITE = {  # name -> what differs; each runs in a fresh process (its own peak memory)
+    "pte": {"method": "pte", "compile": False, "compare_hf": True},
+    "pte_compiled": {"method": "pte", "compile": True, "compare_hf": False},
+    "lora_c": {"method": "lora_c", "compile": False, "compare_hf": False},
+}
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """Ours (pte eager and compiled, lora_c; bounded cache) and HF ``generate`` (full cache) on
+    the same model, prompts and lengths, in one invocation."""
+    runs = {k: subprocess_bench(args, "rollout", {**v, "suite": False}) for k, v in SUITE.items()}
+    hf = runs["pte"]["hf_tokens_per_s"]
+    eager, comp = runs["pte"], runs["pte_compiled"]
+    return {
+        "bench": "rollout-suite",
+        **settings(args),
+        "runs": runs,
+        "hf_tokens_per_s": hf,
+        "tokens_per_s_over_hf": {k: r["tokens_per_s"] / hf for k, r in runs.items()},
+        "compiled_over_eager": comp["tokens_per_s"] / eager["tokens_per_s"],
+        # what a user waits for: compile (in the warm-up) plus the rollout
+        "compiled_over_eager_with_compile": (eager["wall_s"] + eager["warmup_s"])
+        / (comp["wall_s"] + comp["warmup_s"]),
+    }
 
 
 def _hf_generate(
