@@ -74,6 +74,9 @@ class RolloutSection(Section):
     max_groups_per_call: int | None = _f(
         None, "cap on groups one call takes (None: a fair share of the queue)", ge=1
     )
+    compile: bool = _f(
+        False, "torch.compile the decode step (each batch size compiles once per worker)"
+    )
     request_resources: bool = _f(
         True, "ask Ray's autoscaler for workers the cluster cannot place yet"
     )

@@ -76,3 +76,17 @@ def test_bench_train_runs_sync_and_async_side_by_side(random_ckpt, task_file, tm
         assert mode["wall_s"] > 0 and mode["learn_s"] > 0
     assert res["async_over_sync_wall"] > 0
     assert (tmp_path / "staleness1" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow  # three fresh processes, one of them compiling
+def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys):
+    args = ["bench", "rollout", "--suite", "--batch", "4", f"model.path={random_ckpt('qwen2')}"]
+    assert cli([*args, "cache.budget=8", "sampling.max_new_tokens=32"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = res["runs"]
+    assert set(runs) == {"pte", "pte_compiled", "lora_c"}
+    assert runs["pte_compiled"]["compile"] and not runs["pte"]["compile"]
+    assert runs["lora_c"]["method"] == "lora_c" and runs["pte"]["evictions"] > 0
+    assert {r["tokens"] for r in runs.values()} == {4 * 32}
+    assert res["hf_tokens_per_s"] > 0 and res["compiled_over_eager"] > 0
+    assert runs["pte_compiled"]["warmup_s"] > runs["pte"]["warmup_s"]  # the compile is in it

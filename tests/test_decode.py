@@ -160,3 +160,21 @@ def test_row_seeds_sample_each_row_as_it_would_alone(model, cache):
     assert other.tokens[1] != together.tokens[1] and other.tokens[0] == together.tokens[0]
     with pytest.raises(ValueError, match="2 row_seeds for 3 prompts"):
         generate(model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": (1, 2)}), cache)
+
+
+@pytest.mark.slow  # torch.compile of the decode step (~30 s on 2 cores)
+def test_compiled_decode_step_gives_the_eager_tokens(random_ckpt):
+    """rollout.compile: the engine's compiled step (static shapes) samples what eager does,
+    under the bounded cache, with rows finishing and leaving the batch."""
+    from pte_ray.engines.torch_engine import TorchEngine
+
+    path = str(random_ckpt("qwen2"))
+    sp = SamplingParams(max_new_tokens=40, temperature=1.0, row_seeds=(1, 2, 3, 4))
+    outs = []
+    for compiled in (False, True):
+        eng = TorchEngine(path, None, CacheConfig(budget=8), "float32", "cpu", compiled)
+        outs.append(eng.generate(PROMPTS, sp))
+    assert outs[0].tokens == outs[1].tokens
+    assert outs[0].eviction_steps == outs[1].eviction_steps
+    lp = [abs(a - b) for x, y in zip(outs[0].logprobs, outs[1].logprobs) for a, b in zip(x, y)]
+    assert max(lp) < 1e-4

@@ -26,6 +26,7 @@ class RolloutWorker:
             self.cfg.cache_config(),
             self.cfg.model.dtype,
             device,
+            compile_step=self.cfg.rollout.compile,
         )
         self.version = -1
         self.epoch = -1

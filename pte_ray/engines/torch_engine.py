@@ -34,6 +34,7 @@ class TorchEngine:
         cache_cfg: CacheConfig,
         dtype: str = "auto",
         device: str = "cpu",
+        compile_step: bool = False,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -47,6 +48,9 @@ class TorchEngine:
         tok = self.tokenizer
         self.eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        # Static shapes: each batch size the decode meets (rows leave as they finish) compiles
+        # once per process, so it pays on long generations, not on short CPU rollouts.
+        self.step_fn = torch.compile(self.model.forward, dynamic=False) if compile_step else None
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.adapter is None:
@@ -63,6 +67,7 @@ class TorchEngine:
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
             decode=self.tokenizer.decode,
+            step_fn=self.step_fn,
         )
 
     def decode(self, ids: list[int]) -> str:
