@@ -107,3 +107,17 @@ def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pte_ray.tiny.task import write_task
 
     return write_task(tmp_path_factory.mktemp("task") / "train.jsonl", 64, seed=0)
+
+
+@pytest.fixture
+def small_run(random_ckpt, task_file) -> list[str]:
+    """The overrides of a seconds-long training run: random tiny checkpoint, the task file,
+    2 prompts x 4 samples of 24 tokens under an 8-token budget."""
+    return [
+        f"model.path={random_ckpt('qwen2')}",
+        f"data.train={task_file}",
+        "train.prompts_per_step=2",
+        "grpo.group_size=4",
+        "sampling.max_new_tokens=24",
+        "cache.budget=8",
+    ]

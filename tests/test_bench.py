@@ -56,17 +56,9 @@ def test_bench_reads_the_run_config_keys(capsys):
 
 
 @pytest.mark.slow  # two short training runs, each on its own Ray cluster
-def test_bench_train_runs_sync_and_async_side_by_side(random_ckpt, task_file, tmp_path, capsys):
-    over = [
-        f"model.path={random_ckpt('qwen2')}",
-        f"data.train={task_file}",
-        "train.prompts_per_step=2",
-        "grpo.group_size=4",
-        "sampling.max_new_tokens=24",
-        "cache.budget=8",
-    ]
+def test_bench_train_runs_sync_and_async_side_by_side(small_run, tmp_path, capsys):
     args = ["bench", "train", "--steps", "4", "--warmup", "1", "--out", str(tmp_path)]
-    assert cli([*args, *over]) == 0
+    assert cli([*args, *small_run]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     sync, asyn = res["sync"], res["async"]
     assert sync["staleness_max"] == 0 and sync["staleness_mean"] == 0

@@ -23,15 +23,10 @@ from pte_ray.run.run_dir import RunDir
 
 
 @pytest.fixture
-def base(random_ckpt, task_file, tmp_path):
+def base(small_run, tmp_path):
     def make(out: str, *extra: str) -> list[str]:
         return [
-            f"model.path={random_ckpt('qwen2')}",
-            f"data.train={task_file}",
-            "train.prompts_per_step=2",
-            "grpo.group_size=4",
-            "sampling.max_new_tokens=24",
-            "cache.budget=8",
+            *small_run,
             "train.steps=6",
             "train.save_every=2",
             f"train.output_dir={tmp_path / out}",

@@ -38,15 +38,10 @@ METRIC_KEYS = {
 
 
 @pytest.fixture
-def base(random_ckpt, task_file, tmp_path):
+def base(small_run, tmp_path):
     def make(*extra: str, out: str = "run") -> list[str]:
         return [
-            f"model.path={random_ckpt('qwen2')}",
-            f"data.train={task_file}",
-            "train.prompts_per_step=2",
-            "grpo.group_size=4",
-            "sampling.max_new_tokens=24",
-            "cache.budget=8",
+            *small_run,
             "learner.zero_stage=2",
             f"train.output_dir={tmp_path / out}",
             *extra,
