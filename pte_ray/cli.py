@@ -60,6 +60,7 @@ def _eval(args: argparse.Namespace) -> int:
         batch=args.batch,
         limit=args.limit,
         device=args.device,
+        engine=args.engine,
     )
     metrics = dict.fromkeys(m for b in res["benchmarks"].values() for m in b)
     for metric in metrics:
@@ -128,6 +129,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch", type=int, default=32, help="sequences per generate call")
     e.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    e.add_argument(
+        "--engine",
+        choices=("torch", "vllm"),
+        default="torch",
+        help="torch: every method; vllm: base and lora (full cache; needs the vllm extra)",
+    )
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
     e.set_defaults(func=_eval)
 

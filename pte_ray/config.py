@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pte_ray.engines.vllm_config import ENGINE_METHODS, Engine, VllmConfig
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig, SamplingParams
 from pte_ray.rl.data.schema import DataColumns, DataConfig
 from pte_ray.rl.grpo import GRPOConfig
@@ -64,6 +65,7 @@ class OptimSection(Section):
 
 
 class RolloutSection(Section):
+    engine: Engine = _f("torch", "torch (every method) | vllm (base, lora: full cache)")
     num_workers: int = _f(1, "rollout workers at start", ge=1)
     min_workers: int | None = _f(None, "autoscaling floor (None: num_workers)", ge=1)
     max_workers: int | None = _f(None, "autoscaling ceiling (None: num_workers)", ge=1)
@@ -105,6 +107,7 @@ class RewardSection(RewardConfig):
 
 
 class ReferenceSection(Section):
+    engine: Engine = _f("torch", "torch | vllm (prompt log-probs of prompt + completion)")
     num_workers: int = _f(1, "reference workers (started only when grpo.kl_coef > 0)", ge=1)
     num_cpus: float = _f(0.25, "CPUs per reference worker", gt=0.0)
     num_gpus: float = _f(0.0, "GPUs per reference worker", ge=0.0)
@@ -171,6 +174,7 @@ class Config(Section):
     learner: LearnerSection = LearnerSection()
     replay: ReplaySection = ReplaySection()
     train: TrainSection = TrainSection()
+    vllm: VllmConfig = VllmConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +208,12 @@ class Config(Section):
                 "to restart from"
             )
         r = self.rollout
+        if r.engine == "vllm" and self.adapter.method not in ENGINE_METHODS:
+            raise ValueError(
+                f"rollout.engine=vllm serves {' and '.join(ENGINE_METHODS)} (full cache) only; "
+                f"adapter.method={self.adapter.method} changes its LoRA per sequence from a "
+                "bounded cache that vLLM's paged cache cannot hold: use rollout.engine=torch"
+            )
         if self.learner.colocate and (r.min_workers or r.max_workers):
             raise ValueError(
                 "learner.colocate=true fixes the rollout pool to the learners' bundles: "

@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 from pte_ray.config import Config
-from pte_ray.engines.torch_engine import TorchEngine, pick_device
-from pte_ray.method.config import CacheConfig
+from pte_ray.engines.choose import reference_engine
+from pte_ray.engines.torch_engine import pick_device
 from pte_ray.records import ReferenceLogprobs, ReferenceRequest
 
 
@@ -16,10 +16,7 @@ class ReferenceWorker:
         self.cfg = Config.model_validate(cfg)
         self.worker_id = str(worker_id)
         device = pick_device(self.cfg.reference.num_gpus)
-        # pi_ref has no cache constraint: no adapter, full context.
-        self.engine = TorchEngine(
-            model_path, None, CacheConfig(budget=None), self.cfg.model.dtype, device
-        )
+        self.engine = reference_engine(self.cfg, model_path, device)
 
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}

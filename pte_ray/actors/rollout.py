@@ -11,7 +11,8 @@ import ray
 from pte_ray.actors import metrics
 from pte_ray.actors.weights import Snapshot, unpack
 from pte_ray.config import Config
-from pte_ray.engines.torch_engine import TorchEngine, pick_device
+from pte_ray.engines.choose import rollout_engine
+from pte_ray.engines.torch_engine import pick_device
 from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts
 
 
@@ -20,26 +21,20 @@ class RolloutWorker:
         self.cfg = Config.model_validate(cfg)
         self.worker_id = str(worker_id)
         device = pick_device(self.cfg.rollout.num_gpus)
-        self.engine = TorchEngine(
-            model_path,
-            self.cfg.adapter_config(),
-            self.cfg.cache_config(),
-            self.cfg.model.dtype,
-            device,
-            compile_step=self.cfg.rollout.compile,
-        )
+        self.engine = rollout_engine(self.cfg, model_path, device)
         self.version = -1
         self.epoch = -1
 
     def ready(self) -> dict[str, Any]:
         return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
 
+    def loaded_versions(self) -> list[str]:
+        """The adapter versions the engine holds, oldest first (vLLM: names it serves)."""
+        return self.engine.loaded_versions()
+
     def adapter_state(self) -> tuple[int, dict[str, Any]]:
         """(version, adapter tensors) as loaded: lets callers check a publish landed."""
-        a = self.engine.adapter
-        return self.version, (
-            {} if a is None else {k: v.clone() for k, v in a.state_dict().items()}
-        )
+        return self.version, self.engine.adapter_state()
 
     def sync(self, weights: PublishedWeights | None) -> int:
         self._sync(weights)
@@ -51,7 +46,7 @@ class RolloutWorker:
         if weights is None or (weights.epoch, weights.version) <= (self.epoch, self.version):
             return
         snap: Snapshot = ray.get(weights.ref)
-        self.engine.load_state(unpack(snap))
+        self.engine.load_state(unpack(snap), tag=f"{weights.epoch}.{snap.version}")
         self.version, self.epoch = snap.version, weights.epoch
         metrics.gauge("weight_version", self.version, "rollout", worker=self.worker_id)
 

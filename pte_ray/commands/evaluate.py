@@ -68,38 +68,35 @@ def _norm(v: Any) -> Any:
 
 
 class _Engine:
-    """Model + adapter on one device, and the verifier."""
+    """The sampling engine (torch: every method; vLLM: base and lora) and the verifier."""
 
-    def __init__(self, cfg: Config, adapter_dir: str | None, device: str) -> None:
-        from transformers import AutoTokenizer
+    def __init__(self, cfg: Config, adapter_dir: str | None, device: str, engine: str) -> None:
+        from safetensors.torch import load_file
 
-        from pte_ray.engines.torch_engine import resolve_dtype
-        from pte_ray.method.adapter import Adapter
-        from pte_ray.method.checkpoint import load_adapter, load_base
+        from pte_ray.engines.choose import rollout_engine
+        from pte_ray.engines.torch_engine import TorchEngine
+        from pte_ray.method.checkpoint import load_adapter
         from pte_ray.run.prepare import resolve_model
 
-        path = resolve_model(cfg.model.path)
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = load_base(path, resolve_dtype(cfg.model.dtype, device), device)
-        acfg = cfg.adapter_config()
-        self.adapter = None
-        if acfg.has_adapter:
-            self.adapter = Adapter(self.model.args, acfg, self.model.dtype, device)
-            if adapter_dir is not None:
-                load_adapter(self.adapter, adapter_dir)
+        self.gen = rollout_engine(cfg, resolve_model(cfg.model.path), device, engine)
+        self.tok = self.gen.tokenizer
+        if adapter_dir is not None and cfg.adapter_config().has_adapter:
+            if isinstance(self.gen, TorchEngine):
+                load_adapter(self.gen.adapter, adapter_dir)
+            else:
+                f = Path(adapter_dir) / "adapter.safetensors"
+                if not f.is_file():
+                    raise FileNotFoundError(f"no adapter.safetensors in {adapter_dir}")
+                self.gen.load_state(load_file(str(f)), tag=Path(adapter_dir).name)
         r = cfg.reward
         self.verifier = Verifier(r.model_copy(update={"format_bonus": 0.0}))  # accuracy only
         self.verifier.warm_up()
-        self.eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
-        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
 
 
 def _run_bench(
     eng: _Engine, cfg: Config, bench: Bench, seed: int, n: int, batch: int, limit: int | None, bar
 ) -> list[dict[str, Any]]:
     """Every completion of one benchmark under one seed, scored."""
-    from pte_ray.method.decode import generate
-
     examples, golds, dcfg = problems(bench, cfg, limit)
     dist = distances(bench)
     special = not cfg.data.apply_chat_template
@@ -112,10 +109,7 @@ def _run_bench(
         state = np.random.SeedSequence([seed, b0]).generate_state(1)[0]
         sp = cfg.sampling_params(seed=int(state))
         with torch.no_grad():
-            out = generate(
-                eng.model, eng.adapter, [ids[i] for i, _ in part], sp, cfg.cache_config(),
-                eos_ids=eng.eos, pad_id=eng.pad, decode=eng.tok.decode,
-            )  # fmt: skip
+            out = eng.gen.generate([ids[i] for i, _ in part], sp)
         comps = [eng.tok.decode(t, skip_special_tokens=True) for t in out.tokens]
         scored = eng.verifier.score_batch(comps, [golds[i] for i, _ in part])
         for j, ((i, s), (reward, status)) in enumerate(zip(part, scored, strict=True)):
@@ -154,6 +148,7 @@ def evaluate(
     batch: int = 32,
     limit: int | None = None,
     device: str | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Scores every benchmark under every seed; writes results.json + completions.parquet."""
     ks = sorted(set(ks or [1, samples]))
@@ -168,7 +163,9 @@ def evaluate(
     out = Path(out_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
-    eng = _Engine(cfg, adapter_dir, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    eng = _Engine(
+        cfg, adapter_dir, device or ("cuda" if torch.cuda.is_available() else "cpu"), engine
+    )
     total = sum(len(problems(b, cfg, limit)[0]) for b in specs) * samples * len(seeds)
     bar = progress(total, "eval", "sample")
     rows: list[dict[str, Any]] = []
@@ -183,6 +180,7 @@ def evaluate(
     eng.verifier.close()
     results = {
         "method": cfg.adapter.method,
+        "engine": engine,
         "adapter": adapter_dir,
         "cache": cfg.cache_config().model_dump(mode="json"),
         "samples": samples,

@@ -45,6 +45,7 @@ class TorchEngine:
             self.adapter = Adapter(self.model.args, adapter_cfg, self.model.dtype, device)
             self.adapter.requires_grad_(False)
         self.cache_cfg = cache_cfg
+        self.tag = ""
         tok = self.tokenizer
         self.eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -52,10 +53,19 @@ class TorchEngine:
         # once per process, so it pays on long generations, not on short CPU rollouts.
         self.step_fn = torch.compile(self.model.forward, dynamic=False) if compile_step else None
 
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_state(self, tensors: dict[str, torch.Tensor], tag: str = "") -> None:
+        """Swap in published weights (``tag``, the version's name, matters to vLLM only)."""
         if self.adapter is None:
             return
         load_adapter_tensors(self.adapter, tensors, "published weights")
+        self.tag = tag
+
+    def loaded_versions(self) -> list[str]:
+        return [self.tag] if self.adapter is not None and self.tag else []
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        a = self.adapter
+        return {} if a is None else {k: v.clone() for k, v in a.state_dict().items()}
 
     def generate(self, prompts: list[list[int]], sp: SamplingParams) -> Rollout:
         return generate(
@@ -90,4 +100,4 @@ class TorchEngine:
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"device": str(self.model.device), "dtype": str(self.model.dtype)}
+        return {"engine": "torch", "device": str(self.model.device), "dtype": str(self.model.dtype)}
