@@ -3,6 +3,7 @@ fresh process, on identical tokens."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -76,7 +77,11 @@ def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys
     assert cli([*args, "cache.budget=8", "sampling.max_new_tokens=32"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     runs = res["runs"]
-    assert set(runs) == {"pte", "pte_compiled", "lora_c"}
+    vllm = importlib.util.find_spec("vllm") is not None
+    assert set(runs) == {"pte", "pte_compiled", "lora_c"} | ({"vllm"} if vllm else set())
+    if vllm:  # the full-cache baseline: the base model, every row the full length
+        assert runs["vllm"]["engine"] == "vllm" and runs["vllm"]["budget"] is None
+        assert res["tokens_per_s_over_hf"]["vllm"] > 0
     assert runs["pte_compiled"]["compile"] and not runs["pte"]["compile"]
     assert runs["lora_c"]["method"] == "lora_c" and runs["pte"]["evictions"] > 0
     assert {r["tokens"] for r in runs.values()} == {4 * 32}

@@ -73,7 +73,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--suite",
         action="store_true",
-        help="rollout: pte eager, pte compiled, lora_c and HF generate, fresh processes, one JSON",
+        help="rollout: pte eager and compiled, lora_c, HF generate and vLLM (when installed), "
+        "each in a fresh process, one JSON",
+    )
+    p.add_argument(
+        "--variants", default=None, help="--suite: only these, e.g. vllm,lora_c (pte always)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("torch", "vllm"),
+        default="torch",
+        help="rollout: vllm = vLLM's full-cache generation of the base model (vllm extra)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-sweep", default=None, help="e.g. '1,8': peak memory at 1x and 8x")
@@ -90,8 +100,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]], Path]:
-    """(model, adapter or None for ``base``, prompt ids, checkpoint path) for ``args``."""
+def prompt_ids(args: argparse.Namespace) -> tuple[Path, list[list[int]]]:
+    """(checkpoint path, the bench's ``args.batch`` prompts as token ids)."""
     if args.model == "tiny":
         from pte_ray.tiny import build_tiny, make_task
 
@@ -107,7 +117,12 @@ def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    prompts = [tok(t).input_ids for t in texts][: args.batch]
+    return path, [tok(t).input_ids for t in texts][: args.batch]
+
+
+def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]], Path]:
+    """(model, adapter or None for ``base``, prompt ids, checkpoint path) for ``args``."""
+    path, prompts = prompt_ids(args)
     dtype = resolve_dtype(args.dtype, args.device)
     model = load_base(path, dtype=dtype, device=args.device)
     adapter = None
@@ -176,7 +191,7 @@ def subprocess_bench(args: argparse.Namespace, which: str, change: dict[str, Any
     merged = {**vars(args), **change}
     for k, v in merged.items():
         skip = ("func", "bench", "command", "config", "overrides", "config_defaults")
-        if k in skip or k in CONFIG_KEYS or v in (None, False):
+        if k in skip or k in CONFIG_KEYS or v in (None, False) or (k, v) == ("engine", "torch"):
             continue
         flag = "--" + k.replace("_", "-")
         argv += [flag] if v is True else [flag, str(v)]

