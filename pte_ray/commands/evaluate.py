@@ -151,12 +151,8 @@ def evaluate(
     engine: str = "torch",
 ) -> dict[str, Any]:
     """Scores every benchmark under every seed; writes results.json + completions.parquet."""
-    ks = sorted(set(ks or [1, samples]))
+    ks = _check_counts(sorted(set(ks or [1, samples])), samples, batch)
     seeds = seeds or [0]
-    if samples < 1 or batch < 1:
-        raise ValueError(f"--samples and --batch must be >= 1, got {samples} and {batch}")
-    if max(ks) > samples:
-        raise ValueError(f"pass@{max(ks)} needs --samples >= {max(ks)}, got --samples {samples}")
     specs = [resolve_bench(b, cfg) for b in benches]  # bad names / columns fail before compute
     for bench in specs:
         problems(bench, cfg, limit)
@@ -191,6 +187,14 @@ def evaluate(
     _write(out, results, rows)
     results["out_dir"] = str(out)
     return results
+
+
+def _check_counts(ks: list[int], samples: int, batch: int) -> list[int]:
+    if samples < 1 or batch < 1:
+        raise ValueError(f"--samples and --batch must be >= 1, got {samples} and {batch}")
+    if max(ks) > samples:
+        raise ValueError(f"pass@{max(ks)} needs --samples >= {max(ks)}, got --samples {samples}")
+    return ks
 
 
 def _mean_std(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
