@@ -191,10 +191,26 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_config)
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from pte_ray.commands.plot import plot_run
+
+    files = plot_run(args.run_dir, args.out)
+    print(f"wrote {len(files)} files to {files[-1].parent}", file=sys.stderr)
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="PNG figures and a one-page summary of a run's metrics")
+    p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="output dir (default RUN_DIR/plots)")
+    p.set_defaults(func=_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pte-ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench, _add_config):
+    for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench, _add_config,
+                _add_plot):  # fmt: skip
         add(sub)
     return p
 

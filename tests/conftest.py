@@ -47,7 +47,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    port, dash = _free_port(), _free_port()
+    port, dash, prom = _free_port(), _free_port(), _free_port()
     temp_dir = str(tmp_path_factory.mktemp("ray"))
     cmd = [
         "ray",
@@ -57,11 +57,14 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         f"--port={port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
+        f"--metrics-export-port={prom}",
         "--num-cpus=2",
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
     ]
-    subprocess.run(cmd, check=True, capture_output=True)
+    # metrics reach the node's Prometheus endpoint each second (default 10 s), for test_metrics
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     address, dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     ray.init(address=address, log_to_driver=False)
     # The state API (ray.util.state) finds its cluster by looking for Ray processes: with
@@ -70,7 +73,11 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     old_api = os.environ.get(api_env)
     os.environ[api_env] = dashboard
     try:
-        yield {"address": address, "dashboard": dashboard}
+        yield {
+            "address": address,
+            "dashboard": dashboard,
+            "metrics": f"http://127.0.0.1:{prom}/metrics",
+        }
     finally:
         if old_api is None:
             os.environ.pop(api_env, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import ray
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from pte_ray.actors import metrics
 from pte_ray.actors.weights import pack
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import pick_device, resolve_dtype
@@ -138,6 +140,7 @@ class Learner:
         All ranks call it together. Each mini-batch's loss is normalised by its size summed
         over ranks (one all-reduce), so ranks with uneven shards still weigh every token alike.
         """
+        t0 = time.perf_counter()
         n, k = len(shard), self.cfg.learner.mini_batches
         bounds = [round(n * j / k) for j in range(k + 1)]
         sums: dict[str, float] = {}
@@ -149,6 +152,11 @@ class Learner:
                 sums[key] = sums.get(key, 0.0) + v / k
         self.version += 1
         norm = self.engine.get_global_grad_norm()
+        me = {"worker": str(self.rank)}
+        metrics.gauge("learner_step_s", time.perf_counter() - t0, "learner", **me)
+        metrics.gauge("loss", sums.get("loss", 0.0), "learner", **me)
+        metrics.gauge("kl", sums["kl"], "learner", **me)
+        metrics.gauge("grad_norm", float(norm) if norm is not None else 0.0, "learner", **me)
         return LearnStats(
             loss=sums.get("loss", 0.0) / self.world,
             kl=sums["kl"],

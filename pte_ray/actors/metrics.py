@@ -1,7 +1,10 @@
 """Ray dashboard metrics (``ray.util.metrics``) shared by every role.
 
-Metric objects are created once per process and name; every value carries a ``role`` tag so the
-dashboard can split rollout / reward / reference / learner / controller series.
+Every metric is declared once here (``METRICS``: name -> kind and help); emitting an undeclared
+one is an error, so the list is what the code exports and what the Grafana board
+(``cluster/grafana/``) may reference (``prometheus_names``). Each value carries a ``role`` tag
+(rollout / reward / reference / learner / controller) and, from a worker, its ``worker`` id.
+Ray exports them on each node's metrics port as ``ray_pte_ray_<name>`` (counters ``..._total``).
 """
 
 from __future__ import annotations
@@ -11,23 +14,50 @@ from ray.util import metrics as ray_metrics
 _GAUGES: dict[str, ray_metrics.Gauge] = {}
 _COUNTERS: dict[str, ray_metrics.Counter] = {}
 
-DESCRIPTIONS = {
-    "tokens_per_s": "generated tokens per second",
-    "evictions": "cache evictions per sequence",
-    "reward_mean": "mean reward of the step",
-    "timeouts": "verifier items that timed out",
-    "queue_depth": "shards waiting for a pool actor",
-    "queue_wait_s": "seconds the oldest shard waited",
-    "pool_size": "actors in a pool",
-    "weight_version_lag": "learner version minus the version a rollout used",
-    "step_s": "controller step time",
-    "weight_version": "adapter version loaded",
-    "pool_retries": "calls put back in a pool's queue (lost or hung actor)",
-    "pool_timeouts": "calls that ran past train.call_timeout_s",
-    "pool_restarts": "actors back in service after Ray restarted them",
-    "pool_replacements": "actors dead for good, replaced by fresh ones",
-    "pool_events": "pool decisions by kind: up, ready, down, failed, lost, hung, back, replaced",
+G, C = "gauge", "counter"
+METRICS: dict[str, tuple[str, str]] = {
+    # rollout workers
+    "generated_tokens": (C, "tokens generated"),
+    "tokens_per_s": (G, "generated tokens per second (a worker's last call; controller: step)"),
+    "evictions": (G, "cache evictions per sequence"),
+    "rollout_latency_s": (G, "seconds of a worker's last rollout call"),
+    "weight_version": (G, "adapter version loaded (rollout) or published (controller)"),
+    # reward and reference workers
+    "verifier_status": (C, "scored completions by verifier status"),
+    "timeouts": (C, "verifier items that timed out"),
+    "reference_latency_s": (G, "seconds of a reference worker's last call"),
+    # learner ranks
+    "learner_step_s": (G, "seconds of a rank's last RL step"),
+    "loss": (G, "GRPO loss of the step"),
+    "kl": (G, "k3 KL to the reference policy"),
+    "grad_norm": (G, "global gradient norm before clipping"),
+    # controller, per step
+    "reward_mean": (G, "mean reward of the step"),
+    "weight_version_lag": (G, "learner version minus the oldest version a step's rollouts used"),
+    "staleness_mean": (G, "versions behind the weights they were learned on, mean over rows"),
+    "phase_s": (G, "seconds of a step's phase (rollout, reward_ref, learn, publish, step, wall)"),
+    "learner_restarts": (C, "learner groups replaced and resumed in the job"),
+    # pools
+    "queue_depth": (G, "shards waiting for a pool actor"),
+    "queue_wait_s": (G, "seconds the oldest shard waited"),
+    "pool_size": (G, "actors in a pool"),
+    "pool_retries": (C, "calls put back in a pool's queue (lost or hung actor)"),
+    "pool_timeouts": (C, "calls that ran past train.call_timeout_s"),
+    "pool_restarts": (C, "actors back in service after Ray restarted them"),
+    "pool_replacements": (C, "actors dead for good, replaced by fresh ones"),
+    "pool_events": (C, "pool decisions by kind (up, ready, down, failed, lost, hung, back, ...)"),
 }
+
+
+def prometheus_names() -> set[str]:
+    """The series names Prometheus holds for the declared metrics."""
+    return {f"ray_pte_ray_{n}" + ("_total" if k == C else "") for n, (k, _) in METRICS.items()}
+
+
+def _declared(name: str, kind: str) -> str:
+    if METRICS.get(name, ("", ""))[0] != kind:
+        raise KeyError(f"metric {name!r} is not declared as a {kind} in actors/metrics.py")
+    return METRICS[name][1]
 
 
 def gauge(name: str, value: float, role: str, **tags: str) -> None:
@@ -35,7 +65,7 @@ def gauge(name: str, value: float, role: str, **tags: str) -> None:
     if g is None:
         keys = ("role", *sorted(tags))
         g = _GAUGES[name] = ray_metrics.Gauge(
-            f"pte_ray_{name}", description=DESCRIPTIONS.get(name, name), tag_keys=keys
+            f"pte_ray_{name}", description=_declared(name, G), tag_keys=keys
         )
     g.set(float(value), tags={"role": role, **tags})
 
@@ -45,7 +75,20 @@ def count(name: str, value: float, role: str, **tags: str) -> None:
     if c is None:
         keys = ("role", *sorted(tags))
         c = _COUNTERS[name] = ray_metrics.Counter(
-            f"pte_ray_{name}_total", description=DESCRIPTIONS.get(name, name), tag_keys=keys
+            f"pte_ray_{name}_total", description=_declared(name, C), tag_keys=keys
         )
     if value > 0:
         c.inc(float(value), tags={"role": role, **tags})
+
+
+PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "step_s", "wall_s")
+
+
+def export_step(row: dict[str, float]) -> None:
+    """The controller's per-step figures from its ``metrics.jsonl`` row."""
+    for key in ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version"):
+        gauge(key, row[key], "controller")
+    gauge("weight_version_lag", row["weight_version"] - row["rollout_version_min"], "controller")
+    for key in PHASES:
+        if key in row:
+            gauge("phase_s", row[key], "controller", phase=key.removesuffix("_s"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.engines.choose import reference_engine
 from pte_ray.engines.torch_engine import pick_device
@@ -22,11 +24,11 @@ class ReferenceWorker:
         return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
-        return ReferenceLogprobs(
-            self.engine.full_context_logprobs(
-                req.prompts,
-                req.completions,
-                self.cfg.sampling.temperature,
-                self.cfg.reference.micro_batch,
-            )
-        )
+        t0 = time.perf_counter()
+        out = self.engine.full_context_logprobs(
+            req.prompts, req.completions, self.cfg.sampling.temperature,
+            self.cfg.reference.micro_batch,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        metrics.gauge("reference_latency_s", wall, "reference", worker=self.worker_id)
+        return ReferenceLogprobs(out)

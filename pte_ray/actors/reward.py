@@ -24,6 +24,8 @@ class RewardWorker:
         scored = self.verifier.score_batch(req.completions, req.answers)
         counts = self.verifier.take_counts()
         metrics.count("timeouts", counts.get("timeout", 0), "reward", worker=self.worker_id)
+        for status, n in counts.items():
+            metrics.count("verifier_status", n, "reward", worker=self.worker_id, status=status)
         return Scores([r for r, _ in scored], [s for _, s in scored])
 
     def close(self) -> None:

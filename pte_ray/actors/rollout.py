@@ -56,7 +56,10 @@ class RolloutWorker:
         out = self.engine.generate(req.prompts, self.cfg.sampling_params(row_seeds=req.seeds))
         wall = time.perf_counter() - t0
         n_tok = sum(len(t) for t in out.tokens)
-        metrics.gauge("tokens_per_s", n_tok / max(wall, 1e-9), "rollout", worker=self.worker_id)
+        me = {"worker": self.worker_id}
+        metrics.count("generated_tokens", n_tok, "rollout", **me)
+        metrics.gauge("tokens_per_s", n_tok / max(wall, 1e-9), "rollout", **me)
+        metrics.gauge("rollout_latency_s", wall, "rollout", **me)
         metrics.gauge(
             "evictions", sum(out.evictions) / len(req.prompts), "rollout", worker=self.worker_id
         )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.controller.log import step_metrics, step_rows
 from pte_ray.records import (
@@ -215,7 +216,9 @@ class Controller:
         pools = {"rollout": batch.pool, "reward": self.roles.reward.summary()}
         if self.roles.reference is not None:
             pools["reference"] = self.roles.reference.summary()
-        return step_metrics(step, batch, scores, stats, weights, pools, timer)
+        row = step_metrics(step, batch, scores, stats, weights, pools, timer)
+        metrics.export_step(row)
+        return row
 
     def restart_learners(self) -> None:
         """A new learner group (new placement group and rendezvous) for a lost one; colocated
@@ -223,6 +226,7 @@ class Controller:
         from pte_ray.actors.roles import start_learners, start_roles
 
         epoch = self.roles.learners.epoch + 1
+        metrics.count("learner_restarts", 1, "controller")
         if self.cfg.learner.colocate:
             self.roles.shutdown()
             self.roles = start_roles(self.cfg, self.data.model_path, epoch)

@@ -1,0 +1,113 @@
+"""`pte-ray plot RUN_DIR`: the run's ``metrics.jsonl`` as PNG figures and a one-page summary.
+
+Written to ``RUN_DIR/plots/`` (or ``--out``): one figure per view a user checks after a run
+(reward, response length, KL, throughput, evictions, memory, staleness, phase times) and
+``summary.png`` with all of them on one page plus ``summary.md`` with first / last / best values.
+A key the run did not record (an older run, no reference pool) leaves its panel out, not the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# figure -> (title, [(metrics.jsonl key, legend)], y label)
+VIEWS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
+    "reward": ("Reward", [("reward_mean", "mean"), ("reward_std", "std")], "reward"),
+    "length": ("Response length", [("completion_tokens_mean", "mean tokens")], "tokens"),
+    "kl": ("KL to the reference", [("kl", "k3 KL")], "KL"),
+    "throughput": ("Rollout throughput", [("tokens_per_s", "tokens/s")], "tokens / s"),
+    "evictions": ("Evictions per sequence", [("evictions_per_seq", "evictions")], "count"),
+    "memory": ("Learner peak memory", [("learner_peak_mb", "peak MB")], "MB"),
+    "staleness": (
+        "Staleness",
+        [("staleness_mean", "mean"), ("staleness_max", "max")],
+        "versions behind",
+    ),
+    "phases": (
+        "Phase times",
+        [
+            (k, k.removesuffix("_s"))
+            for k in ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "step_s", "wall_s")
+        ],
+        "seconds",
+    ),  # fmt: skip
+}
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (not a run directory?)")
+    rows = []
+    for i, line in enumerate(f.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}, line {i}: not JSON ({e.msg})") from None
+    if not rows:
+        raise ValueError(f"{f}: no steps recorded yet")
+    return rows
+
+
+def _draw(ax: Any, rows: list[dict[str, Any]], view: str) -> bool:
+    title, series, ylabel = VIEWS[view]
+    drawn = False
+    for key, legend in series:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), label=legend, linewidth=1.2)
+            drawn = True
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if drawn and len(series) > 1:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return drawn
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Writes the figures and the summary; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run_dir)
+    rows = read_rows(run)
+    dest = Path(out) if out else run / "plots"
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for view in VIEWS:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if _draw(ax, rows, view):
+            fig.tight_layout()
+            fig.savefig(dest / f"{view}.png", dpi=100)
+            written.append(dest / f"{view}.png")
+        plt.close(fig)
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11))
+    for ax, view in zip(axes.flat, VIEWS, strict=False):
+        _draw(ax, rows, view)
+    axes.flat[-1].axis("off")
+    fig.suptitle(f"{run.name}: {len(rows)} steps")
+    fig.tight_layout()
+    fig.savefig(dest / "summary.png", dpi=90)
+    plt.close(fig)
+    (dest / "summary.md").write_text(summary_md(run, rows))
+    return [*written, dest / "summary.png", dest / "summary.md"]
+
+
+def summary_md(run: Path, rows: list[dict[str, Any]]) -> str:
+    keys = [k for _, series, _ in VIEWS.values() for k, _ in series]
+    lines = [f"# {run.name}: {len(rows)} steps", "", "| metric | first | last | min | max |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for k in keys:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+        if vals:
+            lines.append(
+                f"| {k} | {vals[0]:.4g} | {vals[-1]:.4g} | {min(vals):.4g} | {max(vals):.4g} |"
+            )
+    return "\n".join(lines) + "\n"
