@@ -14,7 +14,7 @@ apply_defaults()
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench not in ("reward", "train"):  # rollout, replay, grad read the run config's keys
+    if args.bench not in ("reward", "train", "weights"):  # the others read the run config
         from pte_ray.bench.common import resolve_config
 
         resolve_config(args)
@@ -30,6 +30,10 @@ def _bench(args: argparse.Namespace) -> int:
         from pte_ray.bench import grad
 
         result = grad.run(args)
+    elif args.bench == "weights":
+        from pte_ray.bench import weights
+
+        result = weights.run(args)
     else:
         from pte_ray.bench import replay, rollout
 
@@ -166,7 +170,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from pte_ray.bench import common, grad, reward, train
+    from pte_ray.bench import common, grad, reward, train, weights
 
     for name, help_ in [("rollout", "bounded-cache generation"), ("replay", "segment replay")]:
         bp = bsub.add_parser(name, help=help_)
@@ -174,6 +178,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     reward.add_args(bsub.add_parser("reward", help="math verifier throughput"))
     grad.add_args(bsub.add_parser("grad", help="truncated vs exact replay gradient (fp64)"))
     train.add_args(bsub.add_parser("train", help="synchronous vs asynchronous rollouts"))
+    weights.add_args(bsub.add_parser("weights", help="publish to every rollout worker serving"))
     b.set_defaults(func=_bench)
 
 

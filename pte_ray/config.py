@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -158,6 +158,13 @@ class TrainSection(Section):
         600.0, "a role not ready in this time fails the start (or a probe: replaced)", gt=0.0
     )
     ray_address: str | None = _f(None, "None: RAY_ADDRESS, else a new local cluster")
+    profile_steps: tuple[Annotated[int, Field(ge=1)], ...] = _f(
+        (), "steps (from 1) traced by torch.profiler: RUN_DIR/profiles/step_N/ (Perfetto, TB)"
+    )
+    loggers: tuple[Literal["tensorboard", "wandb"], ...] = _f(
+        (), "also log each step to TensorBoard (RUN_DIR/tensorboard) / W&B offline (RUN_DIR/wandb)"
+    )
+    profile_max_mb: float = _f(100.0, "a gzipped trace larger than this is dropped", gt=0.0)
 
 
 class Config(Section):

@@ -82,6 +82,7 @@ class RolloutRequest(Rows):
     prompts: TokenRows  # [n][P_i]
     seeds: list[int]  # [n] each row's sampling seed: its tokens do not depend on the batch
     weights: PublishedWeights | None  # the version to generate with (None: as initialised)
+    profile: str | None = None  # directory for a torch-profiler trace of the call (None: none)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class LearnerShard:
     advantages: list[float]  # [n] group-normalised
     ref_logprobs: FloatRows | None  # [n][T_i] when grpo.kl_coef > 0
     pad_id: int  # token id used to pad prompts inside replay
+    profile: str | None = None  # directory for a torch-profiler trace of the step (None: none)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -87,3 +87,15 @@ def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys
     assert {r["tokens"] for r in runs.values()} == {4 * 32}
     assert res["hf_tokens_per_s"] > 0 and res["compiled_over_eager"] > 0
     assert runs["pte_compiled"]["warmup_s"] > runs["pte"]["warmup_s"]  # the compile is in it
+
+
+def test_bench_weights_times_publish_to_serving(ray_cluster, random_ckpt, capsys):
+    args = ["bench", "weights", "--size-mb", "0.2,2", "--workers", "2", "--repeats", "2"]
+    assert cli([*args, "--model", str(random_ckpt("qwen2"))]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pts = res["points"]
+    assert [(p["workers"]) for p in pts] == [1, 2, 1, 2]
+    small, big = pts[0], pts[2]
+    assert small["size_mb"] == pytest.approx(0.2, rel=0.2)
+    assert big["size_mb"] == pytest.approx(2, rel=0.1) and big["rank"] > small["rank"]
+    assert all(0 < p["min_ms"] <= p["median_ms"] <= p["max_ms"] for p in pts)

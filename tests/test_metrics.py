@@ -4,6 +4,7 @@ worker; the Grafana board references only series the code exports."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -39,7 +40,8 @@ def _series(url: str) -> dict[str, list[dict[str, str]]]:
 
 
 def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tmp_path):
-    over = [*small_run, "grpo.kl_coef=0.05", "train.steps=3", f"output_dir={tmp_path / 'run'}"]
+    over = [*small_run, "grpo.kl_coef=0.05", "train.steps=3", f"output_dir={tmp_path / 'run'}",
+            "train.profile_steps=[2]"]  # fmt: skip
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
@@ -69,6 +71,29 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tmp
     statuses = {lab["status"] for lab in got["ray_pte_ray_verifier_status_total"]}
     assert statuses, "no verifier status counted"
     assert {lab["phase"] for lab in got["ray_pte_ray_phase_s"]} >= {"rollout", "learn", "step"}
+    # step 2 was profiled (rollout and learner), step 1 not
+    traces = sorted(p.name for p in (tmp_path / "run" / "profiles").rglob("*.pt.trace.json.gz"))
+    assert [p.parent.name for p in (tmp_path / "run" / "profiles").rglob("*.gz")][0] == (
+        "step_000002"
+    )
+    assert any(t.startswith("rollout-worker") for t in traces), traces
+    assert "learner-rank0.pt.trace.json.gz" in traces
+    for f in (tmp_path / "run" / "profiles").rglob("*.gz"):
+        events = json.loads(gzip.decompress(f.read_bytes()))["traceEvents"]
+        assert len(events) > 10, f
+
+
+def test_a_trace_over_its_cap_is_dropped(tmp_path, caplog):
+    import torch
+
+    from pte_ray.run.profile import traced
+
+    with traced(str(tmp_path), "kept", max_mb=50):
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    with traced(str(tmp_path), "big", max_mb=1e-6):
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.pt.trace.json.gz"]
+    assert "profile_max_mb" in caplog.text
 
 
 def test_grafana_board_loads_and_uses_only_exported_series():

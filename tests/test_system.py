@@ -335,6 +335,8 @@ def test_ray_job_submit_runs_the_tiny_job(ray_cluster, tmp_path):
     assert "succeeded" in status, f"status: {status[-500:]}\nlogs: {logs[-3000:]}"
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and (out / "checkpoints" / "step_000002" / "adapter.json").exists()
+    # a job's log is no terminal: plain progress lines, the last one with the step's figures
+    assert re.search(r"train: 2/2 steps \(100%\), [\d.]+ s/step.*; reward=", logs), logs[-2000:]
 
 
 def test_async_rollouts_run_one_version_behind(ray_cluster, base, tmp_path):

@@ -29,6 +29,7 @@ from pte_ray.method.checkpoint import load_base, save_adapter
 from pte_ray.method.replay import replay
 from pte_ray.records import LearnerShard, LearnStats, PublishedWeights
 from pte_ray.rl.grpo import GRPOLoss
+from pte_ray.run.profile import traced
 
 
 def _pad(rows: list[list[float]]) -> torch.Tensor:
@@ -145,11 +146,12 @@ class Learner:
         bounds = [round(n * j / k) for j in range(k + 1)]
         sums: dict[str, float] = {}
         diff = 0.0
-        for j in range(k):
-            stats, d = self._optimizer_step(shard, range(bounds[j], bounds[j + 1]))
-            diff = d if j == 0 else diff  # later mini-batches see updated weights on purpose
-            for key, v in stats.items():
-                sums[key] = sums.get(key, 0.0) + v / k
+        with traced(shard.profile, f"learner-rank{self.rank}", self.cfg.train.profile_max_mb):
+            for j in range(k):
+                stats, d = self._optimizer_step(shard, range(bounds[j], bounds[j + 1]))
+                diff = d if j == 0 else diff  # later mini-batches see updated weights on purpose
+                for key, v in stats.items():
+                    sums[key] = sums.get(key, 0.0) + v / k
         self.version += 1
         norm = self.engine.get_global_grad_norm()
         me = {"worker": str(self.rank)}

@@ -88,7 +88,9 @@ def export_step(row: dict[str, float]) -> None:
     """The controller's per-step figures from its ``metrics.jsonl`` row."""
     for key in ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version"):
         gauge(key, row[key], "controller")
-    gauge("weight_version_lag", row["weight_version"] - row["rollout_version_min"], "controller")
+    # the version learned on (one before the one just published) minus the oldest rollout's
+    lag = row["weight_version"] - 1 - row["rollout_version_min"]
+    gauge("weight_version_lag", lag, "controller")
     for key in PHASES:
         if key in row:
             gauge("phase_s", row[key], "controller", phase=key.removesuffix("_s"))

@@ -14,6 +14,7 @@ from pte_ray.config import Config
 from pte_ray.engines.choose import rollout_engine
 from pte_ray.engines.torch_engine import pick_device
 from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts
+from pte_ray.run.profile import traced
 
 
 class RolloutWorker:
@@ -53,7 +54,9 @@ class RolloutWorker:
     def generate(self, req: RolloutRequest) -> Rollouts:
         self._sync(req.weights)
         t0 = time.perf_counter()
-        out = self.engine.generate(req.prompts, self.cfg.sampling_params(row_seeds=req.seeds))
+        name = f"rollout-worker{self.worker_id}-{time.time_ns()}"  # a worker may take 2 calls
+        with traced(req.profile, name, self.cfg.train.profile_max_mb):
+            out = self.engine.generate(req.prompts, self.cfg.sampling_params(row_seeds=req.seeds))
         wall = time.perf_counter() - t0
         n_tok = sum(len(t) for t in out.tokens)
         me = {"worker": self.worker_id}

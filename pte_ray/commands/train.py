@@ -22,10 +22,13 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
     from pte_ray.controller.loop import fit
     from pte_ray.controller.loop import resume as resume_from
     from pte_ray.controller.step import Controller
+    from pte_ray.run.loggers import StepLoggers
 
     cfg = load_config(config, overrides)
     run = RunDir.open(cfg, resume)
     dump_config(cfg, run.path / "config.yaml")
+    # a missing logger package fails here, before Ray or any actor starts
+    loggers = StepLoggers(cfg.train.loggers, run.path, cfg.model_dump(mode="json"))
     address = cfg.train.ray_address or os.environ.get("RAY_ADDRESS")
     started = not ray.is_initialized()
     if started:
@@ -33,6 +36,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
     controller = None
     try:
         controller = Controller(cfg, run)
+        controller.step_loggers = loggers
         # --resume PATH: that checkpoint; --resume auto: the newest complete one
         ckpt = Path(resume) if resume not in (None, "auto") else None
         ckpt = ckpt or (run.latest_checkpoint() if resume else None)
@@ -45,6 +49,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
             print(f"reward {f['reward_mean']:.3f} -> {l_['reward_mean']:.3f}; run dir {run.path}")
         return 0
     finally:
+        loggers.close()
         if controller is not None:
             controller.shutdown()
         if started:

@@ -15,7 +15,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pte_ray.actors import metrics as dash
 from pte_ray.actors.errors import LearnerLost, PoolError
 from pte_ray.controller.step import Batch, Controller
 from pte_ray.run.progress import progress, say
@@ -59,11 +58,8 @@ def _next_batch(ctl: Controller, pending: Future[Batch] | None) -> Batch:
 
 
 def _report(m: dict[str, Any], bar: Any) -> None:
-    """The step on the Ray dashboard and the progress bar / log line."""
-    for k in ("reward_mean", "tokens_per_s", "step_s"):
-        dash.gauge(k, m[k], "controller")
-    lag = m["weight_version"] - m["rollout_version_min"] - 1
-    dash.gauge("weight_version_lag", lag, "controller")
+    """The step on the progress bar / log line and the optional loggers (the Ray dashboard's
+    gauges are set by ``Controller.train_step``)."""
     bar.set_postfix(
         reward=f"{m['reward_mean']:.3f}",
         tok_s=f"{m['tokens_per_s']:.0f}",
@@ -91,6 +87,8 @@ def _steps(ctl: Controller, bar: Any, ahead: ThreadPoolExecutor | None) -> dict[
         last["learner_restarts"] = ctl.learner_restarts
         ctl.step += 1
         ctl.run.append_metrics(last)
+        if ctl.step_loggers is not None:
+            ctl.step_loggers.log(last)
         _report(last, bar)
         if ctl.step % cfg.train.save_every == 0 or ctl.step == cfg.train.steps:
             checkpoint(ctl)

@@ -104,6 +104,7 @@ class Controller:
         self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
         self.dropped_stale = 0  # prefetched batches dropped as too stale, over the run
         self.learner_restarts = 0  # learner groups replaced in this job
+        self.step_loggers: Any = None  # run/loggers.StepLoggers when train.loggers names any
 
     # ------------------------------------------------------------------ phases
     def collect(self, step: int, weights: PublishedWeights | None) -> Batch:
@@ -120,7 +121,9 @@ class Controller:
         prompts = [self.data.prompt_ids[ex.index] for ex in examples for _ in range(g)]
         answers = [ex.answer for ex in examples for _ in range(g)]
         requests = [
-            RolloutRequest(prompts[k * g : (k + 1) * g], self._seeds(step, k), weights)
+            RolloutRequest(
+                prompts[k * g : (k + 1) * g], self._seeds(step, k), weights, self.profile(step)
+            )
             for k in range(len(examples))
         ]
         pool = self.roles.rollout
@@ -163,8 +166,18 @@ class Controller:
         rewards = torch.tensor(scores.rewards, dtype=torch.float32)
         return group_advantages(rewards, g.group_size, g.use_std, g.eps).tolist()
 
+    def profile(self, step: int) -> str | None:
+        """Where step ``step``'s traces go, if ``train.profile_steps`` names it (1-based)."""
+        if step + 1 not in self.cfg.train.profile_steps:
+            return None
+        return str(self.run.path / "profiles" / f"step_{step + 1:06d}")
+
     def learner_shards(
-        self, batch: Batch, adv: list[float], ref: ReferenceLogprobs | None
+        self,
+        batch: Batch,
+        adv: list[float],
+        ref: ReferenceLogprobs | None,
+        profile: str | None = None,
     ) -> list[LearnerShard]:
         """Whole groups per learner rank, contiguous, as even as the groups allow."""
         g, ro = self.cfg.grpo.group_size, batch.rollouts
@@ -180,6 +193,7 @@ class Controller:
                     advantages=adv[lo:hi],
                     ref_logprobs=ref.logprobs[lo:hi] if ref is not None else None,
                     pad_id=self.data.pad_id,
+                    profile=profile,
                 )
             )
         return shards
@@ -205,7 +219,7 @@ class Controller:
             scores, ref = self.score_and_reference(batch)
         adv = self.advantages(scores)
         with timer("learn"):
-            stats = self.learn(self.learner_shards(batch, adv, ref))
+            stats = self.learn(self.learner_shards(batch, adv, ref, self.profile(step)))
         last = self.published_at
         with timer("publish"):
             weights = self.publish()
