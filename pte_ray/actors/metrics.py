@@ -9,10 +9,30 @@ Ray exports them on each node's metrics port as ``ray_pte_ray_<name>`` (counters
 
 from __future__ import annotations
 
+import threading
+
 from ray.util import metrics as ray_metrics
 
 _GAUGES: dict[str, ray_metrics.Gauge] = {}
 _COUNTERS: dict[str, ray_metrics.Counter] = {}
+# Ray (2.60, OpenTelemetry) exports a gauge only in the report interval it was set in: a value
+# set once (a worker between calls, the last step's reward) vanished from Prometheus seconds
+# later (tests/test_metrics.py saw none of them). So every process re-sets its gauges' last
+# values on a daemon thread: a dashboard shows the last known value, as users expect.
+_LAST: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+_LOCK = threading.Lock()
+_REFRESH_S = 2.0
+_refresher: threading.Thread | None = None
+
+
+def _refresh_forever() -> None:
+    while True:
+        threading.Event().wait(_REFRESH_S)
+        with _LOCK:
+            last = list(_LAST.items())
+        for (name, tags), value in last:
+            _GAUGES[name].set(value, tags=dict(tags))
+
 
 G, C = "gauge", "counter"
 METRICS: dict[str, tuple[str, str]] = {
@@ -60,25 +80,39 @@ def _declared(name: str, kind: str) -> str:
     return METRICS[name][1]
 
 
+def _tags(role: str, tags: dict[str, str]) -> dict[str, str]:
+    """Every series of a metric carries the same keys, whichever process emits it: role,
+    worker (``driver`` for the controller and the pools it runs) and the metric's own. Label
+    sets that differ between processes made Ray's exporter drop the gauges (seen in the
+    Prometheus test: rollout workers and the controller both set ``tokens_per_s``)."""
+    return {"role": role, "worker": "driver", **tags}
+
+
 def gauge(name: str, value: float, role: str, **tags: str) -> None:
+    global _refresher
+    full = _tags(role, tags)
     g = _GAUGES.get(name)
     if g is None:
-        keys = ("role", *sorted(tags))
         g = _GAUGES[name] = ray_metrics.Gauge(
-            f"pte_ray_{name}", description=_declared(name, G), tag_keys=keys
+            f"pte_ray_{name}", description=_declared(name, G), tag_keys=tuple(sorted(full))
         )
-    g.set(float(value), tags={"role": role, **tags})
+    g.set(float(value), tags=full)
+    with _LOCK:
+        _LAST[(name, tuple(sorted(full.items())))] = float(value)
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_forever, name="gauges", daemon=True)
+            _refresher.start()
 
 
 def count(name: str, value: float, role: str, **tags: str) -> None:
+    full = _tags(role, tags)
     c = _COUNTERS.get(name)
     if c is None:
-        keys = ("role", *sorted(tags))
         c = _COUNTERS[name] = ray_metrics.Counter(
-            f"pte_ray_{name}_total", description=_declared(name, C), tag_keys=keys
+            f"pte_ray_{name}_total", description=_declared(name, C), tag_keys=tuple(sorted(full))
         )
     if value > 0:
-        c.inc(float(value), tags={"role": role, **tags})
+        c.inc(float(value), tags=full)
 
 
 PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "step_s", "wall_s")
