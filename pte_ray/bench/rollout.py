@@ -7,6 +7,8 @@ speed figure comes with its baseline from the same machine and run.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,11 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         if want - set(suite):
             raise ValueError(f"--variants {sorted(want - set(suite))}: not in {sorted(suite)}")
         suite = {k: v for k, v in suite.items() if k in want}
-    runs = {k: subprocess_bench(args, "rollout", {**v, "suite": False}) for k, v in suite.items()}
+    runs = {}
+    for name, change in suite.items():
+        runs[name] = subprocess_bench(args, "rollout", {**change, "suite": False})
+        # each variant on stderr as it ends: a long suite stopped midway keeps what it measured
+        print(json.dumps({"variant": name, **runs[name]}), file=sys.stderr, flush=True)
     hf = runs["pte"]["hf_tokens_per_s"]
     eager, comp = runs["pte"], runs.get("pte_compiled")
     return {
