@@ -92,6 +92,7 @@ class Rollouts(Rows):
     tokens: TokenRows  # [n][T_i] completion token ids (no prompt)
     logprobs: FloatRows  # [n][T_i] log-probs of ``tokens`` under the sampling policy
     eviction_steps: list[list[int]]  # [n][k_i] thought index t before whose write row evicted
+    evicted_slots: list[list[list[int]]]  # [n][k_i][E] ring offsets freed (rkv; [] if window)
     finish_reasons: list[str]  # [n] "stop" or "length"
     texts: list[str]  # [n] decoded completions
     versions: list[int]  # [n] adapter version that generated each row
@@ -141,6 +142,7 @@ class LearnerShard:
     completions: TokenRows  # [n][T_i]
     logprobs: FloatRows  # [n][T_i] behaviour policy (the rollout's), for the PPO ratio
     eviction_steps: list[list[int]]  # [n][k_i] replayed exactly as generated
+    evicted_slots: list[list[list[int]]]  # [n][k_i][E] which slots went (rkv; [] if window)
     advantages: list[float]  # [n] group-normalised
     ref_logprobs: FloatRows | None  # [n][T_i] when grpo.kl_coef > 0
     pad_id: int  # token id used to pad prompts inside replay

@@ -130,3 +130,100 @@ def test_evict_count_has_no_float_error():
     assert CacheConfig(budget=64, evict_ratio=0.25).evict_count() == 16
     assert CacheConfig(budget=10, evict_ratio=0.33).evict_count() == 4
     assert CacheConfig(budget=3, evict_ratio=0.01).evict_count() == 1
+
+
+def _hf_queries(hf, hidden: tuple, pos: int) -> list[torch.Tensor]:
+    """Every layer's query [H, hd] of the last token, post-RoPE, from HF's own modules."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    out = []
+    for layer, h in zip(hf.model.layers, hidden, strict=False):
+        att = layer.self_attn
+        x = layer.input_layernorm(h[:, -1:])
+        q = att.q_proj(x).view(1, 1, -1, att.head_dim).transpose(1, 2)  # [1, H, 1, hd]
+        cos, sin = hf.model.rotary_emb(x, torch.tensor([[pos]]))
+        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        out.append(q[0, :, 0])
+    return out
+
+
+def _reference_rkv(hf, prompt, completion, record, cfg: CacheConfig, temp: float):
+    """Per-step log-probs of one row under R-KV, one token at a time, in HF's cache.
+
+    At each eviction the reference scores its own cache (HF's keys, queries rebuilt from HF's
+    layers) with ``rkv_choose`` and drops the chosen thought tokens from every layer; the
+    rollout's record must name the same tokens. (A *fresh* HF forward on the kept tokens would
+    not be a reference: their K/V saw context since evicted; the hand-edited cache is.)
+    """
+    from pte_ray.method.eviction import rkv_choose
+
+    p, w = len(prompt), cfg.rkv.window
+    cap = cfg.budget if cfg.budget_mode == "thought" else cfg.budget - p
+    n_evict = cfg.evict_count()
+    cache, held, queries = DynamicCache(config=hf.config), [], []
+    lps, evictions, chosen, oldest = [], [], [], []
+    with torch.no_grad():
+        out = hf(torch.tensor([prompt]), past_key_values=cache)
+        lps.append(torch.log_softmax(out.logits[0, -1] / temp, -1)[completion[0]].item())
+        for t, tok in enumerate(completion[:-1]):
+            if len(held) == cap:
+                keys = [layer.keys for layer in cache.layers]
+                q = [torch.stack([qs[li] for qs in queries[-w:]], 1)[None] for li in range(len(keys))]
+                s = keys[0].shape[2]
+                pick = rkv_choose(keys, q, torch.ones(1, s, dtype=torch.bool),
+                                  torch.tensor([held]), p, t, n_evict, cfg.rkv)[0].tolist()  # fmt: skip
+                evictions.append(t)
+                chosen.append(sorted(held[j] for j in pick))
+                oldest.append(held[:n_evict])
+                kept = list(range(p)) + [p + j for j in range(len(held)) if j not in pick]
+                for layer in cache.layers:
+                    layer.keys = layer.keys[:, :, kept]
+                    layer.values = layer.values[:, :, kept]
+                held = [h for j, h in enumerate(held) if j not in pick]
+            n = cache.layers[0].keys.shape[2]
+            out = hf(torch.tensor([[tok]]), past_key_values=cache, output_hidden_states=True,
+                     position_ids=torch.tensor([[p + t]]),
+                     attention_mask=torch.ones(1, n + 1, dtype=torch.long))  # fmt: skip
+            held.append(t)
+            queries.append(_hf_queries(hf, out.hidden_states, p + t))
+            lps.append(torch.log_softmax(out.logits[0, -1] / temp, -1)[completion[t + 1]].item())
+    return lps, evictions, chosen, oldest
+
+
+def _record_tokens(record: list[list[int]], steps: list[int], cap: int) -> list[list[int]]:
+    """The thought indices a row's record evicted (its write table rebuilt on the host)."""
+    write, out = list(range(cap)) + [0] * 4096, []
+    for step, offs in zip(steps, record, strict=True):
+        holder = {write[t]: t for t in range(step)}
+        out.append(sorted(holder[s] for s in offs))
+        write[step : step + len(offs)] = offs
+    return out
+
+
+RKV_CONFIGS = [
+    CacheConfig(budget=16, eviction="rkv", rkv={"window": 4}),
+    CacheConfig(budget=32, budget_mode="total", eviction="rkv", rkv={"window": 4}),
+]
+
+
+@pytest.mark.parametrize("cfg", RKV_CONFIGS, ids=["thought", "total-mixed-lengths"])
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_rkv_rollout_matches_hf_cache_with_the_same_choices(random_ckpt, cfg, greedy):
+    path = random_ckpt("qwen2")
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+    model = load_base(path, dtype=torch.float64)
+    sp = SamplingParams(max_new_tokens=48, temperature=0.7, greedy=greedy, seed=3)
+    out = generate(model, None, PROMPTS, sp, cfg, eos_ids=())
+    differs = 0
+    for i, prompt in enumerate(PROMPTS):
+        lp, ev, chosen, oldest = _reference_rkv(
+            hf, prompt, out.tokens[i], out.evicted_slots[i], cfg, sp.logprob_temperature
+        )
+        assert out.eviction_steps[i] == ev and len(ev) >= 2
+        cap = cfg.thought_capacity(len(prompt), 48)
+        assert _record_tokens(out.evicted_slots[i], ev, cap) == chosen, f"row {i}"
+        assert all(max(c) < s - 4 for c, s in zip(chosen, ev, strict=True))  # window kept
+        differs += sum(c != o for c, o in zip(chosen, oldest, strict=True))
+        diff = (torch.tensor(out.logprobs[i]) - torch.tensor(lp)).abs()
+        assert diff.max() <= 1e-6, f"row {i}: max diff {diff.max():.2e} at {int(diff.argmax())}"
+    assert differs >= 1  # R-KV chose other tokens than the window would have, somewhere

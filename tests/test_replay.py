@@ -12,6 +12,7 @@ from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
+RKV = CacheConfig(budget=8, eviction="rkv", rkv={"window": 4})
 
 
 def _perturbed(model, method, seed=0):
@@ -33,7 +34,12 @@ def _perturbed(model, method, seed=0):
         ("lora_c", CacheConfig(budget=8)),
         ("lora", CacheConfig(budget=None)),
         ("base", CacheConfig(budget=8, evict_ratio=0.5)),
+        ("pte", RKV),
+        ("pte", RKV.model_copy(update={"budget": 24, "budget_mode": "total"})),
+        ("lora_c", RKV),
+        ("base", CacheConfig(budget=12, evict_ratio=0.5, eviction="rkv", rkv={"window": 4})),
     ],
+    ids=lambda x: getattr(x, "eviction", x),
 )
 def test_replay_matches_rollout_logprobs(random_ckpt, method, cfg):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float32)
@@ -51,7 +57,11 @@ def test_replay_matches_rollout_logprobs(random_ckpt, method, cfg):
         sp.temperature,
         sp.max_new_tokens,
         out.eviction_steps,
+        evicted_slots=out.evicted_slots,
     )
+    if cfg.rkv_on:  # a record made under R-KV, not the oldest tokens
+        assert all(len(r) == len(e) for r, e in zip(out.evicted_slots, out.eviction_steps))
+        assert any(r[0] != list(range(len(r[0]))) for r in out.evicted_slots if r)
     for i in range(len(PROMPTS)):
         n = len(out.tokens[i])
         diff = (res.logprobs[i, :n] - torch.tensor(out.logprobs[i])).abs().max()
@@ -105,7 +115,8 @@ def test_gradient_reaches_encoder_through_state_update(random_ckpt):
     assert abs(res.loss + float(full.logprobs.sum())) < 1e-3
 
 
-def test_replay_is_exact_in_float64(random_ckpt):
+@pytest.mark.parametrize("eviction", ["window", "rkv"])
+def test_replay_is_exact_in_float64(random_ckpt, eviction):
     """In fp64 the only fp32 noise source (GEMM blocking differs between a 1-token decode and
     an n-token segment) is gone: replay must then equal the rollout to rounding of fp64."""
     model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
@@ -114,9 +125,28 @@ def test_replay_is_exact_in_float64(random_ckpt):
         for name, p in adapter.named_parameters():
             if ".A." in name:
                 p.normal_(0.0, 0.1)
-    cfg = CacheConfig(budget=24, budget_mode="total")
+    cfg = CacheConfig(budget=24, budget_mode="total", eviction=eviction, rkv={"window": 4})
     out = generate(model, adapter, PROMPTS, SamplingParams(max_new_tokens=48, seed=2), cfg)
-    res = replay(model, adapter, PROMPTS, out.tokens, cfg, 1.0, 48, out.eviction_steps)
+    res = replay(model, adapter, PROMPTS, out.tokens, cfg, 1.0, 48, out.eviction_steps,
+                 evicted_slots=out.evicted_slots)  # fmt: skip
     for i, toks in enumerate(out.tokens):
         got = res.logprobs[i, : len(toks)].double()
         assert (got - torch.tensor(out.logprobs[i], dtype=torch.float64)).abs().max() < 1e-6
+
+
+def test_replay_rejects_a_record_of_another_eviction_policy(random_ckpt):
+    model = load_base(random_ckpt("qwen2"))
+    sp = SamplingParams(max_new_tokens=30, seed=0)
+    rkv = generate(model, None, PROMPTS, sp, RKV)
+    window = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    with pytest.raises(ValueError, match="row 0 carries evicted_slots.*eviction=window"):
+        replay(model, None, PROMPTS, rkv.tokens, CacheConfig(budget=8), 1.0, 30,
+               rkv.eviction_steps, evicted_slots=rkv.evicted_slots)  # fmt: skip
+    with pytest.raises(ValueError, match="row 0: replayed under cache.eviction=rkv"):
+        replay(model, None, PROMPTS, window.tokens, RKV, 1.0, 30, window.eviction_steps,
+               evicted_slots=window.evicted_slots)  # fmt: skip
+    bad = [[list(r) for r in row] for row in rkv.evicted_slots]
+    bad[2][1] = [bad[2][1][0]] * len(bad[2][1])
+    with pytest.raises(ValueError, match="row 2, eviction 1"):
+        replay(model, None, PROMPTS, rkv.tokens, RKV, 1.0, 30, rkv.eviction_steps,
+               evicted_slots=bad)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache, Placement, left_pad
+from pte_ray.method.cache import BoundedCache, Placement, eviction_schedule, left_pad
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig
 from pte_ray.method.replay import replay
@@ -39,17 +39,40 @@ def _setup(random_ckpt, method: str):
     return model, adapter, weights
 
 
+def _record(cfg: CacheConfig, keep_first: bool, seed: int = 5) -> list[list[list[int]]] | None:
+    """A random valid R-KV record per row (None under window): at each eviction, E random
+    slots among those holding tokens older than the window; ``keep_first`` spares token 0 to
+    the end, so exact replay must rebuild a ring whose oldest survivor is arbitrarily old."""
+    if not cfg.rkv_on:
+        return None
+    gen, e, w, out = torch.Generator().manual_seed(seed), cfg.evict_count(), cfg.rkv.window, []
+    for p, c in zip(PROMPTS, COMPLETIONS, strict=True):
+        cap = cfg.thought_capacity(len(p), 64)
+        write, rec = list(range(cap)) + [0] * 64, []
+        for step in eviction_schedule(cap, e, len(c) - 1):
+            holder = {write[t]: t for t in range(step)}
+            cand = [s for s, t in holder.items() if t < step - w and not (keep_first and t == 0)]
+            pick = sorted(cand[j] for j in torch.randperm(len(cand), generator=gen)[:e].tolist())
+            rec.append(pick)
+            write[step : step + e] = pick
+        out.append(rec)
+    return out
+
+
 def _grads(adapter: Adapter) -> dict[str, torch.Tensor]:
     out = {n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None}
     adapter.zero_grad(set_to_none=True)
     return out
 
 
-def _replay_grads(model, adapter, weights, cfg, mode="truncated") -> dict[str, torch.Tensor]:
+def _replay_grads(
+    model, adapter, weights, cfg, mode="truncated", record=None
+) -> dict[str, torch.Tensor]:
     def loss_fn(lp, ent, rows, cols):
         return -(lp * weights[rows][:, cols]).sum()
 
-    replay(model, adapter, PROMPTS, COMPLETIONS, cfg, 1.0, 64, loss_fn=loss_fn, grad_mode=mode)
+    replay(model, adapter, PROMPTS, COMPLETIONS, cfg, 1.0, 64, loss_fn=loss_fn, grad_mode=mode,
+           evicted_slots=record)  # fmt: skip
     return _grads(adapter)
 
 
@@ -70,11 +93,15 @@ def _full_context_grads(model, adapter, weights) -> dict[str, torch.Tensor]:
     return _grads(adapter)
 
 
-def _token_by_token_grads(model, adapter, weights, cfg, truncate=True) -> dict[str, torch.Tensor]:
+def _token_by_token_grads(
+    model, adapter, weights, cfg, truncate=True, record=None
+) -> dict[str, torch.Tensor]:
     """Bounded-cache decode one token at a time, one backward at the end: the design's truncated
-    back-propagation, or with ``truncate=False`` nothing detached (the exact gradient)."""
+    back-propagation, or with ``truncate=False`` nothing detached (the exact gradient). Under
+    R-KV each eviction frees the slots ``record`` names."""
     total = 0.0
     for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS, strict=True)):
+        chosen = iter(record[i]) if record is not None else None
         cache = BoundedCache(model, [len(p)], cfg, 64)
         state = adapter.initial_state(1)
         model.reserve_positions(cache.p_max + 64 + 1)
@@ -91,7 +118,8 @@ def _token_by_token_grads(model, adapter, weights, cfg, truncate=True) -> dict[s
                     for k, v in cache.kv
                 ]  # fmt: skip
             if due:
-                ev = cache.evict(due)
+                pick = torch.tensor([next(chosen)]) if chosen is not None else None
+                ev = cache.evict(due, pick)
                 if adapter.cfg.dynamic:
                     s_in = state.detach() if truncate else state
                     state = adapter.fold(s_in, ev.keys, ev.values, ev.valid, ev.rows)
@@ -142,20 +170,42 @@ def test_replay_equals_token_by_token_truncated_backprop(random_ckpt, method, cf
     _assert_equal(_replay_grads(model, adapter, weights, cfg), want)
 
 
+RKV = {"eviction": "rkv", "rkv": {"window": 3}}
 EVICTING = [
     ("pte", CacheConfig(budget=8)),  # 3 rows, 3 prompt lengths, 4-8 evictions each
     ("pte", CacheConfig(budget=24, budget_mode="total")),  # rows evict at different steps
     ("global_only", CacheConfig(budget=8)),
     ("lora_c", CacheConfig(budget=8, evict_ratio=0.5)),
+    ("pte", CacheConfig(budget=8, **RKV)),  # slots from a random R-KV record
+    ("pte", CacheConfig(budget=24, budget_mode="total", **RKV)),
+    ("lora_c", CacheConfig(budget=10, evict_ratio=0.5, **RKV)),
 ]
+IDS = ["pte", "pte-total", "global_only", "lora_c", "pte-rkv", "pte-total-rkv", "lora_c-rkv"]
 
 
-@pytest.mark.parametrize(("method", "cfg"), EVICTING)
-def test_exact_replay_equals_token_by_token_with_nothing_detached(random_ckpt, method, cfg):
+@pytest.mark.parametrize(("method", "cfg"), EVICTING[4:], ids=IDS[4:])
+@pytest.mark.parametrize("keep_first", [False, True], ids=["random", "token0-kept"])
+def test_rkv_replay_equals_token_by_token_truncated_backprop(random_ckpt, method, cfg, keep_first):
     model, adapter, weights = _setup(random_ckpt, method)
-    want = _token_by_token_grads(model, adapter, weights, cfg, truncate=False)
-    truncated = _replay_grads(model, adapter, weights, cfg)
-    _assert_equal(_replay_grads(model, adapter, weights, cfg, "exact"), want)
+    record = _record(cfg, keep_first)
+    want = _token_by_token_grads(model, adapter, weights, cfg, record=record)
+    _assert_equal(_replay_grads(model, adapter, weights, cfg, record=record), want)
+
+
+EXACT = [(m, c, False) for m, c in EVICTING] + [(m, c, True) for m, c in EVICTING[4:]]
+
+
+@pytest.mark.parametrize(
+    ("method", "cfg", "keep_first"), EXACT, ids=IDS + [f"{i}-token0-kept" for i in IDS[4:]]
+)
+def test_exact_replay_equals_token_by_token_with_nothing_detached(
+    random_ckpt, method, cfg, keep_first
+):
+    model, adapter, weights = _setup(random_ckpt, method)
+    record = _record(cfg, keep_first)
+    want = _token_by_token_grads(model, adapter, weights, cfg, truncate=False, record=record)
+    truncated = _replay_grads(model, adapter, weights, cfg, record=record)
+    _assert_equal(_replay_grads(model, adapter, weights, cfg, "exact", record), want)
     # the two modes differ where there are evictions: a truncated result cannot pass above
     assert any((truncated[n] - g).norm() > 1e-3 * g.norm() for n, g in want.items())
 

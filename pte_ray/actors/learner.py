@@ -234,6 +234,7 @@ class Learner:
             loss_fn=loss_fn,
             pad_id=shard.pad_id,
             grad_mode=cfg.replay.grad,
+            evicted_slots=shard.evicted_slots[sl],
         )
         diff = float(((res.logprobs - old).abs() * mask).max())
         return loss_fn.metrics(), diff, local  # metrics: weighted means over this micro-batch

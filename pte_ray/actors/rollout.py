@@ -70,6 +70,7 @@ class RolloutWorker:
             tokens=out.tokens,
             logprobs=out.logprobs,
             eviction_steps=out.eviction_steps,
+            evicted_slots=out.evicted_slots or [[] for _ in out.tokens],
             finish_reasons=out.finish_reasons,
             texts=[self.engine.decode(t) for t in out.tokens],
             versions=[self.version] * len(out.tokens),

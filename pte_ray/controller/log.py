@@ -93,6 +93,7 @@ def step_rows(
             "group": i // g,
             "prompt_index": batch.examples[i // g].index,
             "advantage": adv[i],
+            "evicted_slots": ro.evicted_slots[i] or None,
         }
         for i in range(len(batch.prompts))
     ]

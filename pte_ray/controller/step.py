@@ -190,6 +190,7 @@ class Controller:
                     completions=ro.tokens[lo:hi],
                     logprobs=ro.logprobs[lo:hi],
                     eviction_steps=ro.eviction_steps[lo:hi],
+                    evicted_slots=ro.evicted_slots[lo:hi],
                     advantages=adv[lo:hi],
                     ref_logprobs=ref.logprobs[lo:hi] if ref is not None else None,
                     pad_id=self.data.pad_id,

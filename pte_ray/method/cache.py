@@ -4,8 +4,12 @@ Layout of every layer's buffer ``[B, n_kv, P_max + C, head_dim]``: slots ``[0, P
 left-padded prompts (row i's prompt in ``[P_max - P_i, P_max)``, padding never valid), slots
 ``[P_max, P_max + C)`` are the thought ring. Row i may hold ``cap_i`` thought tokens
 (``budget`` in mode ``thought``; ``budget - P_i`` in mode ``total``, so rows evict at different
-steps). Thought token t of a row always lives in ring slot ``t % cap_i``: an eviction only
-clears validity bits and reads the evicted slots out before they are overwritten.
+steps). The ring is a slot pool: a write table says which ring slot thought token t goes to.
+Under ``window`` eviction that is ``t % cap_i`` (the oldest go); under ``rkv`` the ``E`` slots
+an eviction frees (chosen by ``eviction.py``, recorded, sorted) take the next ``E`` tokens, so a
+replay given the record rebuilds the same cache. An eviction only clears validity bits and reads
+the evicted slots out before they are overwritten; keys are stored post-RoPE at their original
+positions, so a token's slot never changes what attention computes.
 
 Every row advances one token per step, so the whole eviction schedule is known on the host from
 the prompt lengths alone: deciding when to evict never reads anything back from the device.
@@ -20,7 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.config import CacheConfig
-from pte_ray.method.model import Transformer
+from pte_ray.method.model import Obs, Transformer
 
 
 def eviction_schedule(cap: int, evict_n: int, n_fed: int) -> list[int]:
@@ -52,6 +56,7 @@ class Evicted:
     values: torch.Tensor  # [L, B, E, d_kv]
     valid: torch.Tensor  # [B, E] which entries are real evictions
     rows: torch.Tensor  # [B] bool, rows that evicted
+    slots: torch.Tensor | None = None  # [B, E] ring offsets evicted (rkv: sorted), the record
 
 
 class BoundedCache:
@@ -63,7 +68,11 @@ class BoundedCache:
         prompt_lens: list[int],
         cfg: CacheConfig,
         max_new_tokens: int,
+        write: torch.Tensor | None = None,
     ) -> None:
+        """``write`` [B, >= max_new_tokens]: the ring offset of each thought token, given by
+        replay (from the rollout's record); by default ``t % cap_i``, rewritten by each
+        ``evict`` that is told which slots go."""
         if not prompt_lens or min(prompt_lens) < 1:
             raise ValueError(f"every prompt needs at least one token, got lengths {prompt_lens}")
         self.cfg = cfg
@@ -84,6 +93,23 @@ class BoundedCache:
         self.cap_t = torch.tensor(self.caps, device=dev)
         self.t = 0  # thought tokens written so far (all rows step together)
         self.count = [0] * b  # thought tokens each row holds now
+        self.write = self._write_table(write, max_new_tokens, dev)
+        # R-KV bookkeeping (rollout): thought index held by each ring slot, the query ring
+        self.held: torch.Tensor | None = None
+        self.q_obs: list[torch.Tensor] | None = None
+        if cfg.rkv_on:
+            self.held = torch.full((b, max(self.caps)), -1, dtype=torch.long, device=dev)
+
+    def _write_table(
+        self, given: torch.Tensor | None, max_new: int, dev: torch.device
+    ) -> torch.Tensor:
+        n = max_new + max(self.evict_n, default=0) + 1  # an eviction writes E entries ahead
+        t = torch.arange(n, device=dev)
+        table = torch.remainder(t[None], self.cap_t[:, None])
+        if given is not None:
+            m = min(n, given.shape[1])
+            table[:, :m] = given[:, :m].to(dev)
+        return table
 
     @property
     def batch(self) -> int:
@@ -107,18 +133,27 @@ class BoundedCache:
             return []
         return [i for i, (c, cap) in enumerate(zip(self.count, self.caps)) if c >= cap]
 
-    def evict(self, rows: list[int]) -> Evicted:
-        """Read out and invalidate the oldest ``evict_n`` thought tokens of ``rows``."""
+    def evict(self, rows: list[int], chosen: torch.Tensor | None = None) -> Evicted:
+        """Read out and invalidate ``evict_n`` thought tokens of ``rows``: the oldest, or the
+        ring offsets ``chosen`` [B, E] (sorted; entries of other rows are ignored), which the
+        next E tokens of each row then refill."""
         dev = self.model.device
         n = [self.evict_n[i] if i in rows else 0 for i in range(self.batch)]
-        oldest = [self.t - c for c in self.count]  # ring index of each row's oldest token
-        ring = [
-            self.p_max + (start + torch.arange(k)) % cap
-            for start, k, cap in zip(oldest, n, self.caps)
-        ]
-        idx = pad_sequence(ring, batch_first=True).to(dev)  # [B, E] slots, 0 past each row's n
-        e_max = idx.shape[1]
-        valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)  # [B, E]
+        if chosen is None:
+            oldest = [self.t - c for c in self.count]  # ring index of each row's oldest token
+            ring = [
+                self.p_max + (start + torch.arange(k)) % cap
+                for start, k, cap in zip(oldest, n, self.caps)
+            ]
+            idx = pad_sequence(ring, batch_first=True).to(dev)  # [B, E] slots, 0 past n
+            e_max = idx.shape[1]
+            valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)  # [B, E]
+        else:
+            e_max = chosen.shape[1]
+            valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)
+            idx = torch.where(valid, self.p_max + chosen, 0)
+            due = torch.tensor(rows, device=dev)
+            self.write[due, self.t : self.t + e_max] = chosen[due]
         for i in rows:
             self.count[i] -= self.evict_n[i]
         row_mask = valid.any(dim=1)
@@ -131,7 +166,7 @@ class BoundedCache:
         keys = torch.stack([take(k) for k, _ in self.kv])
         values = torch.stack([take(v) for _, v in self.kv])
         self.valid.scatter_(1, idx, ~valid & self.valid.gather(1, idx))
-        return Evicted(keys, values, valid, row_mask)
+        return Evicted(keys, values, valid, row_mask, idx - self.p_max)
 
     def step_inputs(self, n: int) -> Placement:
         """Positions, ring slots and mask [B, n, S] for the next ``n`` thought tokens.
@@ -142,7 +177,10 @@ class BoundedCache:
         dev = self.model.device
         j = torch.arange(n, device=dev)
         pos = self.plen_t[:, None] + self.t + j[None]
-        slots = self.p_max + torch.remainder(self.t + j[None], self.cap_t[:, None])
+        ring = self.write[:, self.t : self.t + n]
+        slots = self.p_max + ring
+        if self.held is not None:
+            self.held.scatter_(1, ring, self.t + j[None].expand(self.batch, -1))
         if n == 1:
             self.valid.scatter_(1, slots, True)
             mask = self.valid[:, None, :]
@@ -164,9 +202,27 @@ class BoundedCache:
         self.valid = self.valid.index_select(0, rows)
         self.plen_t = self.plen_t.index_select(0, rows)
         self.cap_t = self.cap_t.index_select(0, rows)
+        self.write = self.write.index_select(0, rows)
+        if self.held is not None:
+            self.held = self.held.index_select(0, rows)
+        if self.q_obs is not None:
+            self.q_obs = [q.index_select(0, rows) for q in self.q_obs]
         for name in ("prompt_lens", "caps", "evict_n", "count"):
             old = getattr(self, name)
             setattr(self, name, [old[i] for i in rows_host])
+
+    def observer(self) -> Obs | None:
+        """The query ring for the forward of the next token (rollout under rkv), else None."""
+        if self.held is None:
+            return None
+        w = self.cfg.rkv.window
+        if self.q_obs is None:
+            a, dev, dt = self.model.args, self.model.device, self.model.dtype
+            shape = (self.batch, a.n_heads, w, a.head_dim)
+            self.q_obs = [torch.zeros(shape, dtype=dt, device=dev) for _ in range(a.n_layers)]
+            self._qslot = torch.zeros(1, dtype=torch.long, device=dev)
+        self._qslot.fill_(self.t % w)
+        return self.q_obs, self._qslot
 
     def detach_(self) -> None:
         """Cut the graph of cache contents at a segment boundary (truncated backprop)."""

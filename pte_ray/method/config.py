@@ -19,6 +19,7 @@ from pte_ray.method.layout import TARGETS  # the adapter targets are the layout'
 METHODS = ("base", "lora", "lora_c", "global_only", "pte")
 
 BudgetMode = Literal["thought", "total"]
+Eviction = Literal["window", "rkv"]
 Method = Literal["base", "lora", "lora_c", "global_only", "pte"]
 
 
@@ -26,6 +27,27 @@ class Settings(BaseModel):
     """Frozen, and unknown keys are errors: a typo names itself instead of being ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RKVConfig(Settings):
+    """R-KV scoring (arXiv 2505.24133), defaults as the paper's README and ``run_math.py``."""
+
+    window: int = Field(
+        8, ge=1, description="observation window: the newest thought tokens, never evicted, "
+        "whose queries score importance"
+    )
+    mix_lambda: float = Field(
+        0.1, ge=0.0, le=1.0, description="score = lambda * importance - (1 - lambda) * redundancy"
+    )
+    kernel: int = Field(7, ge=1, description="max-pool width over importance (odd)")
+    threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="key cosine above which the newest similar token is "
+        "spared from a token's redundancy"
+    )
+
+    def model_post_init(self, _: object) -> None:
+        if self.kernel % 2 == 0:
+            raise ValueError(f"cache.rkv.kernel must be odd, got {self.kernel}")
 
 
 class CacheConfig(Settings):
@@ -38,6 +60,31 @@ class CacheConfig(Settings):
     evict_ratio: float = Field(
         0.25, gt=0.0, le=1.0, description="fraction of the budget evicted at once"
     )
+    eviction: Eviction = Field(
+        "window", description="which thought tokens go: window (the oldest) | rkv (R-KV: "
+        "lowest importance minus redundancy, chosen per row, shared by layers and heads)"
+    )
+    rkv: RKVConfig = Field(default_factory=RKVConfig, description="R-KV settings")
+
+    def model_post_init(self, _: object) -> None:
+        if self.budget is None or self.eviction != "rkv":
+            return
+        w, e = self.rkv.window, self.evict_count()
+        if w >= self.budget:
+            raise ValueError(
+                f"cache.rkv.window={w} must be smaller than cache.budget={self.budget}"
+            )
+        if self.budget_mode == "thought" and w + e > self.budget:
+            raise ValueError(
+                f"cache.rkv.window={w} + evicted per step {e} (cache.evict_ratio="
+                f"{self.evict_ratio} of cache.budget={self.budget}) exceed the budget: rkv "
+                "would have to evict its observation window"
+            )
+
+    @property
+    def rkv_on(self) -> bool:
+        """Whether evictions are chosen by R-KV scores (else the oldest tokens go)."""
+        return self.bounded and self.eviction == "rkv"
 
     @property
     def bounded(self) -> bool:
@@ -65,6 +112,13 @@ class CacheConfig(Settings):
                 f"prompt of {prompt_len} tokens does not fit cache.budget={self.budget} "
                 "(budget_mode=total keeps the whole prompt and needs room for at least one "
                 "thought token)"
+            )
+        if self.rkv_on and cap < self.rkv.window + self.evict_count():
+            raise ValueError(
+                f"prompt of {prompt_len} tokens leaves {cap} thought slots of cache.budget="
+                f"{self.budget}: cache.eviction=rkv needs cache.rkv.window={self.rkv.window} + "
+                f"{self.evict_count()} evicted (cache.evict_ratio={self.evict_ratio}); raise "
+                "the budget or lower the window or ratio"
             )
         return cap
 

@@ -10,6 +10,7 @@ strings. Outputs stay in preallocated device tensors until the end.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ import torch
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import CacheConfig, SamplingParams
+from pte_ray.method.eviction import rkv_choose
 from pte_ray.method.model import Transformer
 from pte_ray.method.sampling import Noise, sample
 
@@ -43,6 +45,9 @@ class Rollout:
     eviction_steps: list[list[int]]  # thought-token index t before whose write a row evicted
     finish_reasons: list[str]  # "stop" (EOS / stop string) or "length"
     stats: dict[str, float] = field(default_factory=dict)
+    # per row, per eviction: the ring offsets it freed, sorted (rkv; [] under window): replay
+    # rebuilds the cache from them
+    evicted_slots: list[list[list[int]]] = field(default_factory=list)
 
     @property
     def evictions(self) -> list[int]:
@@ -76,6 +81,10 @@ class Outputs:
     stop_len: list[int]  # per row, its length cut at a stop string (0: none found yet)
     n_steps: int = 0
     row_steps: int = 0  # rows actually computed, summed over steps
+    # rkv: (original rows that evicted, their chosen ring offsets [n, E] on the device), read
+    # back once at the end; and the scoring time (CUDA events, or seconds on CPU)
+    chosen: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
+    score_time: list = field(default_factory=list)
 
     @classmethod
     def empty(cls, b: int, n_new: int, pad_id: int, dev: torch.device) -> Outputs:
@@ -144,17 +153,55 @@ def decode_step(
     """The next token of every live row: evict what is due and fold it into S, forward, sample."""
     state, due = live.state, cache.due()
     if due:
-        ev = cache.evict(due)
+        chosen = _choose(cache, due, out) if cache.cfg.rkv_on else None
+        ev = cache.evict(due, chosen)
+        if chosen is not None:
+            out.chosen.append(([live.rows[i] for i in due], chosen[due]))
         for i in due:
             out.evictions[live.rows[i]].append(t)
         if adapter is not None and state is not None:
             state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
+    obs = cache.observer()
     at = cache.step_inputs(1)
-    logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True)
+    logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True, obs)
     tok, lp = sample(logits[:, -1], sp, noise.draw(live.idx, t + 1))
     out.n_steps += 1
     out.row_steps += len(live.rows)
     return Live(live.idx, live.rows, tok, lp, state)
+
+
+def _choose(cache: BoundedCache, due: list[int], out: Outputs) -> torch.Tensor:
+    """R-KV's choice for every row [B, E] (only ``due`` rows' are used), timed."""
+    cuda = cache.model.device.type == "cuda"
+    t0 = torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()
+    if cuda:
+        t0.record()
+    assert cache.held is not None and cache.q_obs is not None
+    chosen = rkv_choose(
+        [k for k, _ in cache.kv], cache.q_obs, cache.valid, cache.held, cache.p_max, cache.t,
+        cache.evict_n[due[0]], cache.cfg.rkv,
+    )  # fmt: skip
+    if cuda:
+        t1 = torch.cuda.Event(enable_timing=True)
+        t1.record()
+        out.score_time.append((t0, t1))
+    else:
+        out.score_time.append(time.perf_counter() - t0)
+    return chosen
+
+
+def _score_seconds(out: Outputs) -> float:
+    """Time spent choosing evictions (after the final sync, so no eviction waited for it)."""
+    return sum(x if isinstance(x, float) else x[0].elapsed_time(x[1]) / 1e3 for x in out.score_time)
+
+
+def _records(out: Outputs, n_rows: int, keep: list[list[int]]) -> list[list[list[int]]]:
+    """Per row, the chosen offsets of the evictions it kept (``keep``: its eviction steps)."""
+    rec: list[list[list[int]]] = [[] for _ in range(n_rows)]
+    for rows, chosen in out.chosen:
+        for r, offsets in zip(rows, chosen.tolist(), strict=True):
+            rec[r].append(offsets)
+    return [r[: len(k)] if r else [] for r, k in zip(rec, keep, strict=True)]
 
 
 def _still_running(
@@ -211,7 +258,10 @@ def _result(
         "row_steps": float(out.row_steps),
         "tokens": float(sum(len(x) for x in res_tok)),
     }
-    return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats)
+    if out.score_time:
+        stats |= {"evict_score_s": _score_seconds(out), "evictions_scored": len(out.score_time)}
+    rec = _records(out, len(prompts), res_ev)
+    return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats, rec)
 
 
 @torch.no_grad()

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from pte_ray.method.cache import Placement
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's key and value buffers [B, n_kv, S, hd]
+# R-KV's observation window: per layer a ring of the newest queries [B, H, alpha, hd] and the
+# slot [1] (a tensor, so a compiled step does not recompile per value) this forward writes to.
+Obs = tuple[list[torch.Tensor], torch.Tensor]
 ROPE_MIN_POSITIONS = 256  # the RoPE tables never hold fewer positions (short calls need no reserve)
 
 
@@ -92,10 +95,11 @@ class Block(nn.Module):
         attn_mask: torch.Tensor,
         lad: LayerAdapter | None,
         s: torch.Tensor | None,
+        obs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV]:
         """x [B, T, dim] -> x after attention and MLP, and this layer's updated buffers."""
         h = rms_norm(x, self.attn_norm, self.args.norm_eps)
-        out, kv = self.attention(h, rope, kv, idx, attn_mask, lad, s)
+        out, kv = self.attention(h, rope, kv, idx, attn_mask, lad, s, obs)
         x = x + out
         h = rms_norm(x, self.ffn_norm, self.args.norm_eps)
         return x + self.mlp(h, lad, s), kv
@@ -109,6 +113,7 @@ class Block(nn.Module):
         attn_mask: torch.Tensor,
         lad: LayerAdapter | None,
         s: torch.Tensor | None,
+        obs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV]:
         a, qkv_group = self.args, self.layout.qkv
         bsz, t, _ = h.shape
@@ -124,6 +129,8 @@ class Block(nn.Module):
         cos, sin = rope
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if obs is not None:  # the newest query (post-RoPE, as attention saw it) for R-KV
+            obs[0].index_copy_(2, obs[1], q[:, :, -1:])
         kb, vb = _write(kv, idx, k, v)
         o = F.scaled_dot_product_attention(q, kb, vb, attn_mask=attn_mask, enable_gqa=True)
         o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
@@ -199,6 +206,7 @@ class Transformer(nn.Module):
         adapter: Adapter | None = None,
         state: torch.Tensor | None = None,
         last_only: bool = False,
+        obs: Obs | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
         """Run ``ids`` [B, T] at positions ``at.pos`` [B, T].
 
@@ -206,7 +214,8 @@ class Transformer(nn.Module):
         [B, n_kv, S, hd]; ``at.mask`` [B, T, S] says which slots each query may attend to (after
         the write). With grad enabled the write is out of place and the returned buffers carry
         the graph; without grad the buffers are updated in place. ``state`` [L, B, G, r] is the
-        thought state for ``adapter``. The RoPE tables are only indexed: ``reserve_positions``
+        thought state for ``adapter``; ``obs`` (rollout under R-KV eviction) keeps each layer's
+        newest query in a ring. The RoPE tables are only indexed: ``reserve_positions``
         sizes them beforehand. Returns fp32 logits [B, T or 1, V] and the buffers.
         """
         a = self.args
@@ -219,7 +228,8 @@ class Transformer(nn.Module):
         for li, blk in enumerate(self.layers):
             lad = adapter.layers[li] if adapter is not None else None
             s = state[li] if state is not None else None
-            x, layer_kv = blk(x, rope, kv[li], idx, attn_mask, lad, s)
+            o = (obs[0][li], obs[1]) if obs is not None else None
+            x, layer_kv = blk(x, rope, kv[li], idx, attn_mask, lad, s, o)
             new_kv.append(layer_kv)
         if last_only:
             x = x[:, -1:]

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, eviction_schedule
 from pte_ray.method.config import CacheConfig
+from pte_ray.method.eviction import plan_from_record
 from pte_ray.method.model import Transformer
 from pte_ray.method.replay_exact import exact_group
 from pte_ray.method.segments import Group, LossFn, Replayed, prefill, restart, score, segment
@@ -55,6 +56,37 @@ def _check_schedule(
                 f"row {i}: rollout evicted at {steps[i][:8]}, replay expects "
                 f"{want[:8]}: the rollout used another cache config or prompt"
             )
+
+
+def _record_plan(
+    rows: list[int],
+    completions: list[list[int]],
+    cfg: CacheConfig,
+    key: tuple[int, int],
+    sched: list[int],
+    evicted_slots: list[list[list[int]]] | None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The write table and evictions of a group under ``rkv`` (None under ``window``)."""
+    made = [] if evicted_slots is None else [i for i in rows if evicted_slots[i]]
+    if not cfg.rkv_on:
+        if made:
+            raise ValueError(
+                f"row {made[0]} carries evicted_slots (made under cache.eviction=rkv) but "
+                "replay runs under cache.eviction=window"
+            )
+        return None
+    t_g = max(len(completions[i]) for i in rows)
+    need = {i: [s for s in sched if s < len(completions[i]) - 1] for i in rows}
+    for i in rows:
+        got = len(evicted_slots[i]) if evicted_slots is not None else 0
+        if got != len(need[i]):
+            raise ValueError(
+                f"row {i}: replayed under cache.eviction=rkv with {len(need[i])} evictions but "
+                f"the rollout carries {got} evicted_slots entries (made under window, or under "
+                "another cache config?)"
+            )
+    recs = [evicted_slots[i] if evicted_slots is not None else [] for i in rows]
+    return plan_from_record(rows, key[0], key[1], sched, recs, cfg.rkv.window, t_g)
 
 
 def _check_inputs(prompts: list[list[int]], completions: list[list[int]], grad_mode: str) -> None:
@@ -88,6 +120,7 @@ def replay(
     loss_fn: LossFn | None = None,
     pad_id: int = 0,
     grad_mode: str = "truncated",
+    evicted_slots: list[list[list[int]]] | None = None,
 ) -> Replayed:
     """Teacher-forced log-probs of ``completions`` under the rollout's cache evolution.
 
@@ -96,7 +129,9 @@ def replay(
     ``eviction_steps`` (from the rollout) are checked against the schedule replay recomputes,
     so a rollout made under another cache config fails loudly instead of training on garbage.
     ``grad_mode``: ``truncated`` (design section 1) or ``exact`` (``replay_exact``: nothing
-    detached; the same as truncated where a row never evicts).
+    detached; the same as truncated where a row never evicts). ``evicted_slots`` (the
+    rollout's record, needed under ``cache.eviction=rkv``) says which slots each eviction
+    freed, so the replayed cache is the rollout's; it is checked against the config.
     """
     _check_inputs(prompts, completions, grad_mode)
     dev = model.device
@@ -107,9 +142,12 @@ def replay(
         sched = eviction_schedule(cap, e, t_g - 1)
         if eviction_steps is not None:
             _check_schedule(rows, completions, sched, eviction_steps)
+        plan = _record_plan(rows, completions, cache_cfg, (cap, e), sched, evicted_slots)
         seqs = [torch.tensor(completions[i], dtype=torch.long) for i in rows]
         toks = pad_sequence(seqs, batch_first=True, padding_value=pad_id)  # [b, t_g]
         g = Group(toks.to(dev), torch.tensor(rows, device=dev), sched, temperature, loss_fn, out)
+        if plan is not None:
+            g.write, g.plan = plan[0].to(dev), plan[1].to(dev)
         with torch.set_grad_enabled(loss_fn is not None):
             _replay_group(
                 model, adapter, [prompts[i] for i in rows], g, cache_cfg, max_new, pad_id, grad_mode
@@ -132,7 +170,7 @@ def _replay_group(
     """Rows that share one eviction schedule: prefill, then one forward per segment, each
     segment's loss back-propagated before the next runs (truncated back-propagation)."""
     grad = g.loss_fn is not None
-    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, max_new)
+    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, max_new, g.write)
     pre = prefill(model, adapter, cache, prompts, pad_id, cache.p_max + g.toks.shape[1] + 1, grad)
     if grad and g.sched and grad_mode == "exact":
         exact_group(model, adapter, cache, pre, g)

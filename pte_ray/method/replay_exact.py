@@ -39,43 +39,45 @@ class _Start:
     state: torch.Tensor | None  # [L, b, G, r] S before the segment's fold
 
 
+Chunk = tuple[int, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]  # (a, slots, k, v)
+
+
 class _ThoughtStore:
     """Every thought token's K/V, written once by the no-grad pass, in one chunk per segment;
     rings are rebuilt from it, and the reverse pass drops each chunk once no ring needs it."""
 
     def __init__(self, cache: BoundedCache) -> None:
-        self.p, self.cap = cache.p_max, cache.caps[0]  # one schedule group: one capacity
         k0 = cache.kv[0][0]
-        self.template, self.n_layers = k0, len(cache.kv)
+        self.p, self.template, self.n_layers = cache.p_max, k0, len(cache.kv)
         self.shape = (k0.shape[0], k0.shape[1], cache.n_slots - cache.p_max, k0.shape[3])
-        self.chunks: list[tuple[int, list[torch.Tensor], list[torch.Tensor]]] = []  # (a, k, v)
+        self.chunks: list[Chunk] = []
 
     def take(self, cache: BoundedCache, a: int, z: int) -> None:
-        """Copy tokens [a, z), just written by a segment, out of the ring."""
+        """Copy tokens [a, z), just written by a segment, out of their ring slots (per row:
+        the cache's write table)."""
         if z > a:
-            slots = self.p + torch.arange(a, z, device=self.template.device) % self.cap
-            ks = [k[:, :, slots] for k, _ in cache.kv]  # per layer [b, n_kv, z - a, hd]
-            self.chunks.append((a, ks, [v[:, :, slots] for _, v in cache.kv]))
+            a_ = self.template.shape
+            idx = cache.write[:, a:z][:, None, :, None].expand(-1, a_[1], -1, a_[3])
+            ks = [k[:, :, self.p :].gather(2, idx) for k, _ in cache.kv]  # [b, n_kv, z-a, hd]
+            self.chunks.append((a, idx, ks, [v[:, :, self.p :].gather(2, idx) for _, v in cache.kv]))
 
     def ring(self, a: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The thought region as it stood before token a's write, as leaves that take grad.
 
-        Drops the chunks of tokens >= a first: the segments still to run never read them.
+        Drops the chunks of tokens >= a first: the segments still to run never read them. The
+        others are written in order, each token to its slot, later ones over earlier ones: a
+        token kept by R-KV can be arbitrarily old. Slots freed but not refilled keep a stale
+        token; the mask gives it no weight and so no gradient.
         """
         self.chunks = [c for c in self.chunks if c[0] < a]
         rings = [
             (self.template.new_zeros(self.shape), self.template.new_zeros(self.shape))
             for _ in range(self.n_layers)
         ]
-        for lo, ks, vs in self.chunks:
-            first = max(lo, a - self.cap)  # the ring holds tokens [a - cap, a)
-            n = lo + ks[0].shape[2] - first
-            if n <= 0:
-                continue
-            slots = torch.arange(first, first + n, device=self.template.device) % self.cap
+        for _, idx, ks, vs in self.chunks:
             for (ring_k, ring_v), k, v in zip(rings, ks, vs, strict=True):
-                ring_k.index_copy_(2, slots, k[:, :, first - lo :])
-                ring_v.index_copy_(2, slots, v[:, :, first - lo :])
+                ring_k.scatter_(2, idx, k)
+                ring_v.scatter_(2, idx, v)
         return [(rk.requires_grad_(a > 0), rv.requires_grad_(a > 0)) for rk, rv in rings]
 
 

@@ -61,6 +61,8 @@ class Group:
     temperature: float
     loss_fn: LossFn | None
     out: Replayed
+    write: torch.Tensor | None = None  # [b, t_g] ring offset of each thought token (rkv)
+    plan: torch.Tensor | None = None  # [b, K, E] ring offsets freed at each eviction (rkv)
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -102,7 +104,8 @@ def segment(
     """Eviction and fold due before token a (S detached unless ``carry_state``), then one
     forward of tokens [a, z). Returns their logits [b, z - a, V] (None if none) and S."""
     if a in g.sched:
-        ev = cache.evict(cache.due())
+        chosen = g.plan[:, g.sched.index(a)] if g.plan is not None else None
+        ev = cache.evict(cache.due(), chosen)
         if adapter is not None and state is not None and adapter.cfg.dynamic:
             s_in = state if carry_state else state.detach()  # the fold itself keeps its grad
             state = adapter.fold(s_in, ev.keys, ev.values, ev.valid, ev.rows)

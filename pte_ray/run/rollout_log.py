@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pte_ray.atomic import atomic_path
 
-SCHEMA_VERSION = "2"  # 2: the never-filled "pred" column is gone
+SCHEMA_VERSION = "3"  # 2: the never-filled "pred" column is gone; 3: evicted_slots
 
 
 def _f(name: str, typ: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -40,6 +40,12 @@ ROLLOUT_SCHEMA = pa.schema(
         _f("group", pa.int64(), "GRPO group (prompt) id within the step"),
         _f("prompt_index", pa.int64(), "index of the prompt in the dataset", nullable=True),
         _f("advantage", pa.float64(), "GRPO advantage", nullable=True),
+        _f(
+            "evicted_slots",
+            pa.list_(pa.list_(pa.int32())),
+            "per eviction, the ring offsets freed (cache.eviction=rkv; null under window)",
+            nullable=True,
+        ),
     ],
     metadata={"pte_ray.rollouts.schema_version": SCHEMA_VERSION},
 )
