@@ -168,10 +168,12 @@ def _reference_rkv(hf, prompt, completion, record, cfg: CacheConfig, temp: float
         for t, tok in enumerate(completion[:-1]):
             if len(held) == cap:
                 keys = [layer.keys for layer in cache.layers]
-                q = [torch.stack([qs[li] for qs in queries[-w:]], 1)[None] for li in range(len(keys))]
-                s = keys[0].shape[2]
-                pick = rkv_choose(keys, q, torch.ones(1, s, dtype=torch.bool),
-                                  torch.tensor([held]), p, t, n_evict, cfg.rkv)[0].tolist()  # fmt: skip
+                q = [
+                    torch.stack([qs[li] for qs in queries[-w:]], 1)[None] for li in range(len(keys))
+                ]
+                every = torch.ones(1, keys[0].shape[2], dtype=torch.bool)
+                held_t = torch.tensor([held])
+                pick = rkv_choose(keys, q, every, held_t, p, t, n_evict, cfg.rkv)[0].tolist()
                 evictions.append(t)
                 chosen.append(sorted(held[j] for j in pick))
                 oldest.append(held[:n_evict])

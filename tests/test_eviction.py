@@ -36,7 +36,10 @@ def _ref_row(keys, queries, valid, held, p_max, t, cfg: RKVConfig, n_evict: int)
             imp = {j: 0.0 for j in seen}
             for wq in range(q.shape[1]):
                 lg = {
-                    j: max(float(q[hh, wq] @ k[kh, j]) for hh in range(kh * h // n_kv, (kh + 1) * h // n_kv))
+                    j: max(
+                        float(q[hh, wq] @ k[kh, j])
+                        for hh in range(kh * h // n_kv, (kh + 1) * h // n_kv)
+                    )
                     / math.sqrt(k.shape[2])
                     for j in seen
                 }
@@ -46,7 +49,10 @@ def _ref_row(keys, queries, valid, held, p_max, t, cfg: RKVConfig, n_evict: int)
             half = cfg.kernel // 2
             pooled = {}
             for n, s in enumerate(cand):  # pool over neighbouring candidates, position order
-                pooled[s] = max(imp[p_max + cand[m]] for m in range(max(0, n - half), min(len(cand), n + half + 1)))
+                pooled[s] = max(
+                    imp[p_max + cand[m]]
+                    for m in range(max(0, n - half), min(len(cand), n + half + 1))
+                )
             # redundancy over resident tokens
             kn = {s: k[kh, p_max + s] / (k[kh, p_max + s].norm() + 1e-8) for s in toks}
             sim = {(i, j): float(kn[i] @ kn[j]) if i != j else 0.0 for i in toks for j in toks}

@@ -23,12 +23,26 @@ from pte_ray.config import load_config
 METHODS = ("lora", "lora_c", "global_only", "pte")
 # "pte:exact" = method pte trained with replay.grad=exact (a bare name keeps the config's mode)
 GRAD_SUFFIXES = ("truncated", "exact")
+# "pte@rkv" = method pte with cache.eviction=rkv (a bare name keeps the config's policy)
+EVICTIONS = ("window", "rkv")
 
 
 def _split(name: str) -> tuple[str, list[str]]:
-    """``method[:grad]`` -> the method and its config overrides."""
-    method, _, grad = name.partition(":")
-    return method, ([f"replay.grad={grad}"] if grad else [])
+    """``method[:grad][@eviction]`` -> the method and its config overrides."""
+    rest, _, eviction = name.partition("@")
+    method, _, grad = rest.partition(":")
+    over = [f"replay.grad={grad}"] if grad else []
+    return method, over + ([f"cache.eviction={eviction}"] if eviction else [])
+
+
+def _bad_name(name: str) -> bool:
+    rest, at, eviction = name.partition("@")
+    method, colon, grad = rest.partition(":")
+    return (
+        method not in (*METHODS, "base")
+        or (colon and (method == "base" or grad not in GRAD_SUFFIXES))
+        or (at and (method == "lora" or eviction not in EVICTIONS))
+    )
 
 
 def _train(config: str | None, overrides: list[str], out: Path) -> dict[str, Any]:
@@ -57,17 +71,12 @@ def compare(
     samples: int = 1,
 ) -> dict[str, Any]:
     """Trains and evaluates every method under every seed; returns (and writes) the table."""
-    bad = [
-        m
-        for m in methods
-        if _split(m)[0] not in (*METHODS, "base")
-        or m.partition(":")[2] not in ("", *GRAD_SUFFIXES)
-        or m.startswith("base:")
-    ]
+    bad = [m for m in methods if _bad_name(m)]
     if bad:
         raise ValueError(
             f"--methods: unknown {bad}; choose from {', '.join(METHODS)}, base, each but base "
-            f"optionally with :{' or :'.join(GRAD_SUFFIXES)} (the replay gradient mode)"
+            f"optionally with :{' or :'.join(GRAD_SUFFIXES)} (the replay gradient mode), each "
+            f"but lora (full cache) optionally with @{' or @'.join(EVICTIONS)} (cache.eviction)"
         )
     load_config(config, overrides)  # a bad config fails before any run
     out = Path(out_dir)
@@ -77,7 +86,7 @@ def compare(
         for name in methods:
             method, grad = _split(name)
             over = [*overrides, *grad, f"train.seed={seed}"]
-            run = out / f"{name.replace(':', '-')}-seed{seed}"
+            run = out / f"{name.replace(':', '-').replace('@', '-')}-seed{seed}"
             info: dict[str, Any] = {}
             adapter = None
             if method != "base":

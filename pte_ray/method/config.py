@@ -33,16 +33,21 @@ class RKVConfig(Settings):
     """R-KV scoring (arXiv 2505.24133), defaults as the paper's README and ``run_math.py``."""
 
     window: int = Field(
-        8, ge=1, description="observation window: the newest thought tokens, never evicted, "
-        "whose queries score importance"
+        8,
+        ge=1,
+        description="observation window: the newest thought tokens, never evicted, "
+        "whose queries score importance",
     )
     mix_lambda: float = Field(
         0.1, ge=0.0, le=1.0, description="score = lambda * importance - (1 - lambda) * redundancy"
     )
     kernel: int = Field(7, ge=1, description="max-pool width over importance (odd)")
     threshold: float = Field(
-        0.5, ge=-1.0, le=1.0, description="key cosine above which the newest similar token is "
-        "spared from a token's redundancy"
+        0.5,
+        ge=-1.0,
+        le=1.0,
+        description="key cosine above which the newest similar token is "
+        "spared from a token's redundancy",
     )
 
     def model_post_init(self, _: object) -> None:
@@ -61,8 +66,9 @@ class CacheConfig(Settings):
         0.25, gt=0.0, le=1.0, description="fraction of the budget evicted at once"
     )
     eviction: Eviction = Field(
-        "window", description="which thought tokens go: window (the oldest) | rkv (R-KV: "
-        "lowest importance minus redundancy, chosen per row, shared by layers and heads)"
+        "window",
+        description="which thought tokens go: window (the oldest) | rkv (R-KV: "
+        "lowest importance minus redundancy, chosen per row, shared by layers and heads)",
     )
     rkv: RKVConfig = Field(default_factory=RKVConfig, description="R-KV settings")
 

@@ -115,7 +115,12 @@ def rkv_choose(
 
 
 def _simulate(
-    row: int, cap: int, n_evict: int, sched: list[int], chosen: list[list[int]], window: int,
+    row: int,
+    cap: int,
+    n_evict: int,
+    sched: list[int],
+    chosen: list[list[int]],
+    window: int,
     t_end: int,
 ) -> tuple[list[int], list[list[int]]]:
     """Replay one row's slot pool from its record on the host: the write table [t_end] and the

@@ -59,7 +59,9 @@ class _ThoughtStore:
             a_ = self.template.shape
             idx = cache.write[:, a:z][:, None, :, None].expand(-1, a_[1], -1, a_[3])
             ks = [k[:, :, self.p :].gather(2, idx) for k, _ in cache.kv]  # [b, n_kv, z-a, hd]
-            self.chunks.append((a, idx, ks, [v[:, :, self.p :].gather(2, idx) for _, v in cache.kv]))
+            self.chunks.append(
+                (a, idx, ks, [v[:, :, self.p :].gather(2, idx) for _, v in cache.kv])
+            )
 
     def ring(self, a: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The thought region as it stood before token a's write, as leaves that take grad.
