@@ -74,11 +74,18 @@ def test_bench_train_runs_sync_and_async_side_by_side(small_run, tmp_path, capsy
 @pytest.mark.slow  # three fresh processes, one of them compiling
 def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys):
     args = ["bench", "rollout", "--suite", "--batch", "4", f"model.path={random_ckpt('qwen2')}"]
-    assert cli([*args, "cache.budget=8", "sampling.max_new_tokens=32"]) == 0
+    assert cli([*args, "cache.budget=8", "cache.rkv.window=4", "sampling.max_new_tokens=32"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     runs = res["runs"]
     vllm = importlib.util.find_spec("vllm") is not None
-    assert set(runs) == {"pte", "pte_compiled", "lora_c"} | ({"vllm"} if vllm else set())
+    ours = {"pte", "pte_compiled", "lora_c", "pte_rkv", "lora_c_rkv"}
+    assert set(runs) == ours | ({"vllm"} if vllm else set())
+    for w, r in (("pte", "pte_rkv"), ("lora_c", "lora_c_rkv")):  # R-KV beside the window
+        assert runs[w]["eviction"] == "window" and "score_ms_per_eviction" not in runs[w]
+        assert runs[r]["eviction"] == "rkv" and runs[r]["rkv"]["window"] == 4
+        assert runs[r]["score_ms_per_eviction"] > 0 and 0 < runs[r]["score_share"] < 1
+        assert runs[r]["evictions"] == runs[w]["evictions"]  # same schedule, other slots
+    assert set(res["rkv_over_window"]) == {"pte", "lora_c"}
     if vllm:  # the full-cache baseline: the base model, every row the full length
         assert runs["vllm"]["engine"] == "vllm" and runs["vllm"]["budget"] is None
         assert res["tokens_per_s_over_hf"]["vllm"] > 0

@@ -262,6 +262,7 @@ def test_rollout_writer_round_trip(tmp_path: Path):
     assert t.schema == ROLLOUT_SCHEMA and t.num_rows == 7
     assert t.column("step").to_pylist() == [1] * 4 + [2] * 3
     assert t.column("prompt_index").null_count == 7
+    assert t.column("evicted_slots").null_count == 7  # window runs record nothing
     direct = ds.dataset(str(tmp_path / "rollouts"), format="parquet").to_table()
     assert direct.num_rows == 7 and pq.read_schema(p1).field("reward").type == pa.float64()
     w.write(2, _rows(1, 2))  # a resumed step replaces its file
@@ -269,6 +270,16 @@ def test_rollout_writer_round_trip(tmp_path: Path):
     assert sorted(f.name for f in (tmp_path / "rollouts").iterdir() if "tmp" in f.name) == [
         ".step_000003.parquet.tmp-99"
     ]
+
+
+def test_rollout_writer_keeps_the_rkv_record(tmp_path: Path):
+    rows = _rows(3, 1)
+    rows[1]["evicted_slots"] = [[0, 5, 9], [1, 2, 7]]
+    rows[2]["evicted_slots"] = []  # a row that never evicted
+    RolloutWriter(tmp_path).write(1, rows)
+    got = read_rollouts(tmp_path).column("evicted_slots").to_pylist()
+    assert got == [None, [[0, 5, 9], [1, 2, 7]], []]
+    assert ROLLOUT_SCHEMA.metadata[b"pte_ray.rollouts.schema_version"] == b"3"
 
 
 @pytest.mark.parametrize(

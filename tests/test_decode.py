@@ -162,19 +162,41 @@ def test_row_seeds_sample_each_row_as_it_would_alone(model, cache):
         generate(model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": (1, 2)}), cache)
 
 
-@pytest.mark.slow  # torch.compile of the decode step (~30 s on 2 cores)
-def test_compiled_decode_step_gives_the_eager_tokens(random_ckpt):
+def test_rkv_row_alone_equals_the_row_in_a_batch(random_ckpt):
+    """Under R-KV a row's choice reads only its own cache: alone or beside rows with other
+    prompt lengths it evicts the same slots and samples the same tokens (fp64, so no batch-
+    dependent rounding can flip a near-tie between two scores)."""
+    m64 = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    cache = CacheConfig(budget=24, budget_mode="total", eviction="rkv", rkv={"window": 3})
+    sp = SamplingParams(max_new_tokens=32, temperature=1.0, check_every=4, row_seeds=(5, 6, 7))
+    together = generate(m64, None, PROMPTS[:3], sp, cache)
+    assert min(together.evictions) >= 2
+    for i in range(3):
+        one = sp.model_copy(update={"row_seeds": (sp.row_seeds[i],)})
+        alone = generate(m64, None, [PROMPTS[i]], one, cache)
+        assert alone.tokens[0] == together.tokens[i]
+        assert alone.evicted_slots[0] == together.evicted_slots[i]
+
+
+RKV8 = CacheConfig(budget=8, eviction="rkv", rkv={"window": 4})
+
+
+@pytest.mark.slow  # torch.compile of the decode step (~30 s on 2 cores, each)
+@pytest.mark.parametrize("cache", [CacheConfig(budget=8), RKV8], ids=["window", "rkv"])
+def test_compiled_decode_step_gives_the_eager_tokens(random_ckpt, cache):
     """rollout.compile: the engine's compiled step (static shapes) samples what eager does,
-    under the bounded cache, with rows finishing and leaving the batch."""
+    under the bounded cache, with rows finishing and leaving the batch; under R-KV the
+    compiled step also fills the query ring the choice reads."""
     from pte_ray.engines.torch_engine import TorchEngine
 
     path = str(random_ckpt("qwen2"))
     sp = SamplingParams(max_new_tokens=40, temperature=1.0, row_seeds=(1, 2, 3, 4))
     outs = []
     for compiled in (False, True):
-        eng = TorchEngine(path, None, CacheConfig(budget=8), "float32", "cpu", compiled)
+        eng = TorchEngine(path, None, cache, "float32", "cpu", compiled)
         outs.append(eng.generate(PROMPTS, sp))
     assert outs[0].tokens == outs[1].tokens
     assert outs[0].eviction_steps == outs[1].eviction_steps
+    assert outs[0].evicted_slots == outs[1].evicted_slots
     lp = [abs(a - b) for x, y in zip(outs[0].logprobs, outs[1].logprobs) for a, b in zip(x, y)]
     assert max(lp) < 1e-4

@@ -34,6 +34,8 @@ CONFIG_KEYS = {
     "budget": "cache.budget",
     "budget_mode": "cache.budget_mode",
     "evict_ratio": "cache.evict_ratio",
+    "eviction": "cache.eviction",
+    "rkv": "cache.rkv",
     "max_new_tokens": "sampling.max_new_tokens",
     "method": "adapter.method",
     "rank": "adapter.rank",
@@ -59,7 +61,8 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     cfg = load_config(args.config, [*args.config_defaults, *args.overrides])
     for attr, key in CONFIG_KEYS.items():
         section, name = key.split(".")
-        setattr(args, attr, getattr(getattr(cfg, section), name))
+        value = getattr(getattr(cfg, section), name)
+        setattr(args, attr, value.model_dump() if hasattr(value, "model_dump") else value)
     return args
 
 
@@ -139,12 +142,19 @@ def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]
 
 def cache_cfg(args: argparse.Namespace) -> CacheConfig:
     budget = None if args.method == "lora" else args.budget
-    return CacheConfig(budget=budget, budget_mode=args.budget_mode, evict_ratio=args.evict_ratio)
+    return CacheConfig(
+        budget=budget,
+        budget_mode=args.budget_mode,
+        evict_ratio=args.evict_ratio,
+        eviction=args.eviction,
+        rkv=args.rkv,
+    )
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "batch", "budget", "budget_mode", "evict_ratio", "max_new_tokens", "method")
-    return {k: getattr(args, k) for k in (*keys, "dtype", "device", "compile")}
+    out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "device", "compile")}
+    return out | ({"rkv": args.rkv} if args.eviction == "rkv" else {})
 
 
 def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:

