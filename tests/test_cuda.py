@@ -18,12 +18,33 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def test_rkv_rollout_and_replay_on_cuda(random_ckpt):
+    """R-KV on the GPU: scores from the captured queries, the record read back once, timed with
+    CUDA events, and replay rebuilding the rollout's cache from the record."""
+    from pte_ray.method.checkpoint import load_base
+    from pte_ray.method.config import CacheConfig, SamplingParams
+    from pte_ray.method.decode import generate
+    from pte_ray.method.replay import replay
+
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float32, device="cuda")
+    cfg = CacheConfig(budget=24, budget_mode="total", eviction="rkv", rkv={"window": 4})
+    prompts = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)]]
+    out = generate(model, None, prompts, SamplingParams(max_new_tokens=48, seed=1), cfg)
+    assert min(out.evictions) >= 2 and out.stats["evict_score_s"] > 0
+    res = replay(model, None, prompts, out.tokens, cfg, 1.0, 48, out.eviction_steps,
+                 evicted_slots=out.evicted_slots)  # fmt: skip
+    for i, lp in enumerate(out.logprobs):
+        got = res.logprobs[i, : len(lp)].cpu()
+        assert (got - torch.tensor(lp)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("eviction", ["window", "rkv"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_one_gpu_learner_step_publish_and_rollout(
-    ray_cluster, random_ckpt, task_file, tmp_path, dtype
+    ray_cluster, random_ckpt, task_file, tmp_path, dtype, eviction
 ):
     """One NCCL learner: a train step (all-reduce of the size on the GPU), a publish, and a
-    rollout worker on the GPU serving the new version."""
+    rollout worker on the GPU serving the new version (under either eviction policy)."""
     over = [
         f"model.path={random_ckpt('qwen2')}",
         f"model.dtype={dtype}",
@@ -32,6 +53,8 @@ def test_one_gpu_learner_step_publish_and_rollout(
         "grpo.group_size=4",
         "sampling.max_new_tokens=24",
         "cache.budget=8",
+        f"cache.eviction={eviction}",
+        "cache.rkv.window=4",
         "learner.num_gpus=0.5",
         "rollout.num_gpus=0.25",
         "optim.weight_decay=0.5",  # moves B and the encoders even without reward
