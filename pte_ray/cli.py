@@ -34,6 +34,10 @@ def _bench(args: argparse.Namespace) -> int:
         from pte_ray.bench import weights
 
         result = weights.run(args)
+    elif args.bench == "eviction":
+        from pte_ray.bench import eviction
+
+        result = eviction.run(args)
     else:
         from pte_ray.bench import replay, rollout
 
@@ -170,13 +174,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from pte_ray.bench import common, grad, reward, train, weights
+    from pte_ray.bench import common, eviction, grad, reward, train, weights
 
     for name, help_ in [("rollout", "bounded-cache generation"), ("replay", "segment replay")]:
         bp = bsub.add_parser(name, help=help_)
         common.add_args(bp)
     reward.add_args(bsub.add_parser("reward", help="math verifier throughput"))
     grad.add_args(bsub.add_parser("grad", help="truncated vs exact replay gradient (fp64)"))
+    eviction.add_args(bsub.add_parser("eviction", help="R-KV: per-layer vs shared choice"))
     train.add_args(bsub.add_parser("train", help="synchronous vs asynchronous rollouts"))
     weights.add_args(bsub.add_parser("weights", help="publish to every rollout worker serving"))
     b.set_defaults(func=_bench)

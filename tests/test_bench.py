@@ -106,3 +106,22 @@ def test_bench_weights_times_publish_to_serving(ray_cluster, random_ckpt, capsys
     assert small["size_mb"] == pytest.approx(0.2, rel=0.2)
     assert big["size_mb"] == pytest.approx(2, rel=0.1) and big["rank"] > small["rank"]
     assert all(0 < p["min_ms"] <= p["median_ms"] <= p["max_ms"] for p in pts)
+
+
+@pytest.mark.parametrize("layers", [1, 4])
+def test_bench_eviction_measures_what_sharing_the_choice_gives_up(tmp_path, capsys, layers):
+    """One layer: its own choice is the shared one (1.0). Four: the figure is measured."""
+    from pte_ray.tiny import random_checkpoint
+
+    path = random_checkpoint(tmp_path / "m", seed=0, num_hidden_layers=layers)
+    args = ["bench", "eviction", "--batch", "4", f"model.path={path}", "cache.budget=16"]
+    assert cli([*args, "cache.rkv.window=4", "sampling.max_new_tokens=48"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    kept = res["layer_choice_kept_by_shared"]
+    assert len(kept) == layers and res["evictions"] >= 5 and res["evict_n"] == 4
+    if layers == 1:
+        assert kept == [1.0] and res["layer_vs_layer_overlap"] is None
+    else:
+        assert all(0.0 < k < 1.0 for k in kept) and 0.0 < res["layer_vs_layer_overlap"] < 1.0
+    assert 0.0 <= res["shared_vs_window_overlap"] < 1.0
+    assert res["mean_age_evicted_rkv"] > 4  # never the window's 4 newest

@@ -80,7 +80,8 @@ def _grads(model, adapter, prompts, out, cfg, args, mode: str, last_only: bool) 
 
     adapter.zero_grad(set_to_none=True)
     replay(model, adapter, prompts, out.tokens, cfg, 1.0, args.max_new_tokens,
-           out.eviction_steps, loss_fn=loss_fn, grad_mode=mode)  # fmt: skip
+           out.eviction_steps, loss_fn=loss_fn, grad_mode=mode,
+           evicted_slots=out.evicted_slots)  # fmt: skip
     flat: dict[str, list[torch.Tensor]] = {}
     for name, p in adapter.named_parameters():
         if p.grad is not None:
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [tok(t).input_ids for t in texts]
     model = load_base(path, dtype=torch.float64)
     adapter = _adapter(args, model)
-    cfg = CacheConfig(budget=args.budget, evict_ratio=args.evict_ratio)
+    cfg = CacheConfig(budget=args.budget, evict_ratio=args.evict_ratio, eviction=args.eviction,
+                      rkv=args.rkv)  # fmt: skip
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=args.seed,
                         stop_token_ids=(tok.eos_token_id,))  # fmt: skip
     out = generate(model, adapter, prompts, sp, cfg, pad_id=tok.pad_token_id or 0)

@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.config import CacheConfig
+from pte_ray.method.eviction import rkv_choose
 from pte_ray.method.model import Obs, Transformer
 
 
@@ -210,6 +211,15 @@ class BoundedCache:
         for name in ("prompt_lens", "caps", "evict_n", "count"):
             old = getattr(self, name)
             setattr(self, name, [old[i] for i in rows_host])
+
+    def rkv_choice(self, due: list[int]) -> torch.Tensor:
+        """R-KV's ring offsets [B, E] to free, sorted (only the ``due`` rows' are used)."""
+        assert self.held is not None and self.q_obs is not None, "rkv_choice needs rkv"
+        keys = [k for k, _ in self.kv]
+        n_evict = self.evict_n[due[0]]  # rkv: every row evicts the same number (config checks)
+        return rkv_choose(
+            keys, self.q_obs, self.valid, self.held, self.p_max, self.t, n_evict, self.cfg.rkv
+        )
 
     def observer(self) -> Obs | None:
         """The query ring for the forward of the next token (rollout under rkv), else None."""

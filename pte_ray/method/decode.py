@@ -19,7 +19,6 @@ import torch
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import CacheConfig, SamplingParams
-from pte_ray.method.eviction import rkv_choose
 from pte_ray.method.model import Transformer
 from pte_ray.method.sampling import Noise, sample
 
@@ -85,6 +84,7 @@ class Outputs:
     # back once at the end; and the scoring time (CUDA events, or seconds on CPU)
     chosen: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
     score_time: list = field(default_factory=list)
+    on_evict: Callable | None = None  # diagnostics: (cache, due rows, chosen [B, E]) per choice
 
     @classmethod
     def empty(cls, b: int, n_new: int, pad_id: int, dev: torch.device) -> Outputs:
@@ -176,17 +176,15 @@ def _choose(cache: BoundedCache, due: list[int], out: Outputs) -> torch.Tensor:
     t0 = torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()
     if cuda:
         t0.record()
-    assert cache.held is not None and cache.q_obs is not None
-    chosen = rkv_choose(
-        [k for k, _ in cache.kv], cache.q_obs, cache.valid, cache.held, cache.p_max, cache.t,
-        cache.evict_n[due[0]], cache.cfg.rkv,
-    )  # fmt: skip
+    chosen = cache.rkv_choice(due)
     if cuda:
         t1 = torch.cuda.Event(enable_timing=True)
         t1.record()
         out.score_time.append((t0, t1))
     else:
         out.score_time.append(time.perf_counter() - t0)
+    if out.on_evict is not None:
+        out.on_evict(cache, due, chosen)
     return chosen
 
 
@@ -275,10 +273,12 @@ def generate(
     pad_id: int = 0,
     decode: Callable[[list[int]], str] | None = None,
     step_fn: Callable[..., tuple[torch.Tensor, list]] | None = None,
+    on_evict: Callable | None = None,
 ) -> Rollout:
     """Sample completions for ``prompts`` (token ids). ``decode`` is needed for stop strings.
 
-    ``step_fn`` replaces ``model.forward`` for decode steps (e.g. a ``torch.compile`` of it).
+    ``step_fn`` replaces ``model.forward`` for decode steps (e.g. a ``torch.compile`` of it);
+    ``on_evict(cache, due, chosen)`` sees every R-KV choice before it is applied (diagnostics).
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
@@ -290,6 +290,7 @@ def generate(
     eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
     live = prefill(model, adapter, cache, prompts, pad_id, sp, noise)
     out = Outputs.empty(len(prompts), n_new, pad_id, dev)
+    out.on_evict = on_evict
     for t in range(n_new):
         out.record(live, t, eos)
         if t == n_new - 1:
