@@ -50,14 +50,15 @@ class _Probe:
         self.n = 0
 
     def __call__(self, cache: BoundedCache, due: list[int], chosen: torch.Tensor) -> None:
-        assert cache.held is not None and cache.q_obs is not None
+        assert cache.q_obs is not None
+        all_held = cache.held()
         rows = torch.tensor(due, device=chosen.device)
         e, w, t = chosen.shape[1], cache.cfg.rkv.window, cache.t
         per_layer = [
-            rkv_choose([k], [q], cache.valid, cache.held, cache.p_max, t, e, cache.cfg.rkv)[rows]
+            rkv_choose([k], [q], cache.valid, all_held, cache.p_max, t, e, cache.cfg.rkv)[rows]
             for (k, _), q in zip(cache.kv, cache.q_obs, strict=True)
         ]
-        shared, held = chosen[rows], cache.held[rows]
+        shared, held = chosen[rows], all_held[rows]
         for li, c in enumerate(per_layer):
             self.layer_vs_shared[li] += _overlap(c, shared)
         pairs = list(itertools.combinations(per_layer, 2))

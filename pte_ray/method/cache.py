@@ -95,11 +95,7 @@ class BoundedCache:
         self.t = 0  # thought tokens written so far (all rows step together)
         self.count = [0] * b  # thought tokens each row holds now
         self.write = self._write_table(write, max_new_tokens, dev)
-        # R-KV bookkeeping (rollout): thought index held by each ring slot, the query ring
-        self.held: torch.Tensor | None = None
-        self.q_obs: list[torch.Tensor] | None = None
-        if cfg.rkv_on:
-            self.held = torch.full((b, max(self.caps)), -1, dtype=torch.long, device=dev)
+        self.q_obs: list[torch.Tensor] | None = None  # R-KV's query ring (rollout)
 
     def _write_table(
         self, given: torch.Tensor | None, max_new: int, dev: torch.device
@@ -178,10 +174,7 @@ class BoundedCache:
         dev = self.model.device
         j = torch.arange(n, device=dev)
         pos = self.plen_t[:, None] + self.t + j[None]
-        ring = self.write[:, self.t : self.t + n]
-        slots = self.p_max + ring
-        if self.held is not None:
-            self.held.scatter_(1, ring, self.t + j[None].expand(self.batch, -1))
+        slots = self.p_max + self.write[:, self.t : self.t + n]
         if n == 1:
             self.valid.scatter_(1, slots, True)
             mask = self.valid[:, None, :]
@@ -204,28 +197,37 @@ class BoundedCache:
         self.plen_t = self.plen_t.index_select(0, rows)
         self.cap_t = self.cap_t.index_select(0, rows)
         self.write = self.write.index_select(0, rows)
-        if self.held is not None:
-            self.held = self.held.index_select(0, rows)
         if self.q_obs is not None:
             self.q_obs = [q.index_select(0, rows) for q in self.q_obs]
         for name in ("prompt_lens", "caps", "evict_n", "count"):
             old = getattr(self, name)
             setattr(self, name, [old[i] for i in rows_host])
 
+    def held(self) -> torch.Tensor:
+        """[B, C] the thought index each ring slot holds (-1: never written), from the write
+        table: one op at an eviction instead of bookkeeping at every step."""
+        t = torch.arange(self.t, device=self.write.device).expand(self.batch, -1)
+        empty = torch.full((self.batch, max(self.caps)), -1, dtype=torch.long, device=t.device)
+        return empty.scatter_reduce(1, self.write[:, : self.t], t, "amax")
+
     def rkv_choice(self, due: list[int]) -> torch.Tensor:
         """R-KV's ring offsets [B, E] to free, sorted (only the ``due`` rows' are used)."""
-        assert self.held is not None and self.q_obs is not None, "rkv_choice needs rkv"
+        assert self.q_obs is not None, "rkv_choice needs the query ring (cache.eviction=rkv)"
         keys = [k for k, _ in self.kv]
         n_evict = self.evict_n[due[0]]  # rkv: every row evicts the same number (config checks)
         return rkv_choose(
-            keys, self.q_obs, self.valid, self.held, self.p_max, self.t, n_evict, self.cfg.rkv
+            keys, self.q_obs, self.valid, self.held(), self.p_max, self.t, n_evict, self.cfg.rkv
         )
 
     def observer(self) -> Obs | None:
-        """The query ring for the forward of the next token (rollout under rkv), else None."""
-        if self.held is None:
+        """The query ring for the forward of the next token, when R-KV will read it: only in
+        the ``rkv.window`` steps before some row's next eviction (else None: the forward skips
+        the capture)."""
+        if not self.cfg.rkv_on:
             return None
         w = self.cfg.rkv.window
+        if all(cap - c > w for c, cap in zip(self.count, self.caps, strict=True)):
+            return None
         if self.q_obs is None:
             a, dev, dt = self.model.args, self.model.device, self.model.dtype
             shape = (self.batch, a.n_heads, w, a.head_dim)

@@ -43,19 +43,28 @@ def _importance(q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor) -> torch.T
 
 
 def _redundancy(k: torch.Tensor, res: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Redundancy [B, n_kv, C] of ring keys ``k`` [B, n_kv, C, hd] in position order, over the
-    resident tokens ``res`` [B, C] (others: 0 similarity, excluded from the softmax)."""
-    kn = k.float() / (k.float().norm(dim=-1, keepdim=True) + 1e-8)
-    sim = kn @ kn.transpose(-1, -2)  # [B, n_kv, C, C]
-    c = sim.shape[-1]
-    eye = torch.eye(c, dtype=torch.bool, device=k.device)
-    pair = (res[:, :, None] & res[:, None, :] & ~eye)[:, None]
-    sim = sim.masked_fill(~pair, 0.0)
-    col = torch.arange(c, device=k.device)
-    newest = torch.where((sim > threshold) & pair, col, -1).amax(dim=-1)  # [B, n_kv, C]
-    sim = sim.masked_fill((col == newest[..., None]) & (newest[..., None] >= 0), 0.0)
+    """Redundancy [B, n_kv, C] of ring keys ``k`` [B, n_kv, C, hd] given **newest first**, over
+    the resident tokens ``res`` [B, C] (others: 0 similarity, excluded from the softmax).
+
+    Written for few passes over the [C, C] similarities (the cost of a choice): empty slots get
+    a zero key so their similarities are 0 without a mask; newest first, a token's newest
+    similar neighbour is the first one over the threshold (an argmax over a byte view); it is
+    taken out of the column sums instead of zeroed in the matrix.
+    """
+    kf = k.float()
+    kn = kf / (kf.norm(dim=-1, keepdim=True) + 1e-8) * res[:, None, :, None]
+    sim = kn @ kn.transpose(-1, -2)  # [B, n_kv, C, C], 0 wherever a slot is empty
+    sim.diagonal(dim1=-2, dim2=-1).zero_()
+    over = sim > threshold
+    if threshold < 0:  # zeros (empty slots, the diagonal) would pass a negative threshold
+        eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=k.device)
+        over &= (res[:, :, None] & res[:, None, :] & ~eye)[:, None]
+    u = over.view(torch.uint8)
+    j = u.argmax(dim=-1, keepdim=True)  # [B, n_kv, C, 1]: the newest j over it (0 if none)
+    spared = sim.gather(-1, j) * u.gather(-1, j)
+    colsum = sim.sum(dim=-2).scatter_add(-1, j.squeeze(-1), -spared.squeeze(-1))
     n_res = res.sum(dim=-1).clamp(min=1)[:, None, None]
-    mean = sim.sum(dim=-2) / n_res
+    mean = colsum / n_res
     return torch.softmax(mean.masked_fill(~res[:, None], NEG), dim=-1).nan_to_num(0.0)
 
 
@@ -82,6 +91,7 @@ def rkv_scores(
     big = torch.iinfo(torch.long).max
     order = torch.argsort(torch.where(res, held, big), dim=-1, stable=True)  # [B, C]
     res_o, cand_o = res.gather(1, order), cand.gather(1, order)
+    not_cand = ~cand_o[:, None]
     keep = valid.clone()
     keep[:, p_max:] &= ~window
     total = torch.zeros(held.shape, dtype=torch.float32, device=held.device)
@@ -89,12 +99,12 @@ def rkv_scores(
     for k, q in zip(keys, queries, strict=True):
         n_kv, hd = k.shape[1], k.shape[3]
         idx = order[:, None, :].expand(-1, n_kv, -1)
-        imp = _importance(q, k, keep)[..., p_max:].gather(2, idx)
-        imp = imp.masked_fill(~cand_o[:, None], NEG)
+        imp = _importance(q, k, keep)[..., p_max:].gather(2, idx).masked_fill(not_cand, NEG)
         imp = F.max_pool1d(imp, cfg.kernel, stride=1, padding=cfg.kernel // 2)
-        ring = k[:, :, p_max:].gather(2, idx[..., None].expand(-1, -1, -1, hd))
-        red = _redundancy(ring, res_o, cfg.threshold)
-        total += (lam * imp.masked_fill(~cand_o[:, None], 0.0) - (1 - lam) * red).mean(dim=1)
+        newest_first = idx.flip(-1)[..., None].expand(-1, -1, -1, hd)
+        red = _redundancy(k[:, :, p_max:].gather(2, newest_first), res_o.flip(-1), cfg.threshold)
+        red = red.flip(-1)
+        total += (lam * imp.masked_fill(not_cand, 0.0) - (1 - lam) * red).mean(dim=1)
     return total.masked_fill(~cand_o, float("inf")), order
 
 
