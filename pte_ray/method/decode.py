@@ -44,8 +44,7 @@ class Rollout:
     eviction_steps: list[list[int]]  # thought-token index t before whose write a row evicted
     finish_reasons: list[str]  # "stop" (EOS / stop string) or "length"
     stats: dict[str, float] = field(default_factory=dict)
-    # per row, per eviction: the ring offsets it freed, sorted (rkv; [] under window): replay
-    # rebuilds the cache from them
+    # per row, per eviction: the ring offsets it freed, sorted (rkv; [] under window), for replay
     evicted_slots: list[list[list[int]]] = field(default_factory=list)
 
     @property
@@ -80,8 +79,7 @@ class Outputs:
     stop_len: list[int]  # per row, its length cut at a stop string (0: none found yet)
     n_steps: int = 0
     row_steps: int = 0  # rows actually computed, summed over steps
-    # rkv: (original rows that evicted, their chosen ring offsets [n, E] on the device), read
-    # back once at the end; and the scoring time (CUDA events, or seconds on CPU)
+    # rkv: (rows that evicted, their chosen offsets [n, E]) read at the end; scoring times
     chosen: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
     score_time: list = field(default_factory=list)
     on_evict: Callable | None = None  # diagnostics: (cache, due rows, chosen [B, E]) per choice
@@ -251,11 +249,8 @@ def _result(
         res_lp.append(all_lp[i][:n])
         res_ev.append([s for s in out.evictions[i] if s < n - 1])  # steps that fed a kept token
         reasons.append(reason)
-    stats = {
-        "decode_steps": float(out.n_steps),
-        "row_steps": float(out.row_steps),
-        "tokens": float(sum(len(x) for x in res_tok)),
-    }
+    stats = {"decode_steps": float(out.n_steps), "row_steps": float(out.row_steps)}
+    stats["tokens"] = float(sum(len(x) for x in res_tok))
     if out.score_time:
         stats |= {"evict_score_s": _score_seconds(out), "evictions_scored": len(out.score_time)}
     rec = _records(out, len(prompts), res_ev)
