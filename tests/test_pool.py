@@ -212,6 +212,37 @@ def test_killed_actor_process_loses_nothing_and_comes_back(ray_cluster):
         pool.shutdown()
 
 
+def _until_back(actor) -> None:
+    """Waits for Ray to restart a killed actor (a call sent before then is lost)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ray.get(actor.ready.remote(), timeout=10)
+            return
+        except ray.exceptions.ActorUnavailableError:
+            assert time.monotonic() < deadline, "actor not restarted in 60 s"
+            time.sleep(0.2)
+
+
+def test_actor_killed_between_calls_is_counted_once(ray_cluster):
+    """SIGKILL an idle actor: no call is lost, so only Ray's actor table shows the restart; the
+    step's summary counts it once (and not again), and the actor serves afterwards."""
+    pool = _batch_pool(2, max_restarts=2)
+    try:
+        assert pool.summary()["restarts"] == 0
+        os.kill(pool.info[0]["pid"], signal.SIGKILL)
+        _until_back(pool.actors[0])
+        assert pool.summary()["restarts"] == 1, pool.events
+        assert pool.summary()["restarts"] == 0 and pool.totals["restarts"] == 1
+        assert [e.why for e in pool.events if e.kind == "back"] == [
+            "restarted by Ray between calls"
+        ]
+        out = pool.map_rows("work", [Req([i]) for i in range(4)])
+        assert [o.ys for o in out] == [[i * i] for i in range(4)]
+    finally:
+        pool.shutdown()
+
+
 def test_a_hung_call_times_out_and_runs_on_another_actor(ray_cluster):
     """Actor 0 hangs (a sleep it runs before the map's call): the call queued behind it times
     out, the pool restarts actor 0 and the item runs on actor 1."""

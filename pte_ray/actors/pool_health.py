@@ -6,6 +6,11 @@ So an actor whose call was lost or hung leaves service and is *probed* with ``re
 answers (it is back: Ray restarted it) or is dead for good (restarts spent: a fresh actor
 replaces it). A new actor serves once its first ``ready`` returns; one that cannot start is
 dropped and the pool carries on. Every change is a ``PoolEvent``, logged and counted.
+
+An actor killed *between* calls loses no call, so nothing above sees it: Ray restarts it and
+the next call waits for it. ``summary`` (once per step) reads each serving actor's restart
+count from Ray's actor table, so those restarts are counted too (a fault test found half of
+the kills uncounted: the reference and reward calls are short, most kills land between them).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray._private import state as ray_state  # the GCS actor table (no dashboard needed)
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pte_ray.actors import metrics
@@ -68,6 +74,7 @@ class Health:
         self.since: dict[int, float] = {}  # when the pending ``ready`` was first asked
         self.recovering: set[int] = set()  # probed after a lost or hung call
         self.reprobe: dict[int, float] = {}  # restarting actor -> when to ask again
+        self.ray_restarts: dict[int, int] = {}  # Ray's restart count, as of the last look
         self.busy: set[int] = set()
         self.events: list[PoolEvent] = []
         self.round: Counter[str] = Counter()  # since the last ``summary``: faults, scaling
@@ -104,7 +111,8 @@ class Health:
         self._resized()
 
     def _drop(self, aid: int) -> Any:
-        for d in (self.idle_since, self.starting, self.since, self.reprobe, self.info):
+        kept = (self.idle_since, self.starting, self.since, self.reprobe, self.info)
+        for d in (*kept, self.ray_restarts):
             d.pop(aid, None)
         self.recovering.discard(aid)
         self.busy.discard(aid)
@@ -151,10 +159,12 @@ class Health:
             return
         self.since.pop(aid, None)
         self.idle_since[aid] = time.monotonic()
+        restarts = self._restarts_seen(aid)  # > 1: killed between calls before, too
         if aid in self.recovering:
             self.recovering.discard(aid)
-            self._event("back", aid, "restarted by Ray")
-            self._count("restarts")
+            for _ in range(max(restarts, 1)):
+                self._event("back", aid, "restarted by Ray")
+                self._count("restarts")
         else:
             self._event("ready", aid, "started")
 
@@ -170,8 +180,29 @@ class Health:
             self._event("failed", aid, f"could not start: {why}")
             self._resized()
 
+    def _restarts_seen(self, aid: int) -> int:
+        """Ray restarts of ``aid`` not seen before (0 when Ray's table cannot be read)."""
+        try:
+            info = ray_state.actors(actor_id=self.actors[aid]._actor_id.hex())
+            n = int(info.get("NumRestarts", 0))
+        except Exception as e:  # a private API: counting must never stop a run
+            log.debug("%s pool: no restart count for actor %d: %s", self.name, aid, e)
+            return 0
+        new = n - self.ray_restarts.get(aid, n)
+        self.ray_restarts[aid] = n
+        return max(new, 0)
+
+    def _sweep(self) -> None:
+        """Counts restarts of serving actors that no lost call revealed (killed while idle)."""
+        out = self.busy | set(self.starting) | set(self.reprobe) | self.recovering
+        for aid in [a for a in self.actors if a not in out]:
+            for _ in range(self._restarts_seen(aid)):
+                self._event("back", aid, "restarted by Ray between calls")
+                self._count("restarts")
+
     def summary(self) -> dict[str, float]:
         """Faults and scaling since the last summary, fixed keys (a metrics row per step)."""
+        self._sweep()
         r, self.round = self.round, Counter()
         sizes, self.sizes = [*self.sizes, self.size], [self.size]
         busy, self.busy_s = self.busy_s, 0.0
