@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
-from pte_ray.method.decode import compact_due, generate
+from pte_ray.method.decode import compact_due, finish, generate, rollout_steps
 from pte_ray.method.sampling import sample
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
@@ -52,6 +52,27 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(model):
         CacheConfig(budget=8),
     )
     assert top1.tokens == greedy.tokens
+
+
+def test_two_rollouts_stepped_in_turn_equal_each_alone(model):
+    """What `bench rollout --ab` relies on: two rollouts interleaved step by step on one model
+    (different caches, policies, lengths, one finishing early) do not touch each other."""
+    sp_a = SamplingParams(max_new_tokens=30, temperature=1.0, seed=3, check_every=2)
+    sp_b = SamplingParams(max_new_tokens=18, temperature=1.0, seed=4)
+    rkv = CacheConfig(budget=12, eviction="rkv", rkv={"window": 4})
+    eos = [generate(model, None, PROMPTS, sp_a, CacheConfig(budget=8)).tokens[0][5]]
+    alone = [generate(model, None, PROMPTS, sp_a, CacheConfig(budget=8), eos_ids=eos)]
+    alone.append(generate(model, None, PROMPTS[1:], sp_b, rkv))
+    assert alone[0].finish_reasons[0] == "stop"  # row 0 ends early and leaves the batch
+    gens = [rollout_steps(model, None, PROMPTS, sp_a, CacheConfig(budget=8), eos_ids=eos)]
+    gens.append(rollout_steps(model, None, PROMPTS[1:], sp_b, rkv))
+    yielded = [next(g) for g in gens] + [next(g) for g in gens]
+    assert yielded == [0, 0, 1, 1]  # the prefill, then one step each
+    both = [finish(g) for g in gens]
+    assert both[1].evicted_slots and any(both[1].evicted_slots)  # rkv chose slots
+    for got, want in zip(both, alone, strict=True):
+        assert got.tokens == want.tokens and got.evicted_slots == want.evicted_slots
+        assert got.logprobs == want.logprobs and got.finish_reasons == want.finish_reasons
 
 
 def test_eos_finishes_rows_and_they_leave_the_batch(model):

@@ -5,14 +5,14 @@ what is due, fold it into the thought state, forward, sample), dropping finished
 then, and the result built at the end. Per step the host only decides what it already knows
 (which rows evict: the schedule depends on prompt lengths alone); it reads from the device every
 ``check_every`` steps to find finished rows (so they stop costing compute) and to match stop
-strings. Outputs stay in preallocated device tensors until the end.
+strings. Outputs stay in preallocated device tensors until the end (``outputs.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +20,7 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.model import Transformer
+from pte_ray.method.outputs import Outputs, Rollout, read_back, stop_cut
 from pte_ray.method.sampling import Noise, sample
 
 # The 1/8 rule: finished rows leave the batch once they are at least 1/8 of it. Dropping rows
@@ -32,24 +33,6 @@ COMPACT_FRACTION = 8
 def compact_due(n_done: int, n_rows: int) -> bool:
     """The 1/8 rule: whether ``n_done`` finished rows out of ``n_rows`` are worth dropping."""
     return n_done > 0 and n_done * COMPACT_FRACTION >= n_rows
-
-
-@dataclass
-class Rollout:
-    """What one generate call produced, per row (original order)."""
-
-    prompts: list[list[int]]
-    tokens: list[list[int]]
-    logprobs: list[list[float]]
-    eviction_steps: list[list[int]]  # thought-token index t before whose write a row evicted
-    finish_reasons: list[str]  # "stop" (EOS / stop string) or "length"
-    stats: dict[str, float] = field(default_factory=dict)
-    # per row, per eviction: the ring offsets it freed, sorted (rkv; [] under window), for replay
-    evicted_slots: list[list[list[int]]] = field(default_factory=list)
-
-    @property
-    def evictions(self) -> list[int]:
-        return [len(e) for e in self.eviction_steps]
 
 
 @dataclass
@@ -66,56 +49,6 @@ class Live:
         """Only the live rows ``keep`` (the same indices as ``k`` on the device)."""
         state = self.state[:, k] if self.state is not None else None
         return Live(self.idx[k], [self.rows[i] for i in keep], self.tok[k], self.lp[k], state)
-
-
-@dataclass
-class Outputs:
-    """Everything recorded per original row: preallocated on the device, read back at the end."""
-
-    tok: torch.Tensor  # [B, n_new], pad past each row's end
-    lp: torch.Tensor  # [B, n_new]
-    done_at: torch.Tensor  # [B] length including EOS; n_new while still running
-    evictions: list[list[int]]  # per row, the steps t it evicted before
-    stop_len: list[int]  # per row, its length cut at a stop string (0: none found yet)
-    n_steps: int = 0
-    row_steps: int = 0  # rows actually computed, summed over steps
-    # rkv: (rows that evicted, their chosen offsets [n, E]) read at the end; scoring times
-    chosen: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
-    score_time: list = field(default_factory=list)
-    on_evict: Callable | None = None  # diagnostics: (cache, due rows, chosen [B, E]) per choice
-
-    @classmethod
-    def empty(cls, b: int, n_new: int, pad_id: int, dev: torch.device) -> Outputs:
-        return cls(
-            torch.full((b, n_new), pad_id, dtype=torch.long, device=dev),
-            torch.zeros(b, n_new, dtype=torch.float32, device=dev),
-            torch.full((b,), n_new, dtype=torch.long, device=dev),
-            [[] for _ in range(b)],
-            [0] * b,
-        )
-
-    def record(self, live: Live, t: int, eos: torch.Tensor) -> None:
-        """Token t of every live row; a row that emits EOS is done at length t + 1."""
-        n_new = self.tok.shape[1]
-        self.tok[live.idx, t] = live.tok
-        self.lp[live.idx, t] = live.lp
-        hit = torch.isin(live.tok, eos)
-        running = self.done_at[live.idx] == n_new
-        self.done_at[live.idx] = torch.where(hit & running, t + 1, self.done_at[live.idx])
-
-
-def _stop_cut(tokens: list[int], stops: Sequence[str], decode: Callable[[list[int]], str]) -> int:
-    """Length of the shortest prefix whose text contains a stop string (0 = none)."""
-    if not any(s in decode(tokens) for s in stops):
-        return 0
-    lo, hi = 1, len(tokens)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if any(s in decode(tokens[:mid]) for s in stops):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
 
 
 def prefill(
@@ -186,20 +119,6 @@ def _choose(cache: BoundedCache, due: list[int], out: Outputs) -> torch.Tensor:
     return chosen
 
 
-def _score_seconds(out: Outputs) -> float:
-    """Time spent choosing evictions (after the final sync, so no eviction waited for it)."""
-    return sum(x if isinstance(x, float) else x[0].elapsed_time(x[1]) / 1e3 for x in out.score_time)
-
-
-def _records(out: Outputs, n_rows: int, keep: list[list[int]]) -> list[list[list[int]]]:
-    """Per row, the chosen offsets of the evictions it kept (``keep``: its eviction steps)."""
-    rec: list[list[list[int]]] = [[] for _ in range(n_rows)]
-    for rows, chosen in out.chosen:
-        for r, offsets in zip(rows, chosen.tolist(), strict=True):
-            rec[r].append(offsets)
-    return [r[: len(k)] if r else [] for r, k in zip(rec, keep, strict=True)]
-
-
 def _still_running(
     out: Outputs, live: Live, t: int, sp: SamplingParams, decode: Callable | None
 ) -> list[bool]:
@@ -210,7 +129,7 @@ def _still_running(
         rows = [i for i, ok in enumerate(running) if ok]
         toks = out.tok[live.idx[rows], : t + 1].tolist() if rows else []
         for i, seq in zip(rows, toks):
-            cut = _stop_cut(seq, sp.stop_strings, decode)
+            cut = stop_cut(seq, sp.stop_strings, decode)
             if cut:
                 out.stop_len[live.rows[i]] = cut
                 running[i] = False
@@ -227,37 +146,56 @@ def drop_finished(cache: BoundedCache, live: Live, running: list[bool]) -> Live:
     return live.keep(k, keep)
 
 
-def _result(
-    prompts: list[list[int]],
-    out: Outputs,
-    eos: torch.Tensor,
-    sp: SamplingParams,
-    decode: Callable[[list[int]], str] | None,
-) -> Rollout:
-    """Cut every row at its end (EOS, stop string or length) and read the outputs back."""
-    lengths, eos_host = out.done_at.tolist(), set(eos.tolist())
-    all_tok, all_lp = out.tok.tolist(), out.lp.tolist()
-    res_tok, res_lp, res_ev, reasons = [], [], [], []
-    for i in range(len(prompts)):
-        n = lengths[i]
-        reason = "stop" if all_tok[i][n - 1] in eos_host else "length"
-        if sp.stop_strings and decode is not None:
-            cut = out.stop_len[i] or _stop_cut(all_tok[i][:n], sp.stop_strings, decode)
-            if cut:
-                n, reason = min(n, cut), "stop"
-        res_tok.append(all_tok[i][:n])
-        res_lp.append(all_lp[i][:n])
-        res_ev.append([s for s in out.evictions[i] if s < n - 1])  # steps that fed a kept token
-        reasons.append(reason)
-    stats = {"decode_steps": float(out.n_steps), "row_steps": float(out.row_steps)}
-    stats["tokens"] = float(sum(len(x) for x in res_tok))
-    if out.score_time:
-        stats |= {"evict_score_s": _score_seconds(out), "evictions_scored": len(out.score_time)}
-    rec = _records(out, len(prompts), res_ev)
-    return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats, rec)
-
-
 @torch.no_grad()
+def rollout_steps(
+    model: Transformer,
+    adapter: Adapter | None,
+    prompts: list[list[int]],
+    sp: SamplingParams,
+    cache_cfg: CacheConfig,
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    decode: Callable[[list[int]], str] | None = None,
+    step_fn: Callable[..., tuple[torch.Tensor, list]] | None = None,
+    on_evict: Callable | None = None,
+) -> Generator[int, None, Rollout]:
+    """``generate`` one step at a time: yields the token index after the prefill and after
+    every decode step, returns the ``Rollout``. Lets a benchmark interleave two rollouts step
+    by step, so both run under the same machine load (``bench/ab.py``)."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    if sp.stop_strings and decode is None:
+        raise ValueError("stop_strings need a decode function (the tokenizer's decode)")
+    dev, n_new = model.device, sp.max_new_tokens
+    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, n_new)
+    noise = Noise(len(prompts), sp, dev)
+    eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
+    live = prefill(model, adapter, cache, prompts, pad_id, sp, noise)
+    out = Outputs.empty(len(prompts), n_new, pad_id, dev)
+    out.on_evict = on_evict
+    for t in range(n_new):
+        yield t
+        out.record(live, t, eos)
+        if t == n_new - 1:
+            break
+        if (t + 1) % sp.check_every == 0:
+            running = _still_running(out, live, t, sp, decode)
+            if not any(running):
+                break
+            live = drop_finished(cache, live, running)
+        live = decode_step(step_fn or model.forward, adapter, cache, live, out, t, sp, noise)
+    return read_back(prompts, out, eos, sp, decode)
+
+
+def finish(steps: Generator[int, None, Rollout]) -> Rollout:
+    """Run a ``rollout_steps`` generator to its end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 def generate(
     model: Transformer,
     adapter: Adapter | None,
@@ -275,25 +213,5 @@ def generate(
     ``step_fn`` replaces ``model.forward`` for decode steps (e.g. a ``torch.compile`` of it);
     ``on_evict(cache, due, chosen)`` sees every R-KV choice before it is applied (diagnostics).
     """
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt: every prompt needs at least one token")
-    if sp.stop_strings and decode is None:
-        raise ValueError("stop_strings need a decode function (the tokenizer's decode)")
-    dev, n_new = model.device, sp.max_new_tokens
-    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, n_new)
-    noise = Noise(len(prompts), sp, dev)
-    eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    live = prefill(model, adapter, cache, prompts, pad_id, sp, noise)
-    out = Outputs.empty(len(prompts), n_new, pad_id, dev)
-    out.on_evict = on_evict
-    for t in range(n_new):
-        out.record(live, t, eos)
-        if t == n_new - 1:
-            break
-        if (t + 1) % sp.check_every == 0:
-            running = _still_running(out, live, t, sp, decode)
-            if not any(running):
-                break
-            live = drop_finished(cache, live, running)
-        live = decode_step(step_fn or model.forward, adapter, cache, live, out, t, sp, noise)
-    return _result(prompts, out, eos, sp, decode)
+    args = (eos_ids, pad_id, decode, step_fn, on_evict)
+    return finish(rollout_steps(model, adapter, prompts, sp, cache_cfg, *args))
