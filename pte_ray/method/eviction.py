@@ -36,8 +36,8 @@ def _importance(q: torch.Tensor, k: torch.Tensor, keep: torch.Tensor) -> torch.T
     [B, H, w, hd] over the keys ``keep`` [B, S] allows (max over a KV head's query group)."""
     b, h, w, hd = q.shape
     n_kv = k.shape[1]
-    qg = q.float().view(b, n_kv, h // n_kv, w, hd)
-    logits = torch.einsum("bngwd,bnsd->bngws", qg, k.float()) / math.sqrt(hd)
+    qg = (q.float() / math.sqrt(hd)).view(b, n_kv, h // n_kv, w, hd)  # scale the smaller side
+    logits = torch.einsum("bngwd,bnsd->bngws", qg, k.float())
     logits = logits.amax(dim=2).masked_fill(~keep[:, None, None, :], NEG)
     return torch.softmax(logits, dim=-1).mean(dim=2)
 
@@ -48,7 +48,7 @@ def _redundancy(k: torch.Tensor, res: torch.Tensor, threshold: float) -> torch.T
 
     Written for few passes over the [C, C] similarities (the cost of a choice): empty slots get
     a zero key so their similarities are 0 without a mask; newest first, a token's newest
-    similar neighbour is the first one over the threshold (an argmax over a byte view); it is
+    similar neighbour is the first one over the threshold (a max over a byte view); it is
     taken out of the column sums instead of zeroed in the matrix.
     """
     kf = k.float()
@@ -60,12 +60,22 @@ def _redundancy(k: torch.Tensor, res: torch.Tensor, threshold: float) -> torch.T
         eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=k.device)
         over &= (res[:, :, None] & res[:, None, :] & ~eye)[:, None]
     u = over.view(torch.uint8)
-    j = u.argmax(dim=-1, keepdim=True)  # [B, n_kv, C, 1]: the newest j over it (0 if none)
-    spared = sim.gather(-1, j) * u.gather(-1, j)
+    # [B, n_kv, C, 1]: the newest j over it (0 if none); max returns the first of equal values
+    found, j = u.max(dim=-1, keepdim=True)
+    spared = sim.gather(-1, j) * found
     colsum = sim.sum(dim=-2).scatter_add(-1, j.squeeze(-1), -spared.squeeze(-1))
     n_res = res.sum(dim=-1).clamp(min=1)[:, None, None]
     mean = colsum / n_res
     return torch.softmax(mean.masked_fill(~res[:, None], NEG), dim=-1).nan_to_num(0.0)
+
+
+def _ring_rows(k: torch.Tensor, order: torch.Tensor, p_max: int) -> torch.Tensor:
+    """The ring keys [B, n, C, hd] of ``k`` [B, n, S, hd] in ``order`` [B, C]: one row copy
+    per key (``gather`` with an index per element costs several times more)."""
+    b, n, s, hd = k.shape
+    base = torch.arange(b * n, device=k.device).view(b, n, 1) * s + p_max
+    rows = (base + order[:, None, :]).reshape(-1)
+    return k.reshape(b * n * s, hd).index_select(0, rows).view(b, n, -1, hd)
 
 
 def rkv_scores(
@@ -96,13 +106,13 @@ def rkv_scores(
     keep[:, p_max:] &= ~window
     total = torch.zeros(held.shape, dtype=torch.float32, device=held.device)
     lam = cfg.mix_lambda
+    newest, res_newest = order.flip(-1), res_o.flip(-1)
     for k, q in zip(keys, queries, strict=True):
-        n_kv, hd = k.shape[1], k.shape[3]
+        n_kv = k.shape[1]
         idx = order[:, None, :].expand(-1, n_kv, -1)
         imp = _importance(q, k, keep)[..., p_max:].gather(2, idx).masked_fill(not_cand, NEG)
         imp = F.max_pool1d(imp, cfg.kernel, stride=1, padding=cfg.kernel // 2)
-        newest_first = idx.flip(-1)[..., None].expand(-1, -1, -1, hd)
-        red = _redundancy(k[:, :, p_max:].gather(2, newest_first), res_o.flip(-1), cfg.threshold)
+        red = _redundancy(_ring_rows(k, newest, p_max), res_newest, cfg.threshold)
         red = red.flip(-1)
         total += (lam * imp.masked_fill(not_cand, 0.0) - (1 - lam) * red).mean(dim=1)
     return total.masked_fill(~cand_o, float("inf")), order
