@@ -38,6 +38,21 @@ def test_rkv_rollout_and_replay_on_cuda(random_ckpt):
         assert (got - torch.tensor(lp)).abs().max() < 1e-4
 
 
+def test_rollout_ab_on_cuda_alternates_whole_rollouts(random_ckpt, capsys):
+    """On CUDA, --ab times whole rollouts (A B, then B A) under PeakMemory, not single steps."""
+    import json
+
+    from pte_ray.cli import main as cli
+
+    args = ["bench", "rollout", "--device", "cuda", "--batch", "4", "--repeat", "2"]
+    args += [f"model.path={random_ckpt('qwen2')}", "cache.budget=8", "cache.rkv.window=4"]
+    assert cli([*args, "sampling.max_new_tokens=32", "--ab", "cache.eviction=window,rkv"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["interleaved"] == "rollout" and len(res["ratio_b_over_a_rounds"]) == 2
+    rkv = res["runs"]["rkv"]
+    assert rkv["device"] == "cuda" and rkv["evictions_scored"] > 0 and rkv["peak_cuda_mb"] > 0
+
+
 @pytest.mark.parametrize("eviction", ["window", "rkv"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_one_gpu_learner_step_publish_and_rollout(
