@@ -131,6 +131,21 @@ def test_rollout_ab_times_two_cache_settings_interleaved(random_ckpt, capsys):
     assert win["tokens_per_s"] == sorted(win["tokens_per_s_runs"])[1]  # the median run
 
 
+def test_rollout_memory_sweep_reports_each_length(random_ckpt, capsys):
+    args = ["bench", "rollout", "--batch", "2", "--memory-sweep", "1,3"]
+    assert cli([*args, f"model.path={random_ckpt('qwen2')}", "cache.budget=8"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["bench"] == "rollout-memory-sweep" and res["multiples"] == [1, 3]
+    assert [r["max_new_tokens"] for r in res["runs"]] == [8, 24]
+    assert [r["tokens"] for r in res["runs"]] == [2 * 8, 2 * 24]
+    ratio = res["peak_rss_mb_ratio_last_to_first"]
+    assert ratio == res["runs"][1]["peak_rss_mb"] / res["runs"][0]["peak_rss_mb"] > 0
+    # each run was reported as it ended (a long sweep stopped midway keeps what it measured)
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith('{"multiple"')]
+    assert [x["multiple"] for x in lines] == [1, 3]
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [

@@ -198,10 +198,12 @@ def rollout_steps_fn(
 def sweep(args: argparse.Namespace, which: str) -> dict[str, Any]:
     """Run the benchmark in fresh processes at several multiples of the budget."""
     mults = [int(x) for x in str(args.memory_sweep).split(",")]
-    runs = [
-        subprocess_bench(args, which, {"memory_sweep": None, "max_new_tokens": m * args.budget})
-        for m in mults
-    ]
+    runs = []
+    for m in mults:
+        change = {"memory_sweep": None, "max_new_tokens": m * args.budget}
+        runs.append(subprocess_bench(args, which, change))
+        # each run on stderr as it ends: a long sweep stopped midway keeps what it measured
+        print(json.dumps({"multiple": m, **runs[-1]}), file=sys.stderr, flush=True)
     key = "peak_cuda_mb" if "peak_cuda_mb" in runs[0] else "peak_rss_mb"
     return {
         "bench": f"{which}-memory-sweep",
