@@ -131,6 +131,20 @@ def test_rollout_ab_times_two_cache_settings_interleaved(random_ckpt, capsys):
     assert win["tokens_per_s"] == sorted(win["tokens_per_s_runs"])[1]  # the median run
 
 
+def test_rollout_repeat_reports_the_median_run(random_ckpt, capsys):
+    args = ["bench", "rollout", "--batch", "2", "--repeat", "3", "cache.budget=8"]
+    assert cli([*args, f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=24"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = res["tokens_per_s_runs"]
+    assert res["repeat"] == len(runs) == 3 and res["tokens_per_s"] == sorted(runs)[1]
+    assert res["tokens"] == 2 * 24 and res["wall_s"] == pytest.approx(48 / res["tokens_per_s"])
+
+
+def test_replay_refuses_rollout_only_flags(capsys):
+    assert cli(["bench", "replay", "--repeat", "3"]) == 2
+    assert "bench rollout flags" in capsys.readouterr().err
+
+
 def test_rollout_memory_sweep_reports_each_length(random_ckpt, capsys):
     args = ["bench", "rollout", "--batch", "2", "--memory-sweep", "1,3"]
     assert cli([*args, f"model.path={random_ckpt('qwen2')}", "cache.budget=8"]) == 0
@@ -153,6 +167,9 @@ def test_rollout_memory_sweep_reports_each_length(random_ckpt, capsys):
         (["--ab", "cache.eviction=rkv"], "cache.KEY=A,B"),
         (["--ab", "cache.eviction=rkv,rkv"], "the same"),
         (["--repeat", "0"], "--repeat"),
+        (["--ab", "cache.eviction=window,rkv", "--suite"], "cannot be combined with --suite"),
+        (["--ab", "cache.eviction=window,rkv", "--compare-hf"], "with --compare-hf"),
+        (["--ab", "cache.budget=8,16", "--memory-sweep", "1,2"], "with --memory-sweep"),
     ],
 )
 def test_rollout_ab_bad_flags_are_named(flags, named, capsys):

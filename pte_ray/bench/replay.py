@@ -44,6 +44,8 @@ def _max_logprob_diff(res: Any, out: Any) -> float:
 
 def run_replay(args: argparse.Namespace) -> dict[str, Any]:
     """Replays one rollout (with gradients when there is an adapter) under ``PeakMemory``."""
+    if args.ab or args.repeat != 1:
+        raise ValueError("--ab and --repeat are bench rollout flags; bench replay times one run")
     if args.memory_sweep:
         return sweep(args, "replay")
     if args.compare_lora:

@@ -26,6 +26,9 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     ``PeakMemory``, and reports the median one."""
     if args.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    clash = [f for f, on in _AB_CLASHES.items() if args.ab and on(args)]
+    if clash:
+        raise ValueError(f"--ab {args.ab!r} cannot be combined with {', '.join(clash)}")
     if args.memory_sweep:
         return sweep(args, "rollout")
     if args.suite:
@@ -48,6 +51,15 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     if args.compare_hf:
         res.update(_hf_generate(path, prompts, args, res["tokens_per_s"]))
     return res
+
+
+# what --ab would silently drop: these run their own comparisons
+_AB_CLASHES = {
+    "--suite": lambda a: a.suite,
+    "--memory-sweep": lambda a: bool(a.memory_sweep),
+    "--engine vllm": lambda a: a.engine == "vllm",
+    "--compare-hf": lambda a: a.compare_hf,
+}
 
 
 def measure(args: argparse.Namespace, gen: Callable[[], Any], n_prompts: int) -> dict[str, Any]:
