@@ -140,8 +140,9 @@ def test_rollout_repeat_reports_the_median_run(random_ckpt, capsys):
     assert res["tokens"] == 2 * 24 and res["wall_s"] == pytest.approx(48 / res["tokens_per_s"])
 
 
-def test_replay_refuses_rollout_only_flags(capsys):
-    assert cli(["bench", "replay", "--repeat", "3"]) == 2
+@pytest.mark.parametrize("flags", [["--repeat", "3"], ["--ab", "cache.budget=8,16"]])
+def test_replay_refuses_rollout_only_flags(flags, capsys):
+    assert cli(["bench", "replay", *flags]) == 2
     assert "bench rollout flags" in capsys.readouterr().err
 
 
