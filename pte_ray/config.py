@@ -10,161 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 
-from pte_ray.engines.vllm_config import ENGINE_METHODS, Engine, VllmConfig
+from pte_ray.config_sections import (
+    DataSection,
+    LearnerSection,
+    ModelSection,
+    OptimSection,
+    ReferenceSection,
+    ReplaySection,
+    RewardSection,
+    RolloutSection,
+    Section,
+    TrainSection,
+)
+from pte_ray.engines.vllm_config import ENGINE_METHODS, VllmConfig
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig, SamplingParams
-from pte_ray.rl.data.schema import DataColumns, DataConfig
+from pte_ray.rl.distill import DistillConfig
 from pte_ray.rl.grpo import GRPOConfig
-from pte_ray.rl.rewards import RewardConfig
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _f(default: Any, help: str, **bounds: Any) -> Any:
-    """A setting: its default, its bounds and its one-line help, in one declaration."""
-    return Field(default, description=help, **bounds)
-
-
-class ModelSection(Section):
-    path: str = _f(
-        "tiny",
-        "HF checkpoint dir, hub id, tiny / tiny-recall, or qwen2.5-0.5b-shape / qwen2.5-1.5b-shape "
-        "(random weights; all built locally)",
-    )
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = _f(
-        "auto", "auto: the checkpoint's dtype on GPU, fp32 on CPU"
-    )
-
-
-class DataSection(DataColumns):
-    """The training data: its path here, how its rows are read in ``rl/data/schema.py``."""
-
-    train: str = _f("tiny", "JSONL / JSON / Parquet / dir of Parquet shards, or tiny")
-    max_prompt_tokens: int | None = _f(None, "drop (or fail on) longer prompts", ge=1)
-
-    def loader(self, path: str) -> DataConfig:
-        """The ``DataConfig`` that reads ``path`` with this section's columns and rendering."""
-        return DataConfig(path=path, **self.model_dump(include=set(DataColumns.model_fields)))
-
-
-class OptimSection(Section):
-    lr: float = _f(3e-4, "AdamW learning rate of the LoRA factors", gt=0.0)
-    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0.0)
-    grad_clip: float = _f(1.0, "global gradient-norm clip", gt=0.0)
-    betas: tuple[float, float] = _f((0.9, 0.99), "AdamW betas")
-    # Adam moves every weight by ~lr per step whatever its scale, and the encoder's global
-    # tokens are std-1: at 1.0 they moved 0.3-0.4% in 80 recall-task steps; at 10, 2-3%, with
-    # no gain in recall (README).
-    encoder_lr_scale: float = _f(1.0, "thought encoder's lr as a multiple of lr", gt=0.0)
-
-
-class RolloutSection(Section):
-    engine: Engine = _f("torch", "torch (every method) | vllm (base, lora: full cache)")
-    num_workers: int = _f(1, "rollout workers at start", ge=1)
-    min_workers: int | None = _f(None, "autoscaling floor (None: num_workers)", ge=1)
-    max_workers: int | None = _f(None, "autoscaling ceiling (None: num_workers)", ge=1)
-    num_cpus: float = _f(0.5, "CPUs per rollout worker", gt=0.0)
-    num_gpus: float = _f(0.0, "GPUs per rollout worker (fractions share a GPU)", ge=0.0)
-    scale_up_wait_s: float = _f(30.0, "queue wait that adds a worker", gt=0.0)
-    scale_down_idle_s: float = _f(120.0, "idle time that retires a worker", gt=0.0)
-    max_groups_per_call: int | None = _f(
-        None, "cap on groups one call takes (None: a fair share of the queue)", ge=1
-    )
-    compile: bool = _f(
-        False, "torch.compile the decode step (each batch size compiles once per worker)"
-    )
-    request_resources: bool = _f(
-        True, "ask Ray's autoscaler for workers the cluster cannot place yet"
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> RolloutSection:
-        if self.min_workers and self.max_workers and self.min_workers > self.max_workers:
-            raise ValueError(
-                f"rollout.min_workers={self.min_workers} > rollout.max_workers={self.max_workers}"
-            )
-        lo = self.min_workers or min(self.num_workers, self.max_workers or self.num_workers)
-        hi = self.max_workers or max(self.num_workers, lo)
-        if not lo <= self.num_workers <= hi:
-            raise ValueError(
-                f"rollout.num_workers={self.num_workers} is outside "
-                f"[min_workers={lo}, max_workers={hi}]"
-            )
-        return self
-
-
-class RewardSection(RewardConfig):
-    """The verifier's own settings (``rl/rewards.py``) plus the reward pool's resources."""
-
-    num_workers: int = _f(1, "reward workers (Ray actors)", ge=1)
-    num_cpus: float = _f(0.25, "CPUs per reward worker", gt=0.0)
-
-
-class ReferenceSection(Section):
-    engine: Engine = _f("torch", "torch | vllm (prompt log-probs of prompt + completion)")
-    num_workers: int = _f(1, "reference workers (started only when grpo.kl_coef > 0)", ge=1)
-    num_cpus: float = _f(0.25, "CPUs per reference worker", gt=0.0)
-    num_gpus: float = _f(0.0, "GPUs per reference worker", ge=0.0)
-    micro_batch: int = _f(16, "sequences per reference forward", ge=1)
-
-
-class LearnerSection(Section):
-    num_learners: int = _f(1, "ranks of the one torch.distributed group", ge=1)
-    num_cpus: float = _f(0.5, "CPUs per learner", gt=0.0)
-    num_gpus: float = _f(0.0, "GPUs per learner", ge=0.0)
-    zero_stage: Literal[0, 1, 2] = _f(2, "DeepSpeed ZeRO stage")
-    micro_batch: int = _f(16, "sequences per replay pass (gradient accumulation)", ge=1)
-    mini_batches: int = _f(1, "optimizer steps per RL step (>1: the PPO clip acts)", ge=1)
-    # On a GPU box, learner.num_gpus=0.5 + rollout.num_gpus=0.5 puts one of each on every GPU.
-    colocate: bool = _f(False, "rollout/reference workers share the learners' bundles")
-
-
-class ReplaySection(Section):
-    # "truncated" detaches the cache and S at each eviction (design section 1); "exact"
-    # recomputes the segments in reverse from stored starts (method/replay_exact.py).
-    grad: Literal["truncated", "exact"] = _f(
-        "truncated", "truncated: detach at evictions; exact: the bounded-cache policy's gradient"
-    )
-
-
-class TrainSection(Section):
-    steps: int = _f(150, "RL steps", ge=1)
-    prompts_per_step: int = _f(8, "prompts (GRPO groups) per step", ge=1)
-    seed: int = _f(0, "seed of data order, sampling and the adapter's initialisation")
-    output_dir: str | None = _f(None, "run directory (None: runs/<date>-<time>)")
-    save_every: int = _f(10, "steps between checkpoints", ge=1)
-    keep_last: int | None = _f(
-        None,
-        "newest complete checkpoints kept, older ones deleted (None: all, so any step can be "
-        "evaluated later; resuming needs only the newest)",
-        ge=1,
-    )
-    max_learner_restarts: int = _f(
-        0,
-        "times a dead or hung learner group is replaced in the same job and resumed from the "
-        "last checkpoint (0: a lost learner stops the run)",
-        ge=0,
-    )
-    max_staleness: int = _f(0, "0: synchronous; 1: rollouts overlap learning", ge=0)
-    call_timeout_s: float = _f(600.0, "a call that runs longer is retried elsewhere", gt=0.0)
-    max_retries: int = _f(2, "retries of a lost or hung call before the run fails", ge=0)
-    start_timeout_s: float = _f(
-        600.0, "a role not ready in this time fails the start (or a probe: replaced)", gt=0.0
-    )
-    ray_address: str | None = _f(None, "None: RAY_ADDRESS, else a new local cluster")
-    profile_steps: tuple[Annotated[int, Field(ge=1)], ...] = _f(
-        (), "steps (from 1) traced by torch.profiler: RUN_DIR/profiles/step_N/ (Perfetto, TB)"
-    )
-    loggers: tuple[Literal["tensorboard", "wandb"], ...] = _f(
-        (), "also log each step to TensorBoard (RUN_DIR/tensorboard) / W&B offline (RUN_DIR/wandb)"
-    )
-    profile_max_mb: float = _f(100.0, "a gzipped trace larger than this is dropped", gt=0.0)
+from pte_ray.rl.sft import SFTConfig
 
 
 class Config(Section):
@@ -174,6 +41,8 @@ class Config(Section):
     adapter: AdapterConfig = AdapterConfig()
     sampling: SamplingConfig = SamplingConfig()
     grpo: GRPOConfig = GRPOConfig()
+    sft: SFTConfig = SFTConfig()
+    distill: DistillConfig = DistillConfig()
     optim: OptimSection = OptimSection()
     rollout: RolloutSection = RolloutSection()
     reward: RewardSection = RewardSection()
@@ -193,6 +62,18 @@ class Config(Section):
         if "seed" in adapter or not isinstance(train, dict):
             return data
         return {**data, "adapter": {**adapter, "seed": train.get("seed", 0)}}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replay_default(cls, data: Any) -> Any:
+        """``replay.grad`` defaults by stage: exact for SFT, truncated for GRPO (README,
+        "Truncated or exact": each stage's default is the one that learned more per hour)."""
+        if not isinstance(data, dict) or not isinstance(data.get("replay", {}) or {}, dict):
+            return data
+        replay, train = data.get("replay") or {}, data.get("train") or {}
+        if "grad" in replay or not isinstance(train, dict) or train.get("stage") != "sft":
+            return data
+        return {**data, "replay": {**replay, "grad": "exact"}}
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -226,7 +107,28 @@ class Config(Section):
                 "learner.colocate=true fixes the rollout pool to the learners' bundles: "
                 "leave rollout.min_workers/max_workers unset (no autoscaling)"
             )
+        return self._check_stage()
+
+    def _check_stage(self) -> Config:
+        """What the SFT stage cannot do, said before anything starts."""
+        if self.train.stage != "sft":
+            return self
+        if self.train.max_staleness:
+            raise ValueError("train.stage=sft trains on fixed targets: set train.max_staleness=0")
+        if self.cache_config().rkv_on:
+            raise ValueError(
+                "train.stage=sft with cache.eviction=rkv: R-KV chooses what to evict from the "
+                "queries of a rollout, and a teacher-forced target has no rollout to replay; "
+                "train SFT under cache.eviction=window, then GRPO under rkv (train.init_adapter)"
+            )
+        if not self.adapter.has_adapter:
+            raise ValueError("train.stage=sft with adapter.method=base: nothing to train")
         return self
+
+    @property
+    def reference_pool(self) -> bool:
+        """Whether the run starts reference workers: GRPO with a KL term or distillation."""
+        return self.train.stage == "grpo" and (self.grpo.kl_coef > 0 or self.distill.coef > 0)
 
     def cache_config(self) -> CacheConfig:
         """The cache the configured method runs with (``lora``: a full one)."""
@@ -236,9 +138,11 @@ class Config(Section):
         return self.adapter
 
     def sampling_params(
-        self, seed: int | None = None, row_seeds: Sequence[int] = ()
+        self, seed: int | None = None, row_seeds: Sequence[int] = (), greedy: bool = False
     ) -> SamplingParams:
-        return SamplingParams(**self.sampling.model_dump(), seed=seed, row_seeds=tuple(row_seeds))
+        return SamplingParams(
+            **self.sampling.model_dump(), seed=seed, row_seeds=tuple(row_seeds), greedy=greedy
+        )
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

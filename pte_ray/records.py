@@ -5,7 +5,8 @@ One training step moves data along one path, and each hop carries exactly one of
     controller --RolloutRequest--> rollout worker --Rollouts--> controller
     controller --ScoreRequest--> reward worker --Scores--> controller
     controller --ReferenceRequest--> reference worker --ReferenceLogprobs--> controller
-    controller --LearnerShard--> learner rank --LearnStats--> controller
+    controller --LearnerShard--> learner rank --LearnStats--> controller   (GRPO stage)
+    controller --SFTShard--> learner rank --LearnStats--> controller       (SFT stage)
     learner rank 0 --PublishedWeights--> controller --(in the next RolloutRequest)--> rollout
 
 Shapes: n rows (samples) per record, P_i prompt tokens and T_i completion tokens of row i,
@@ -83,6 +84,7 @@ class RolloutRequest(Rows):
     seeds: list[int]  # [n] each row's sampling seed: its tokens do not depend on the batch
     weights: PublishedWeights | None  # the version to generate with (None: as initialised)
     profile: str | None = None  # directory for a torch-profiler trace of the call (None: none)
+    greedy: bool = False  # argmax decoding (held-out evaluation), else the run's sampling
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,24 @@ class LearnerShard:
     eviction_steps: list[list[int]]  # [n][k_i] replayed exactly as generated
     evicted_slots: list[list[list[int]]]  # [n][k_i][E] which slots went (rkv; [] if window)
     advantages: list[float]  # [n] group-normalised
-    ref_logprobs: FloatRows | None  # [n][T_i] when grpo.kl_coef > 0
+    ref_logprobs: FloatRows | None  # [n][T_i] when a reference pool runs (KL, distill)
     pad_id: int  # token id used to pad prompts inside replay
     profile: str | None = None  # directory for a torch-profiler trace of the step (None: none)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass(frozen=True)
+class SFTShard:
+    """One learner rank's targets for one supervised step: teacher-forced under the bounded
+    cache (the eviction schedule follows from the cache config, as the rollout's would)."""
+
+    prompts: TokenRows  # [n][P_i]
+    completions: TokenRows  # [n][T_i] target solutions (+ EOS)
+    weights: FloatRows  # [n][T_i] per-token loss weights (the answer's tokens weigh more)
+    pad_id: int
+    profile: str | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -166,3 +183,5 @@ class LearnStats:
     samples: int  # rows in this rank's shard
     version: int  # adapter version after the step
     peak_mb: float  # this rank's peak memory so far
+    nll: float = float("nan")  # SFT: token-mean NLL of the targets
+    answer_nll: float = float("nan")  # SFT: token-mean NLL of the answer's tokens

@@ -30,7 +30,7 @@ def _fixed_ask(cfg: Config) -> dict[str, float]:
     lc, wc, fc = cfg.learner, cfg.reward, cfg.reference
     ask["CPU"] += lc.num_learners * lc.num_cpus + wc.num_workers * wc.num_cpus
     ask["GPU"] += lc.num_learners * lc.num_gpus
-    if cfg.grpo.kl_coef > 0:
+    if cfg.reference_pool:
         ask["CPU"] += fc.num_workers * fc.num_cpus
         ask["GPU"] += fc.num_workers * fc.num_gpus
     return ask

@@ -18,23 +18,17 @@ from typing import Any
 
 import ray
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.actors import metrics
 from pte_ray.actors.weights import pack
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import pick_device, resolve_dtype
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.checkpoint import load_base, save_adapter
+from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.replay import replay
-from pte_ray.records import LearnerShard, LearnStats, PublishedWeights
-from pte_ray.rl.grpo import GRPOLoss
+from pte_ray.records import LearnerShard, LearnStats, PublishedWeights, SFTShard
+from pte_ray.rl.objective import GRPOObjective, Objective, SFTObjective
 from pte_ray.run.profile import traced
-
-
-def _pad(rows: list[list[float]]) -> torch.Tensor:
-    """Ragged per-token rows -> [n, max T_i] fp32, zero-padded (masked out by the loss)."""
-    return pad_sequence([torch.tensor(r, dtype=torch.float32) for r in rows], batch_first=True)
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -117,6 +111,8 @@ class Learner:
                 "adapter.method=base has nothing to train; use lora, lora_c, global_only or pte"
             )
         adapter = Adapter(self.model.args, acfg, self.model.dtype, device)
+        if self.cfg.train.init_adapter:  # a stage's checkpoint: this run continues from it
+            load_adapter(adapter, self.cfg.train.init_adapter)
         self.shadow = copy.deepcopy(adapter)
         # Replay runs hundreds of backwards per step; summing them in a bf16 ``.grad`` loses
         # ~2.6% (measured), so each backward's gradient is moved into an fp32 accumulator.
@@ -136,19 +132,27 @@ class Learner:
         return {"rank": self.rank, "device": str(self.model.device), "pid": os.getpid()}
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
-        """One RL step on this rank's shard: ``learner.mini_batches`` optimizer steps.
+        """One GRPO step on this rank's shard (all ranks call it together)."""
+        return self._step(GRPOObjective(shard, self.cfg.grpo), self.cfg.learner.mini_batches)
 
-        All ranks call it together. Each mini-batch's loss is normalised by its size summed
-        over ranks (one all-reduce), so ranks with uneven shards still weigh every token alike.
+    def sft_step(self, shard: SFTShard) -> LearnStats:
+        """One supervised step on this rank's targets: one optimizer step, teacher-forced."""
+        return self._step(SFTObjective(shard), 1)
+
+    def _step(self, job: Objective, k: int) -> LearnStats:
+        """``k`` optimizer steps over the shard's rows.
+
+        Each mini-batch's loss is normalised by its size summed over ranks (one all-reduce), so
+        ranks with uneven shards still weigh every token alike.
         """
         t0 = time.perf_counter()
-        n, k = len(shard), self.cfg.learner.mini_batches
+        n = len(job.completions)
         bounds = [round(n * j / k) for j in range(k + 1)]
         sums: dict[str, float] = {}
         diff = 0.0
-        with traced(shard.profile, f"learner-rank{self.rank}", self.cfg.train.profile_max_mb):
+        with traced(job.profile, f"learner-rank{self.rank}", self.cfg.train.profile_max_mb):
             for j in range(k):
-                stats, d = self._optimizer_step(shard, range(bounds[j], bounds[j + 1]))
+                stats, d = self._optimizer_step(job, range(bounds[j], bounds[j + 1]))
                 diff = d if j == 0 else diff  # later mini-batches see updated weights on purpose
                 for key, v in stats.items():
                     sums[key] = sums.get(key, 0.0) + v / k
@@ -157,49 +161,48 @@ class Learner:
         me = {"worker": str(self.rank)}
         metrics.gauge("learner_step_s", time.perf_counter() - t0, "learner", **me)
         metrics.gauge("loss", sums.get("loss", 0.0), "learner", **me)
-        metrics.gauge("kl", sums["kl"], "learner", **me)
+        metrics.gauge("kl", sums.get("kl", 0.0), "learner", **me)
         metrics.gauge("grad_norm", float(norm) if norm is not None else 0.0, "learner", **me)
         return LearnStats(
             loss=sums.get("loss", 0.0) / self.world,
-            kl=sums["kl"],
-            entropy=sums["entropy"],
-            clip_frac=sums["clip_frac"],
-            ratio=sums["ratio"],
+            kl=sums.get("kl", 0.0),
+            entropy=sums.get("entropy", 0.0),
+            clip_frac=sums.get("clip_frac", 0.0),
+            ratio=sums.get("ratio", 1.0),
             grad_norm=float(norm) if norm is not None else float("nan"),
             logprob_replay_diff=diff,
             samples=n,
             version=self.version,
             peak_mb=_peak_mb(self.model.device),
+            nll=sums.get("nll", float("nan")),
+            answer_nll=sums.get("answer_nll", float("nan")),
         )
 
-    def _optimizer_step(self, shard: LearnerShard, part: range) -> tuple[dict[str, float], float]:
+    def _optimizer_step(self, job: Objective, part: range) -> tuple[dict[str, float], float]:
         """Replay ``part`` micro-batch by micro-batch into the shadow, then one DeepSpeed step."""
-        gcfg = self.cfg.grpo
         live = list(self.engine.module.parameters())
         with torch.no_grad():
             for s, p, acc in zip(self.shadow.parameters(), live, self.grad_acc):
                 s.copy_(p)
                 s.grad = None
                 acc.zero_()
-        sizes = [len(shard.completions[i]) for i in part]
-        token_mean = gcfg.loss_agg == "token-mean"
         # on the collective's device: NCCL serves only CUDA tensors, gloo any
-        total = torch.tensor(
-            [float(sum(sizes) if token_mean else len(sizes))], device=self.model.device
-        )
+        total = torch.tensor([job.size(part)], device=self.model.device)
         torch.distributed.all_reduce(total)  # this mini-batch's size over all ranks
-        sums = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0}
+        sums: dict[str, float] = {}
         diff, weight_total = 0.0, 0.0
         mb = self.cfg.learner.micro_batch
         for lo in range(part.start, part.stop, mb):
-            stats, d, local = self._micro_batch(shard, slice(lo, min(part.stop, lo + mb)), total)
+            sl = slice(lo, min(part.stop, lo + mb))
+            stats, d, local = self._micro_batch(job, sl, float(total))
             diff = max(diff, d)
-            sums["loss"] += stats.pop("loss")
+            sums["loss"] = sums.get("loss", 0.0) + stats.pop("loss")
             for key, v in stats.items():
-                sums[key] += v * local
+                sums[key] = sums.get(key, 0.0) + v * local
             weight_total += local
-        for key in ("clip_frac", "kl", "entropy", "ratio"):
-            sums[key] /= max(weight_total, 1e-12)
+        for key in sums:
+            if key != "loss":
+                sums[key] /= max(weight_total, 1e-12)
         # Every parameter gets a gradient, zero where replay left none (an empty part, a frozen
         # path): under ZeRO-2 every rank must reduce the same buckets, or the ranks hang.
         surrogate = sum((p * acc.to(p.dtype)).sum() for p, acc in zip(live, self.grad_acc))
@@ -208,36 +211,32 @@ class Learner:
         return sums, diff
 
     def _micro_batch(
-        self, shard: LearnerShard, sl: slice, total: torch.Tensor
+        self, job: Objective, sl: slice, total: float
     ) -> tuple[dict[str, float], float, float]:
-        """Replay one micro-batch with its share of the GRPO loss: (stats, replay diff, weight)."""
-        cfg, gcfg, dev = self.cfg, self.cfg.grpo, self.model.device
-        comps = shard.completions[sl]
-        old = _pad(shard.logprobs[sl]).to(dev)
-        lens = torch.tensor([len(c) for c in comps])
-        mask = (torch.arange(old.shape[1])[None] < lens[:, None]).to(dev)
-        ref = _pad(shard.ref_logprobs[sl]).to(dev) if shard.ref_logprobs is not None else None
-        adv = torch.tensor(shard.advantages[sl], device=dev)
-        local = float(lens.sum()) if gcfg.loss_agg == "token-mean" else float(len(comps))
+        """Replay one micro-batch with its share of the loss: (stats, replay diff, weight)."""
+        cfg = self.cfg
+        comps = job.completions[sl]
+        local = job.size(range(*sl.indices(len(job.completions))))
         # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
-        scale = local / max(float(total), 1.0) * self.world
-        loss_fn = GRPOLoss(old, adv, mask, gcfg, ref, weight_scale=scale)
+        loss_fn = job.loss(sl, local / max(total, 1e-12) * self.world, self.model.device)
+        steps, slots = job.record(sl)
+        # a target may be longer than any rollout (SFT): a full cache must still hold it
+        longest = max(len(c) for c in comps)
         res = replay(
             self.model,
             self.shadow,
-            shard.prompts[sl],
+            job.prompts[sl],
             comps,
             cfg.cache_config(),
             cfg.sampling.temperature,
-            cfg.sampling.max_new_tokens,
-            shard.eviction_steps[sl],
+            max(cfg.sampling.max_new_tokens, longest),
+            steps,
             loss_fn=loss_fn,
-            pad_id=shard.pad_id,
+            pad_id=job.pad_id,
             grad_mode=cfg.replay.grad,
-            evicted_slots=shard.evicted_slots[sl],
+            evicted_slots=slots,
         )
-        diff = float(((res.logprobs - old).abs() * mask).max())
-        return loss_fn.metrics(), diff, local  # metrics: weighted means over this micro-batch
+        return loss_fn.metrics(), job.replay_diff(sl, res.logprobs), local
 
     def publish(self) -> PublishedWeights:
         """Rank 0: put a versioned snapshot of the adapter in the object store."""

@@ -41,7 +41,7 @@ def _bundles(cfg: Config) -> list[dict[str, float]]:
     lc, d = cfg.learner, cfg.learner.num_learners
     out = [{"CPU": lc.num_cpus, "GPU": lc.num_gpus} for _ in range(d)]
     if lc.colocate:
-        roles = [cfg.rollout] + ([cfg.reference] if cfg.grpo.kl_coef > 0 else [])
+        roles = [cfg.rollout] + ([cfg.reference] if cfg.reference_pool else [])
         for role in roles:
             for i in range(role.num_workers):
                 out[i % d]["CPU"] += role.num_cpus

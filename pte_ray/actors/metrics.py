@@ -53,6 +53,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "grad_norm": (G, "global gradient norm before clipping"),
     # controller, per step
     "reward_mean": (G, "mean reward of the step"),
+    "nll": (G, "SFT stage: token-mean NLL of the step's targets"),
+    "eval_accuracy": (G, "held-out greedy accuracy (train.eval_every; subset all or d2plus)"),
     "weight_version_lag": (G, "learner version minus the oldest version a step's rollouts used"),
     "staleness_mean": (G, "versions behind the weights they were learned on, mean over rows"),
     "phase_s": (G, "seconds of a step's phase (rollout, reward_ref, learn, publish, step, wall)"),
@@ -115,16 +117,26 @@ def count(name: str, value: float, role: str, **tags: str) -> None:
         c.inc(float(value), tags=full)
 
 
-PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "step_s", "wall_s")
+PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "eval_s", "step_s", "wall_s")
 
 
 def export_step(row: dict[str, float]) -> None:
     """The controller's per-step figures from its ``metrics.jsonl`` row."""
-    for key in ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version"):
-        gauge(key, row[key], "controller")
-    # the version learned on (one before the one just published) minus the oldest rollout's
-    lag = row["weight_version"] - 1 - row["rollout_version_min"]
-    gauge("weight_version_lag", lag, "controller")
+    for key in ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version", "nll"):
+        if key in row:  # the SFT stage has no rewards or rollouts, GRPO no target NLL
+            gauge(key, row[key], "controller")
+    if "rollout_version_min" in row:
+        # the version learned on (one before the one just published) minus the oldest rollout's
+        lag = row["weight_version"] - 1 - row["rollout_version_min"]
+        gauge("weight_version_lag", lag, "controller")
+    for key in ("eval_acc", "eval_acc_d2plus"):
+        if key in row:
+            gauge(
+                "eval_accuracy",
+                row[key],
+                "controller",
+                subset=key.removeprefix("eval_acc_") if key != "eval_acc" else "all",
+            )
     for key in PHASES:
         if key in row:
             gauge("phase_s", row[key], "controller", phase=key.removesuffix("_s"))

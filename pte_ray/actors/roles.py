@@ -45,43 +45,57 @@ def _actor(cls: type, num_cpus: float, num_gpus: float = 0.0, strategy: Any = No
     return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS, **extra)
 
 
-def _pools(cfg: Config, model_path: str, on: Callable[[int], Any], started: list[Any]) -> None:
-    """Rollout, reward and (with ``grpo.kl_coef > 0``) reference pools, appended as started."""
-    dump = cfg.model_dump(mode="json")
-    rc, wc, fc = cfg.rollout, cfg.reward, cfg.reference
+def _common(cfg: Config) -> dict[str, float | int]:
     tc = cfg.train
-    common = {
+    return {
         "call_timeout_s": tc.call_timeout_s,
         "max_retries": tc.max_retries,
         "ready_timeout_s": tc.start_timeout_s,
     }
-    started.append(
-        Pool(
-            "rollout",
-            lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus, on(i)).remote(
-                dump, model_path, i
-            ),
-            rc.num_workers,
-            min_size=rc.min_workers,
-            max_size=rc.max_workers,
-            scale_up_wait_s=rc.scale_up_wait_s,
-            scale_down_idle_s=rc.scale_down_idle_s,
-            max_items_per_call=rc.max_groups_per_call,
-            on_resize=autoscaler_request(cfg),
-            **common,
-        )
+
+
+def rollout_pool(cfg: Config, model_path: str, on: Callable[[int], Any] = lambda i: None) -> Pool:
+    """Rollout workers of ``cfg`` (the student's, or a teacher's config: ``run/teacher.py``)."""
+    dump, rc = cfg.model_dump(mode="json"), cfg.rollout
+    return Pool(
+        "rollout",
+        lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus, on(i)).remote(
+            dump, model_path, i
+        ),
+        rc.num_workers,
+        min_size=rc.min_workers,
+        max_size=rc.max_workers,
+        scale_up_wait_s=rc.scale_up_wait_s,
+        scale_down_idle_s=rc.scale_down_idle_s,
+        max_items_per_call=rc.max_groups_per_call,
+        on_resize=autoscaler_request(cfg),
+        **_common(cfg),
     )
+
+
+def _pools(
+    cfg: Config,
+    paths: tuple[str, str | None],
+    on: Callable[[int], Any],
+    started: list[Any],
+) -> None:
+    """Rollout, reward and (with a KL term or distillation) reference pools, appended as
+    started; ``paths``: the student's model and the reference's (teacher's)."""
+    dump = cfg.model_dump(mode="json")
+    wc, fc = cfg.reward, cfg.reference
+    started.append(rollout_pool(cfg, paths[0], on))
     make_reward = lambda i: _actor(RewardWorker, wc.num_cpus).remote(dump, i)  # noqa: E731
-    started.append(Pool("reward", make_reward, wc.num_workers, **common))
-    if cfg.grpo.kl_coef > 0:
+    started.append(Pool("reward", make_reward, wc.num_workers, **_common(cfg)))
+    if cfg.reference_pool:
+        ref_path = paths[1] or paths[0]
         started.append(
             Pool(
                 "reference",
                 lambda i: _actor(ReferenceWorker, fc.num_cpus, fc.num_gpus, on(i)).remote(
-                    dump, model_path, i
+                    dump, ref_path, i
                 ),
                 fc.num_workers,
-                **common,
+                **_common(cfg),
             )
         )
 
@@ -91,7 +105,9 @@ def start_learners(cfg: Config, model_path: str, epoch: int) -> LearnerGroup:
     return LearnerGroup(cfg, model_path, cfg.train.start_timeout_s, epoch)
 
 
-def start_roles(cfg: Config, model_path: str, epoch: int = 0) -> Roles:
+def start_roles(
+    cfg: Config, model_path: str, epoch: int = 0, teacher_path: str | None = None
+) -> Roles:
     """Learners first (the largest ask), then the pools; on any failure, stop what started."""
     check_placeable(cfg)
     started: list[Any] = []
@@ -102,7 +118,7 @@ def start_roles(cfg: Config, model_path: str, epoch: int = 0) -> Roles:
         def on(i: int) -> Any:  # a worker's place: a learner's bundle when colocated
             return learners.on(i) if cfg.learner.colocate else None
 
-        _pools(cfg, model_path, on, started)
+        _pools(cfg, (model_path, teacher_path), on, started)
     except BaseException:
         for role in reversed(started):  # a role that failed to start cleaned up after itself
             role.shutdown()

@@ -56,7 +56,8 @@ class RolloutWorker:
         t0 = time.perf_counter()
         name = f"rollout-worker{self.worker_id}-{time.time_ns()}"  # a worker may take 2 calls
         with traced(req.profile, name, self.cfg.train.profile_max_mb):
-            out = self.engine.generate(req.prompts, self.cfg.sampling_params(row_seeds=req.seeds))
+            sp = self.cfg.sampling_params(row_seeds=req.seeds, greedy=req.greedy)
+            out = self.engine.generate(req.prompts, sp)
         wall = time.perf_counter() - t0
         n_tok = sum(len(t) for t in out.tokens)
         me = {"worker": self.worker_id}

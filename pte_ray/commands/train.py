@@ -21,6 +21,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
 
     from pte_ray.controller.loop import fit
     from pte_ray.controller.loop import resume as resume_from
+    from pte_ray.controller.sft import SFTController
     from pte_ray.controller.step import Controller
     from pte_ray.run.loggers import StepLoggers
 
@@ -35,7 +36,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
         ray.init(address=address, log_to_driver=True, include_dashboard=None)
     controller = None
     try:
-        controller = Controller(cfg, run)
+        controller = (SFTController if cfg.train.stage == "sft" else Controller)(cfg, run)
         controller.step_loggers = loggers
         # --resume PATH: that checkpoint; --resume auto: the newest complete one
         ckpt = Path(resume) if resume not in (None, "auto") else None
@@ -45,8 +46,9 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
             print(f"resumed from {ckpt} at step {controller.step}", file=sys.stderr)
         summary = fit(controller)
         f, l_ = summary["first"], summary["last"]
+        key = "nll" if cfg.train.stage == "sft" else "reward_mean"
         if f and l_:
-            print(f"reward {f['reward_mean']:.3f} -> {l_['reward_mean']:.3f}; run dir {run.path}")
+            print(f"{key} {f[key]:.3f} -> {l_[key]:.3f}; run dir {run.path}")
         return 0
     finally:
         loggers.close()

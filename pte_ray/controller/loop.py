@@ -60,11 +60,14 @@ def _next_batch(ctl: Controller, pending: Future[Batch] | None) -> Batch:
 def _report(m: dict[str, Any], bar: Any) -> None:
     """The step on the progress bar / log line and the optional loggers (the Ray dashboard's
     gauges are set by ``Controller.train_step``)."""
-    bar.set_postfix(
-        reward=f"{m['reward_mean']:.3f}",
-        tok_s=f"{m['tokens_per_s']:.0f}",
-        evict=f"{m['evictions_per_seq']:.1f}",
-    )
+    shown = {
+        "reward": ("reward_mean", "{:.3f}"),
+        "nll": ("nll", "{:.3f}"),
+        "tok_s": ("tokens_per_s", "{:.0f}"),
+        "evict": ("evictions_per_seq", "{:.1f}"),
+        "eval": ("eval_acc", "{:.3f}"),
+    }
+    bar.set_postfix(**{k: f.format(m[key]) for k, (key, f) in shown.items() if key in m})
     bar.update(1)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from pte_ray.actors import metrics
 from pte_ray.config import Config
+from pte_ray.controller.evaluation import load_eval_set, run_eval
 from pte_ray.controller.log import step_metrics, step_rows
 from pte_ray.records import (
     LearnerShard,
@@ -90,13 +91,14 @@ class Controller:
 
         self.cfg, self.run = cfg, run
         self.data = prepare(cfg)  # validates model path and every data row before any compute
+        self.eval_set = load_eval_set(cfg, self.data.tokenizer)  # held-out set, if asked for
         say(
             f"starting roles: {cfg.rollout.num_workers} rollout, {cfg.reward.num_workers} reward, "
             f"{cfg.learner.num_learners} learner (a first start compiles DeepSpeed's Adam op, "
             "~1 min)"
         )
         t0 = time.perf_counter()
-        self.roles = start_roles(cfg, self.data.model_path)
+        self.roles = start_roles(cfg, self.data.model_path, 0, self.data.teacher_path)
         say(f"roles ready in {time.perf_counter() - t0:.0f} s")
         self.step = 0
         self.weights: PublishedWeights | None = None  # the newest published version
@@ -232,8 +234,19 @@ class Controller:
         if self.roles.reference is not None:
             pools["reference"] = self.roles.reference.summary()
         row = step_metrics(step, batch, scores, stats, weights, pools, timer)
+        row |= self.evaluate_due(step, timer)
+        row["eval_s"] = timer.seconds.get("eval_s", 0.0)
         metrics.export_step(row)
         return row
+
+    def evaluate_due(self, step: int, timer: PhaseTimer) -> dict[str, float]:
+        """Held-out greedy accuracy of the weights just published, every ``train.eval_every``
+        steps and at the last step (``{}`` otherwise)."""
+        every, last = self.cfg.train.eval_every, step + 1 == self.cfg.train.steps
+        if self.eval_set is None or not ((step + 1) % every == 0 or last):
+            return {}
+        with timer("eval"):
+            return run_eval(self.roles, self.eval_set, self.weights)
 
     def restart_learners(self) -> None:
         """A new learner group (new placement group and rendezvous) for a lost one; colocated
@@ -244,7 +257,7 @@ class Controller:
         metrics.count("learner_restarts", 1, "controller")
         if self.cfg.learner.colocate:
             self.roles.shutdown()
-            self.roles = start_roles(self.cfg, self.data.model_path, epoch)
+            self.roles = start_roles(self.cfg, self.data.model_path, epoch, self.data.teacher_path)
         else:
             self.roles.learners.shutdown()
             self.roles.learners = start_learners(self.cfg, self.data.model_path, epoch)

@@ -42,12 +42,20 @@ def rollout_engine(cfg: Config, model_path: str, device: str, engine: str | None
 
 
 def reference_engine(cfg: Config, model_path: str, device: str) -> Any:
-    """pi_ref: the frozen base model with the full context (no adapter, no cache bound)."""
+    """pi_ref: the frozen teacher with the full context: the base model, or ``model_path``
+    (``reference.model``) with ``reference.adapter`` applied (no cache bound either way)."""
+    from pte_ray.run.teacher import teacher_adapter
+
+    acfg = teacher_adapter(cfg)
     if cfg.reference.engine == "vllm":
         from pte_ray.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(
-            model_path, None, cfg.sampling.temperature, cfg.vllm, cfg.model.dtype, device,
-            seed=cfg.train.seed,
+        eng: Any = VllmEngine(
+            model_path, acfg if acfg.has_adapter else None, cfg.sampling.temperature, cfg.vllm,
+            cfg.model.dtype, device, seed=cfg.train.seed,
         )  # fmt: skip
-    return TorchEngine(model_path, None, CacheConfig(budget=None), cfg.model.dtype, device)
+    else:
+        eng = TorchEngine(model_path, acfg, CacheConfig(budget=None), cfg.model.dtype, device)
+    if cfg.reference.adapter is not None:
+        eng.load_dir(cfg.reference.adapter)
+    return eng

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.checkpoint import load_adapter_tensors, load_base
+from pte_ray.method.checkpoint import load_adapter, load_adapter_tensors, load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import Rollout, generate
 from pte_ray.method.replay import replay
@@ -60,6 +61,12 @@ class TorchEngine:
         load_adapter_tensors(self.adapter, tensors, "published weights")
         self.tag = tag
 
+    def load_dir(self, path: str) -> None:
+        """An adapter checkpoint from disk (a stage's output, or the teacher's)."""
+        if self.adapter is not None:
+            load_adapter(self.adapter, path)
+            self.tag = Path(path).name
+
     def loaded_versions(self) -> list[str]:
         return [self.tag] if self.adapter is not None and self.tag else []
 
@@ -90,12 +97,12 @@ class TorchEngine:
         temperature: float,
         micro_batch: int,
     ) -> list[list[float]]:
-        """The frozen base model with the whole context (the reference policy)."""
+        """The whole context, with the engine's adapter if it has one (a teacher's)."""
         full = CacheConfig(budget=None)
         out: list[list[float]] = []
         for i in range(0, len(prompts), micro_batch):
             p, c = prompts[i : i + micro_batch], completions[i : i + micro_batch]
-            res = replay(self.model, None, p, c, full, temperature, pad_id=self.pad_id)
+            res = replay(self.model, self.adapter, p, c, full, temperature, pad_id=self.pad_id)
             out += [res.logprobs[j, : len(c[j])].tolist() for j in range(len(c))]
         return out
 

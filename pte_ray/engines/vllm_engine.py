@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,6 +94,12 @@ class VllmEngine:
         self.next_id = 1
         self.state: dict[str, torch.Tensor] = {}
         self.tmp = tempfile.mkdtemp(prefix="pte-ray-vllm-lora-")
+
+    def load_dir(self, path: str) -> None:
+        """An adapter checkpoint from disk (the teacher's), served from the next request on."""
+        from safetensors.torch import load_file
+
+        self.load_state(load_file(str(Path(path) / "adapter.safetensors")), tag=Path(path).name)
 
     def load_state(self, tensors: dict[str, torch.Tensor], tag: str = "0") -> None:
         """Serve ``tensors`` as adapter version ``tag`` from the next request on."""
@@ -171,7 +178,8 @@ class VllmEngine:
         self._check_temperature(temperature)
         sp = VSP(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         joined = [{"prompt_token_ids": p + c} for p, c in zip(prompts, completions, strict=True)]
-        outs = self.llm.generate(joined, sp, use_tqdm=False)
+        lora = self.versions[-1] if self.versions else None  # a teacher's adapter, if any
+        outs = self.llm.generate(joined, sp, lora_request=lora, use_tqdm=False)
         res = []
         for p, c, o in zip(prompts, completions, outs, strict=True):
             pl = o.prompt_logprobs  # [None, {id: Logprob}, ...] per prompt position

@@ -47,7 +47,7 @@ def resolve_bench(spec: str, cfg: Config) -> Bench:
                 f"benchmark {spec!r}: no such file or directory (bundled: {sorted(BUNDLED)}, tiny)"
             )
         name = path.stem
-    first = _first_row(path)
+    first = first_row(path)
     pkey = next((k for k in (cfg.data.prompt_key, *PROMPT_KEYS) if k in first), None)
     akey = next((k for k in (cfg.data.answer_key, *ANSWER_KEYS) if k in first), None)
     if pkey is None or akey is None:
@@ -59,7 +59,7 @@ def resolve_bench(spec: str, cfg: Config) -> Bench:
     return Bench(name, str(path), pkey, akey, "distance" in first)
 
 
-def _first_row(path: Path) -> dict[str, Any]:
+def first_row(path: Path) -> dict[str, Any]:
     files = sorted(path.iterdir()) if path.is_dir() else [path]
     for f in files:
         if f.suffix == ".parquet":
@@ -69,7 +69,7 @@ def _first_row(path: Path) -> dict[str, Any]:
                 line = fh.readline()
             row = json.loads(line) if f.suffix == ".jsonl" else json.loads(f.read_text())[0]
             return row if isinstance(row, dict) else {}
-    raise ValueError(f"benchmark {path}: no .jsonl, .json or .parquet file")
+    raise ValueError(f"{path}: no .jsonl, .json or .parquet file")
 
 
 def problems(bench: Bench, cfg: Config, limit: int | None) -> tuple[list, list[str], DataConfig]:

@@ -16,6 +16,9 @@ from pte_ray.config import Config
 from pte_ray.method.checkpoint import _hf_config
 from pte_ray.rl.data import Example, PromptStream, filter_by_length, load_dataset
 from pte_ray.rl.data import render_prompt as render
+from pte_ray.rl.data.read import resolve_files
+from pte_ray.rl.data.targets import Target, solution_targets
+from pte_ray.run.teacher import check_init_adapter, check_vocabulary, teacher_adapter
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,9 @@ class Prepared:
     prompt_text: dict[int, str]
     stream: PromptStream
     pad_id: int
+    eos_id: int | None = None
+    teacher_path: str | None = None  # the reference's model (None: no reference pool)
+    targets: list[Target] | None = None  # SFT from solutions: one per example
 
 
 def resolve_model(path: str) -> str:
@@ -75,13 +81,46 @@ def resolve_data(path: str) -> str:
     return path
 
 
+def _check_solutions(cfg: Config, path: str) -> bool:
+    """Whether this run trains on the data's solutions; their column must be there."""
+    if cfg.train.stage != "sft" or cfg.sft.source != "solutions":
+        return False
+    from pte_ray.evalsets import first_row
+
+    key = cfg.data.solution_key
+    for f in resolve_files(path):
+        found = sorted(first_row(f))
+        if key not in found:
+            raise ValueError(
+                f"train.stage=sft trains on the data's solutions, but {f} has no "
+                f"{key!r} column (columns: {found}); set data.solution_key, or sample targets "
+                "from the full-cache teacher with sft.source=teacher"
+            )
+    return True
+
+
+def _teacher(cfg: Config, model_path: str) -> str | None:
+    """The reference/teacher model's path when a role needs it, its vocabulary checked."""
+    needs = cfg.reference_pool
+    needs = needs or (cfg.train.stage == "sft" and cfg.sft.source == "teacher")
+    if not needs:
+        return None
+    path = resolve_model(cfg.reference.model) if cfg.reference.model else model_path
+    check_vocabulary(model_path, path)
+    teacher_adapter(cfg)  # the teacher's checkpoint is readable
+    return path
+
+
 def prepare(cfg: Config) -> Prepared:
     from transformers import AutoTokenizer
 
     model_path = resolve_model(cfg.model.path)
+    check_init_adapter(cfg)
+    teacher_path = _teacher(cfg, model_path)
     d = cfg.data
     dcfg = d.loader(resolve_data(d.train))
-    examples, report = load_dataset(dcfg)
+    with_solutions = _check_solutions(cfg, dcfg.path)
+    examples, report = load_dataset(dcfg, solutions=with_solutions)
     if report.skipped:
         log.warning("skipped %d bad rows: %s", report.skipped, report)
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -101,5 +140,7 @@ def prepare(cfg: Config) -> Prepared:
     if empty:
         raise ValueError(f"prompts that tokenize to nothing: {empty[:5]}")
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    stream = PromptStream(examples, seed=cfg.train.seed)
-    return Prepared(model_path, tok, examples, ids, texts, stream, pad)
+    eos = tok.eos_token_id
+    targets = solution_targets(examples, tok, cfg.sft, eos) if with_solutions else None
+    stream = PromptStream(targets or examples, seed=cfg.train.seed)
+    return Prepared(model_path, tok, examples, ids, texts, stream, pad, eos, teacher_path, targets)

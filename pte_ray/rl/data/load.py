@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _ROLES = ("system", "user", "assistant")
 _MAX_LISTED = 10
 
-Row = tuple[str, list[dict[str, str]] | None, str]  # (prompt, messages, answer)
+Row = tuple[str, list[dict[str, str]] | None, str, str | None]  # prompt, messages, answer, sol
 
 
 @dataclass
@@ -72,8 +72,17 @@ def _answer(rec: dict, key: str) -> str | Bad:
     return answer
 
 
-def _validate(rec: Any, cfg: DataConfig) -> Row | Bad:
-    """(prompt, messages, answer) of a good row, or why it is bad."""
+def _solution(rec: dict, key: str) -> str | Bad:
+    sol = rec.get(key) if key in rec else Bad(f"missing column {key!r} (the SFT target)")
+    if isinstance(sol, Bad):
+        return sol
+    if not isinstance(sol, str) or not sol.strip():
+        return Bad(f"{key!r} must be a non-empty string, got {sol!r:.40}")
+    return sol
+
+
+def _validate(rec: Any, cfg: DataConfig, solutions: bool = False) -> Row | Bad:
+    """(prompt, messages, answer, solution) of a good row, or why it is bad."""
     if isinstance(rec, Bad):
         return rec
     if not isinstance(rec, dict):
@@ -93,7 +102,10 @@ def _validate(rec: Any, cfg: DataConfig) -> Row | Bad:
     answer = _answer(rec, cfg.answer_key)
     if isinstance(answer, Bad):
         return answer
-    return prompt, messages, answer
+    solution = _solution(rec, cfg.solution_key) if solutions else None
+    if isinstance(solution, Bad):
+        return solution
+    return prompt, messages, answer, solution
 
 
 def _check(report: LoadReport, cfg: DataConfig) -> None:
@@ -112,26 +124,27 @@ def _check(report: LoadReport, cfg: DataConfig) -> None:
         raise DataError(f"{cfg.path}: no usable rows")
 
 
-def load_dataset(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
-    """All examples, validated; raises ``DataError`` listing bad rows unless ``skip_bad_rows``."""
+def load_dataset(cfg: DataConfig, solutions: bool = False) -> tuple[list[Example], LoadReport]:
+    """All examples, validated; raises ``DataError`` listing bad rows unless ``skip_bad_rows``.
+    ``solutions``: each row must also hold a worked solution (``solution_key``)."""
     report = LoadReport()
     examples: list[Example] = []
     keys = [cfg.messages_key] if cfg.messages_key else [cfg.prompt_key]
-    keys.append(cfg.answer_key)
+    keys += [cfg.answer_key] + ([cfg.solution_key] if solutions else [])
     for path in resolve_files(cfg.path):
         report.files.append(str(path))
         for row, rec in read_rows(path, keys):
             report.rows += 1
-            got = _validate(rec, cfg)
+            got = _validate(rec, cfg, solutions)
             if isinstance(got, Bad):
                 report.skipped += 1
                 report.reasons[got.reason.split(" (")[0]] += 1
                 if len(report.errors) < _MAX_LISTED:
                     report.errors.append(f"{path}: row {row}: {got.reason}")
                 continue
-            prompt, messages, answer = got
+            prompt, messages, answer, solution = got
             src = f"{path}:{row}"
-            examples.append(Example(prompt, answer, len(examples), src, messages))
+            examples.append(Example(prompt, answer, len(examples), src, messages, solution))
     report.kept = len(examples)
     _check(report, cfg)
     return examples, report

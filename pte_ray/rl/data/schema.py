@@ -19,6 +19,9 @@ class DataColumns(BaseModel):
 
     prompt_key: str = Field("prompt", description="column holding the prompt text")
     answer_key: str = Field("answer", description="column holding the gold answer")
+    solution_key: str = Field(
+        "solution", description="column holding a worked solution (SFT targets; read then only)"
+    )
     messages_key: str | None = Field(
         None, description="column of chat messages ({role, content}) instead of a prompt"
     )
@@ -47,3 +50,4 @@ class Example:
     index: int  # position in the loaded dataset
     source: str  # "file:row", 1-based row
     messages: list[dict[str, str]] | None = None
+    solution: str | None = None  # read only for the SFT stage (sft.source=solutions)
