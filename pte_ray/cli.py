@@ -69,6 +69,8 @@ def _eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
         engine=args.engine,
+        ablate=args.ablate,
+        greedy=args.greedy,
     )
     metrics = dict.fromkeys(m for b in res["benchmarks"].values() for m in b)
     for metric in metrics:
@@ -80,10 +82,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import ray
 
-    from pte_ray.commands.compare import compare, print_table
+    from pte_ray.commands.compare_report import compare, print_table
     from pte_ray.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("sft:")])
     started = not ray.is_initialized()
     if started:  # one local cluster for every run
         ray.init(address=cfg.train.ray_address or os.environ.get("RAY_ADDRESS"))
@@ -97,6 +99,9 @@ def _compare(args: argparse.Namespace) -> int:
             args.bench or ["tiny"],
             out,
             args.samples,
+            sft_config=args.sft_config,
+            distill_coef=args.distill_coef,
+            ablate_fold=args.ablate_fold,
         )
     finally:
         if started:
@@ -143,6 +148,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         default="torch",
         help="torch: every method; vllm: base and lora (full cache; needs the vllm extra)",
     )
+    e.add_argument(
+        "--ablate",
+        choices=("fold", "state"),
+        default=None,
+        help="fold: the thought state is never updated from evicted tokens; state: S is zero",
+    )
+    e.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
     e.set_defaults(func=_eval)
 
@@ -153,13 +165,27 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--methods",
         default="lora,lora_c,global_only,pte",
-        help="comma-separated; method:exact / method:truncated sets replay.grad for that run",
+        help="comma-separated method[+stage...][:grad][@eviction], e.g. pte+sft+grpo, "
+        "lora_c+distill, pte+sft:truncated, pte@rkv, base",
+    )
+    c.add_argument("--sft-config", default=None, help="the SFT stage's config (default --config)")
+    c.add_argument(
+        "--distill-coef", type=float, default=1.0, help="distill.coef of +distill stages"
+    )
+    c.add_argument(
+        "--ablate-fold",
+        action="store_true",
+        help="also evaluate every pte adapter with the fold off (row NAME/fold-off)",
     )
     c.add_argument("--seeds", default="0,1,2", help="comma-separated training / eval seeds")
     c.add_argument("--bench", action="append", default=[], help="held-out benchmark(s), as eval")
     c.add_argument("--samples", type=int, default=1, help="completions per problem in eval")
     c.add_argument("--out", default=None, help="output dir (default runs/compare-<time>)")
-    c.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
+    c.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides for every run; sft:key=value / grpo:key=value for one stage",
+    )
     c.set_defaults(func=_compare)
 
 

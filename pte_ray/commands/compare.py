@@ -1,158 +1,153 @@
-"""`pte-ray compare`: the paper's Table 1 on one config: methods x seeds, trained and evaluated.
+"""`pte-ray compare`: the paper's Table 1 on one config: methods x stages x seeds, trained and
+evaluated.
 
-Every method trains with the same config, steps, budget and seeds (only ``adapter.method`` and
-``train.seed`` change), then its final checkpoint is evaluated on the held-out benchmark(s) with
-the same engine; ``base`` (no adapter, the config's cache) is evaluated once per seed. Reported
-per method: accuracy mean +- std over seeds (and per recall distance where the benchmark has
-one), learner peak memory, rollout tokens/s and training wall time. ``compare.json`` and
-``compare.png`` go into the output folder; each run keeps its own run directory beside them.
+A method spec is ``method[+stage...][:grad][@eviction]``: ``pte`` (GRPO only), ``pte+sft`` (the
+supervised stage), ``pte+sft+grpo`` (GRPO from the SFT checkpoint), ``pte+distill`` (GRPO with
+on-policy distillation from the full-cache teacher), ``pte+sft+distill``; ``:exact`` /
+``:truncated`` sets ``replay.grad`` for every stage of the spec, ``@rkv`` / ``@window`` the
+eviction policy. Every run uses the same config, budget and seeds; only the method, the stages
+and the seed change. GRPO stages read ``--config``, SFT stages ``--sft-config``; an override
+``sft:key=value`` or ``grpo:key=value`` applies to that stage only. A stage prefix shared by two
+specs (``pte+sft`` inside ``pte+sft+grpo``) is trained once, and a run directory that already
+holds its final checkpoint is reused, so an interrupted comparison continues where it stopped.
+
+Each final adapter is evaluated on the held-out benchmark(s) greedy and sampled (T of the
+config), with accuracy per recall distance and for d >= 2 where the benchmark has distances;
+with ``--ablate-fold`` every thought-state adapter is evaluated again with the fold switched off
+(``name/fold-off``). ``base`` is the untrained model. Per spec: accuracy mean +- std over seeds,
+learner peak memory, training wall time (all stages), and first/last training reward.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pte_ray.commands.evaluate import eval_config, evaluate
 from pte_ray.config import load_config
 
 METHODS = ("lora", "lora_c", "global_only", "pte")
-# "pte:exact" = method pte trained with replay.grad=exact (a bare name keeps the config's mode)
+STAGES = ("sft", "grpo", "distill")
 GRAD_SUFFIXES = ("truncated", "exact")
-# "pte@rkv" = method pte with cache.eviction=rkv (a bare name keeps the config's policy)
 EVICTIONS = ("window", "rkv")
+MODES = ("greedy", "sampled")
 
 
-def _split(name: str) -> tuple[str, list[str]]:
-    """``method[:grad][@eviction]`` -> the method and its config overrides."""
-    rest, _, eviction = name.partition("@")
-    method, _, grad = rest.partition(":")
-    over = [f"replay.grad={grad}"] if grad else []
-    return method, over + ([f"cache.eviction={eviction}"] if eviction else [])
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    method: str
+    stages: tuple[str, ...]  # () for base; ("grpo",) for a bare method
+    grad: str | None
+    eviction: str | None
+
+    @property
+    def dirname(self) -> str:
+        return self.name.replace(":", "-").replace("@", "-")
 
 
-def _bad_name(name: str) -> bool:
+def parse_spec(name: str) -> Spec:
+    """``method[+stage...][:grad][@eviction]``, or an error naming what is wrong."""
     rest, at, eviction = name.partition("@")
-    method, colon, grad = rest.partition(":")
-    return (
+    rest, colon, grad = rest.partition(":")
+    method, *stages = rest.split("+")
+    bad = (
         method not in (*METHODS, "base")
         or (colon and (method == "base" or grad not in GRAD_SUFFIXES))
-        or (at and (method == "lora" or eviction not in EVICTIONS))
+        or (at and (method in ("lora", "base") or eviction not in EVICTIONS))
+        or (method == "base" and stages)
+        or any(s not in STAGES for s in stages)
+        or len(set(stages)) != len(stages)
+        or any(s in ("grpo", "distill") for s in stages[:-1])  # RL is the last stage
     )
-
-
-def _train(config: str | None, overrides: list[str], out: Path) -> dict[str, Any]:
-    from pte_ray.commands import train
-
-    t0 = time.perf_counter()
-    if train.main(config, [*overrides, f"output_dir={out}"]) != 0:
-        raise RuntimeError(f"training {out.name} failed")
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {
-        "wall_s": time.perf_counter() - t0,
-        "tokens_per_s": float(np.mean([m["tokens_per_s"] for m in metrics])),
-        "learner_peak_mb": max(m.get("learner_peak_mb", float("nan")) for m in metrics),
-        "reward_first10": float(np.mean([m["reward_mean"] for m in metrics[:10]])),
-        "reward_last10": float(np.mean([m["reward_mean"] for m in metrics[-10:]])),
-    }
-
-
-def compare(
-    config: str | None,
-    overrides: list[str],
-    methods: list[str],
-    seeds: list[int],
-    benches: list[str],
-    out_dir: str,
-    samples: int = 1,
-) -> dict[str, Any]:
-    """Trains and evaluates every method under every seed; returns (and writes) the table."""
-    bad = [m for m in methods if _bad_name(m)]
     if bad:
         raise ValueError(
-            f"--methods: unknown {bad}; choose from {', '.join(METHODS)}, base, each but base "
-            f"optionally with :{' or :'.join(GRAD_SUFFIXES)} (the replay gradient mode), each "
-            f"but lora (full cache) optionally with @{' or @'.join(EVICTIONS)} (cache.eviction)"
+            f"--methods: unknown {name!r}; a spec is method[+stage...][:grad][@eviction]: "
+            f"method of {', '.join(METHODS)} (or base), stages of {', '.join(STAGES)} (sft "
+            f"first, then grpo or distill), grad :{' or :'.join(GRAD_SUFFIXES)} (replay.grad), "
+            f"eviction @{' or @'.join(EVICTIONS)} (not for lora: full cache)"
         )
-    load_config(config, overrides)  # a bad config fails before any run
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for seed in seeds:
-        for name in methods:
-            method, grad = _split(name)
-            over = [*overrides, *grad, f"train.seed={seed}"]
-            run = out / f"{name.replace(':', '-').replace('@', '-')}-seed{seed}"
-            info: dict[str, Any] = {}
-            adapter = None
-            if method != "base":
-                info = _train(config, [*over, f"adapter.method={method}"], run)
-                adapter = str(sorted((run / "checkpoints").iterdir())[-1])
-            cfg = eval_config(config, over, adapter)
-            res = evaluate(cfg, adapter, benches, samples, seeds=[seed], out_dir=str(run / "eval"))
-            info["eval"] = {
-                b: {k: v["mean"] for k, v in m.items()} for b, m in res["benchmarks"].items()
-            }
-            rows[name].append(info)
-    summary = _summarise(rows)
-    (out / "compare.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
-    _plot(summary, out / "compare.png")
-    return summary
+    if method != "base" and not stages:
+        stages = ["grpo"]
+    return Spec(name, method, tuple(stages), grad or None, eviction or None)
 
 
-def _summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Mean and std over seeds of every evaluated metric and run figure, per method."""
-    out: dict[str, Any] = {}
-    for method, runs in rows.items():
-        flat = [
-            {f"{b}/{k}": v for b, m in r["eval"].items() for k, v in m.items()}
-            | {k: v for k, v in r.items() if k != "eval"}
-            for r in runs
-        ]
-        keys = dict.fromkeys(k for f in flat for k in f)
-        out[method] = {
-            k: {"mean": float(np.mean(v)), "std": float(np.std(v))}
-            for k in keys
-            if (v := [f[k] for f in flat if k in f])
-        }
-    return out
+@dataclass(frozen=True)
+class Setup:
+    """What every run of one comparison shares."""
+
+    config: str | None  # the GRPO stages' config
+    sft_config: str | None  # the SFT stage's (None: config with train.stage=sft)
+    overrides: list[str]  # every stage, or ``sft:`` / ``grpo:`` scoped
+    out: Path
+    distill_coef: float  # distill.coef of the +distill stages
+    ablate_fold: bool = False  # also evaluate thought-state adapters with the fold off
 
 
-def print_table(summary: dict[str, Any]) -> str:
-    """Accuracy columns (mean@n and per distance), then memory, tokens/s, wall time."""
-    cols = [k for k in next(iter(summary.values())) if "/mean@" in k or "/acc@d=" in k]
-    extra = ["learner_peak_mb", "tokens_per_s", "wall_s"]
-    lines = ["| method | " + " | ".join(cols + extra) + " |", "|---" * (len(cols) + 4) + "|"]
-    for method, s in summary.items():
-        acc = [
-            f"{100 * s[c]['mean']:.1f} ± {100 * s[c]['std']:.1f}" if c in s else "-" for c in cols
-        ]
-        rest = [f"{s[c]['mean']:.0f}" if c in s else "-" for c in extra]
-        lines.append(f"| {method} | " + " | ".join(acc + rest) + " |")
-    return "\n".join(lines)
+def stage_overrides(
+    setup: Setup, spec: Spec, stage: str, seed: int
+) -> tuple[str | None, list[str]]:
+    """(config file, overrides) of one stage of one spec."""
+    scope = "sft" if stage == "sft" else "grpo"
+    over = [o.split(":", 1)[1] if o.startswith(f"{scope}:") else o for o in setup.overrides]
+    over = [o for o in over if not o.startswith(("sft:", "grpo:"))]
+    over += [f"adapter.method={spec.method}", f"train.seed={seed}"]
+    over += [f"replay.grad={spec.grad}"] if spec.grad else []
+    over += [f"cache.eviction={spec.eviction}"] if spec.eviction else []
+    if stage == "sft":
+        return setup.sft_config or setup.config, [*over, "train.stage=sft"]
+    over += [f"distill.coef={setup.distill_coef if stage == 'distill' else 0.0}"]
+    return setup.config, over
 
 
-def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def _finished(run: Path, steps: int) -> Path | None:
+    """The run's final checkpoint, if it got there (a run to reuse)."""
+    ckpt = run / "checkpoints" / f"step_{steps:06d}"
+    return ckpt if (ckpt / "adapter.safetensors").is_file() else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    cols = [k for k in next(iter(summary.values())) if "/mean@" in k or "/acc@d=" in k]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 4))
-    width = 0.8 / max(1, len(summary))
-    for i, (method, s) in enumerate(summary.items()):
-        xs = [j + i * width for j in range(len(cols))]
-        ys = [100 * s[c]["mean"] if c in s else 0 for c in cols]
-        es = [100 * s[c]["std"] if c in s else 0 for c in cols]
-        ax.bar(xs, ys, width, yerr=es, label=method, capsize=3)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=20, ha="right")
-    ax.set_ylabel("accuracy (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _train(config: str | None, over: list[str], run: Path) -> tuple[Path, dict[str, Any]]:
+    """Trains one stage into ``run`` (or reuses it); its final checkpoint and run figures."""
+    from pte_ray.commands import train
+
+    steps = load_config(config, over).train.steps
+    done = _finished(run, steps)
+    if done is None:
+        t0 = time.perf_counter()
+        resume = "auto" if (run / "checkpoints").is_dir() else None
+        if train.main(config, [*over, f"output_dir={run}"], resume=resume) != 0:
+            raise RuntimeError(f"training {run.name} failed")
+        done = _finished(run, steps)
+        if done is None:
+            raise RuntimeError(f"training {run.name} ended without its step-{steps} checkpoint")
+        (run / "wall.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0}))
+    saved = run / "wall.json"
+    wall = json.loads(saved.read_text())["wall_s"] if saved.is_file() else float("nan")
+    m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    info = {"wall_s": wall, "learner_peak_mb": max(r.get("learner_peak_mb", 0.0) for r in m)}
+    if "reward_mean" in m[0]:
+        info["reward_first10"] = float(np.mean([r["reward_mean"] for r in m[:10]]))
+        info["reward_last10"] = float(np.mean([r["reward_mean"] for r in m[-10:]]))
+    return done, info
+
+
+def train_spec(setup: Setup, spec: Spec, seed: int) -> tuple[str | None, dict[str, Any]]:
+    """Every stage of ``spec`` in order, each from the previous one's checkpoint."""
+    adapter: Path | None = None
+    info: dict[str, Any] = {"wall_s": 0.0, "learner_peak_mb": 0.0}
+    for i, stage in enumerate(spec.stages):
+        prefix = "+".join([spec.method, *spec.stages[: i + 1]])
+        tail = spec.name[len(spec.name.split(":")[0].split("@")[0]) :]  # :grad@eviction
+        run = setup.out / f"{prefix}{tail}-seed{seed}".replace(":", "-").replace("@", "-")
+        config, over = stage_overrides(setup, spec, stage, seed)
+        if adapter is not None:
+            over.append(f"train.init_adapter={adapter}")
+        adapter, got = _train(config, over, run)
+        info["wall_s"] += got.pop("wall_s")
+        info["learner_peak_mb"] = max(info["learner_peak_mb"], got.pop("learner_peak_mb"))
+        info |= got  # the last RL stage's rewards
+    return (str(adapter) if adapter else None), info

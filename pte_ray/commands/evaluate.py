@@ -70,7 +70,9 @@ def _norm(v: Any) -> Any:
 class _Engine:
     """The sampling engine (torch: every method; vLLM: base and lora) and the verifier."""
 
-    def __init__(self, cfg: Config, adapter_dir: str | None, device: str, engine: str) -> None:
+    def __init__(
+        self, cfg: Config, adapter_dir: str | None, device: str, engine: str, ablate: str | None
+    ) -> None:
         from safetensors.torch import load_file
 
         from pte_ray.engines.choose import rollout_engine
@@ -80,9 +82,14 @@ class _Engine:
 
         self.gen = rollout_engine(cfg, resolve_model(cfg.model.path), device, engine)
         self.tok = self.gen.tokenizer
+        if ablate is not None and not isinstance(self.gen, TorchEngine):
+            raise ValueError(f"--ablate {ablate} runs on the torch engine (the thought state)")
+        if ablate is not None and (adapter_dir is None or self.gen.adapter is None):
+            raise ValueError(f"--ablate {ablate} needs --adapter with a thought state (pte)")
         if adapter_dir is not None and cfg.adapter_config().has_adapter:
             if isinstance(self.gen, TorchEngine):
                 load_adapter(self.gen.adapter, adapter_dir)
+                self.gen.adapter.set_ablation(ablate)
             else:
                 f = Path(adapter_dir) / "adapter.safetensors"
                 if not f.is_file():
@@ -94,9 +101,17 @@ class _Engine:
 
 
 def _run_bench(
-    eng: _Engine, cfg: Config, bench: Bench, seed: int, n: int, batch: int, limit: int | None, bar
+    eng: _Engine,
+    cfg: Config,
+    bench: Bench,
+    how: tuple[int, bool],
+    n: int,
+    batch: int,
+    limit: int | None,
+    bar: Any,
 ) -> list[dict[str, Any]]:
-    """Every completion of one benchmark under one seed, scored."""
+    """Every completion of one benchmark under one (seed, greedy), scored."""
+    seed, greedy = how
     examples, golds, dcfg = problems(bench, cfg, limit)
     dist = distances(bench)
     special = not cfg.data.apply_chat_template
@@ -107,7 +122,7 @@ def _run_bench(
     for b0 in range(0, len(jobs), batch):
         part = jobs[b0 : b0 + batch]
         state = np.random.SeedSequence([seed, b0]).generate_state(1)[0]
-        sp = cfg.sampling_params(seed=int(state))
+        sp = cfg.sampling_params(seed=int(state), greedy=greedy)
         with torch.no_grad():
             out = eng.gen.generate([ids[i] for i, _ in part], sp)
         comps = [eng.tok.decode(t, skip_special_tokens=True) for t in out.tokens]
@@ -134,6 +149,9 @@ def _scores(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, floa
     for d in sorted({r["distance"] for r in rows if r["distance"] is not None}):
         hits = [r["correct"] for r in rows if r["distance"] == d]
         out[f"acc@d={d}"] = sum(hits) / len(hits)  # accuracy by evictions since the value
+    far = [r["correct"] for r in rows if r["distance"] is not None and r["distance"] >= 2]
+    if far:  # where only the thought state can carry the value (README, the recall task)
+        out["acc@d>=2"] = sum(far) / len(far)
     return out
 
 
@@ -149,8 +167,11 @@ def evaluate(
     limit: int | None = None,
     device: str | None = None,
     engine: str = "torch",
+    ablate: str | None = None,
+    greedy: bool = False,
 ) -> dict[str, Any]:
-    """Scores every benchmark under every seed; writes results.json + completions.parquet."""
+    """Scores every benchmark under every seed; writes results.json + completions.parquet.
+    ``ablate``: ``fold`` / ``state`` (``Adapter.set_ablation``); ``greedy``: argmax decoding."""
     ks = _check_counts(sorted(set(ks or [1, samples])), samples, batch)
     seeds = seeds or [0]
     specs = [resolve_bench(b, cfg) for b in benches]  # bad names / columns fail before compute
@@ -159,9 +180,8 @@ def evaluate(
     out = Path(out_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
-    eng = _Engine(
-        cfg, adapter_dir, device or ("cuda" if torch.cuda.is_available() else "cpu"), engine
-    )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    eng = _Engine(cfg, adapter_dir, dev, engine, ablate)
     total = sum(len(problems(b, cfg, limit)[0]) for b in specs) * samples * len(seeds)
     bar = progress(total, "eval", "sample")
     rows: list[dict[str, Any]] = []
@@ -169,7 +189,7 @@ def evaluate(
     t0 = time.perf_counter()
     for seed in seeds:
         for bench in specs:
-            got = _run_bench(eng, cfg, bench, seed, samples, batch, limit, bar)
+            got = _run_bench(eng, cfg, bench, (seed, greedy), samples, batch, limit, bar)
             per_seed[bench.name].append(_scores(got, samples, ks))
             rows += got
     bar.close()
@@ -177,6 +197,8 @@ def evaluate(
     results = {
         "method": cfg.adapter.method,
         "engine": engine,
+        "ablate": ablate,
+        "greedy": greedy,
         "adapter": adapter_dir,
         "cache": cfg.cache_config().model_dump(mode="json"),
         "samples": samples,

@@ -20,6 +20,8 @@ from pte_ray.method.config import AdapterConfig
 from pte_ray.method.layout import FusedLinear, ModelArgs
 from pte_ray.method.thought_encoder import ThoughtEncoder
 
+ABLATIONS = ("fold", "state")
+
 
 class LayerAdapter(nn.Module):
     """The LoRA factors of one layer."""
@@ -94,12 +96,26 @@ class Adapter(nn.Module):
             LayerAdapter(args, cfg, gen, dtype, device) for _ in range(args.n_layers)
         )
         self.encoder = ThoughtEncoder(args, cfg, gen, dtype, device) if cfg.uses_state else None
+        self.ablate: str | None = None  # an eval-time ablation (``set_ablation``); never trained
+
+    def set_ablation(self, what: str | None) -> None:
+        """``fold``: S is never updated from evicted tokens (the adapter runs as global_only);
+        ``state``: S is zero throughout (the LoRA adds nothing). Shows what the state carries."""
+        if what not in (None, *ABLATIONS):
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {what!r}")
+        if what is not None and self.encoder is None:
+            raise ValueError(
+                f"--ablate {what}: adapter.method={self.cfg.method} has no thought state"
+            )
+        self.ablate = what
 
     def initial_state(self, batch: int) -> torch.Tensor | None:
         """S_0 for every row: [L, B, G, r] (None for plain LoRA). Reset for every rollout."""
         if self.encoder is None:
             return None
         s0 = self.encoder.initial_state()
+        if self.ablate == "state":
+            s0 = torch.zeros_like(s0)
         return s0[:, None].expand(-1, batch, -1, -1)
 
     def fold(
@@ -114,7 +130,7 @@ class Adapter(nn.Module):
 
         Every other method keeps its state (S_0, or none), so it returns ``state`` as is.
         """
-        if not self.cfg.dynamic or self.encoder is None or state is None:
-            return state
+        if not self.cfg.dynamic or self.encoder is None or state is None or self.ablate:
+            return state  # an ablation keeps S as it is: S_0, or zero
         new = self.encoder.fold(state, k_evicted, v_evicted, valid)
         return torch.where(rows[None, :, None, None], new, state)
