@@ -123,8 +123,50 @@ def test_padding_cannot_turn_the_loss_into_nan():
     assert grads[0][0] == grads[1][0] and torch.equal(grads[0][1], grads[1][1])
 
 
-def test_k3_is_clamped():
-    kl = k3_kl(torch.tensor([-25.0]), torch.tensor([-1.0]), clamp=10.0)
+def test_k3_is_clamped_in_its_log_ratio_and_its_value():
+    kl = k3_kl(torch.tensor([-25.0]), torch.tensor([-1.0]), clamp=10.0, value_clamp=1e9)
     assert torch.isfinite(kl).all() and float(kl) == pytest.approx(math.exp(10) - 11)
+    logp = torch.tensor([-25.0, -3.0, -1.0, -4.0], requires_grad=True)
+    ref = torch.tensor([-1.0, -1.0, -1.5, -1.0])
+    kl = k3_kl(logp, ref)  # d = 24 (clamped to 10, then the value to 10), 2, -0.5, 3 (e^3-4 > 10)
+    want = [10.0, math.exp(2) - 3, math.exp(-0.5) - 0.5, 10.0]
+    assert kl.tolist() == pytest.approx(want)
+    kl.sum().backward()
+    # no gradient where a clamp bites: the e^10-weighted token no longer swamps the step
+    assert logp.grad[0] == 0 and logp.grad[3] == 0
+    assert logp.grad[1] == pytest.approx(1 - math.exp(2))
     with pytest.raises(ValueError, match="kl_clamp"):
         GRPOConfig(kl_clamp=0.0)
+
+
+def test_distillation_is_a_per_token_advantage_fp64():
+    """On policy (ratio 1) the loss's gradient at each token is -w (A_i - c (logp - ref)):
+    the reverse KL's policy gradient added to GRPO's, clipped by the same PPO ratio."""
+    from pte_ray.records import LearnerShard
+    from pte_ray.rl.distill import DistillConfig
+    from pte_ray.rl.objective import GRPOObjective
+
+    gen = torch.Generator().manual_seed(0)
+    old = [[-1.0, -2.0, -0.5], [-3.0, -0.1]]
+    ref = [[-1.5, -0.2, -0.5], [-0.3, -4.0]]
+    shard = LearnerShard([[1], [2]], [[5, 6, 7], [8, 9]], old, [[], []], [[], []], [0.7, -1.1],
+                         ref, 0)  # fmt: skip
+    job = GRPOObjective(shard, GRPOConfig(), DistillConfig(coef=0.5))
+    loss_fn = job.loss(slice(0, 2), 1.0, "cpu")
+    logp = torch.tensor([r + [0.0] * (3 - len(r)) for r in old], dtype=torch.float64)
+    logp = (logp + 1e-9 * torch.randn(2, 3, generator=gen, dtype=torch.float64)).requires_grad_()
+    loss_fn(logp, torch.zeros(2, 3), torch.arange(2), slice(0, 3)).backward()
+    for i, (o, r) in enumerate(zip(old, ref, strict=True)):
+        for t in range(len(o)):
+            a = shard.advantages[i] - 0.5 * (o[t] - r[t])
+            assert float(logp.grad[i, t]) == pytest.approx(-a / 5, rel=1e-6), (i, t)
+    assert logp.grad[1, 2] == 0  # padding
+    plain = GRPOObjective(shard, GRPOConfig(), DistillConfig(coef=0.0)).loss(
+        slice(0, 2), 1.0, "cpu"
+    )
+    assert plain.adv.dim() == 1  # no teacher term unless asked for
+    with pytest.raises(ValueError, match="teacher's log-probs"):
+        GRPOObjective(
+            LearnerShard(**{**shard.__dict__, "ref_logprobs": None}), GRPOConfig(),
+            DistillConfig(coef=0.5),
+        ).loss(slice(0, 2), 1.0, "cpu")  # fmt: skip

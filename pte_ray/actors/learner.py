@@ -133,7 +133,8 @@ class Learner:
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One GRPO step on this rank's shard (all ranks call it together)."""
-        return self._step(GRPOObjective(shard, self.cfg.grpo), self.cfg.learner.mini_batches)
+        job = GRPOObjective(shard, self.cfg.grpo, self.cfg.distill)
+        return self._step(job, self.cfg.learner.mini_batches)
 
     def sft_step(self, shard: SFTShard) -> LearnStats:
         """One supervised step on this rank's targets: one optimizer step, teacher-forced."""

@@ -26,6 +26,7 @@ def step_metrics(
     weights: PublishedWeights,
     pools: dict[str, dict[str, int]],
     timer: PhaseTimer,
+    ref: list[list[float]] | None = None,
 ) -> dict[str, Any]:
     """One ``metrics.jsonl`` row: rewards, the learners' view, rollout throughput, phase times,
     and each pool's size, faults and scaling decisions (``rollout_workers``, ``reward_retries``,
@@ -55,7 +56,17 @@ def step_metrics(
         **{f"{name}_{k}": v for name, pool in pools.items() for k, v in pool.items()},
         **_overlap(ro.versions, weights.version - 1, timer.seconds, pools["rollout"]),
         **timer.seconds,  # rollout_s, reward_ref_s, learn_s, publish_s, step_s (all of them)
+        **_teacher_kl(ro.logprobs, ref),
     }
+
+
+def _teacher_kl(logp: list[list[float]], ref: list[list[float]] | None) -> dict[str, float]:
+    """Token mean of log pi - log pi_ref at the sampled tokens: the k1 estimate of the reverse
+    KL from the student to the reference (the teacher of distillation), when one scored them."""
+    if ref is None:
+        return {}
+    num = sum(a - b for la, lb in zip(logp, ref, strict=True) for a, b in zip(la, lb, strict=True))
+    return {"teacher_kl": num / max(sum(len(x) for x in logp), 1)}
 
 
 def _overlap(

@@ -233,7 +233,8 @@ class Controller:
         pools = {"rollout": batch.pool, "reward": self.roles.reward.summary()}
         if self.roles.reference is not None:
             pools["reference"] = self.roles.reference.summary()
-        row = step_metrics(step, batch, scores, stats, weights, pools, timer)
+        ref_rows = ref.logprobs if ref is not None else None
+        row = step_metrics(step, batch, scores, stats, weights, pools, timer, ref_rows)
         row |= self.evaluate_due(step, timer)
         row["eval_s"] = timer.seconds.get("eval_s", 0.0)
         metrics.export_step(row)

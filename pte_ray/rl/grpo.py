@@ -25,6 +25,9 @@ class GRPOConfig(BaseModel):
     clip_high: float = Field(0.28, ge=0.0, description="clip-higher: ratio <= 1 + clip_high")
     kl_coef: float = Field(0.0, ge=0.0, description="k3 KL weight (0: no reference pool)")
     kl_clamp: float = Field(10.0, gt=0.0, description="|ref - logp| bound inside k3's exp")
+    kl_value_clamp: float = Field(
+        10.0, gt=0.0, description="bound on k3's value (as verl's low_var_kl); no gradient past it"
+    )
     loss_agg: Literal["token-mean", "seq-mean"] = Field(
         "token-mean", description="token-mean: every token alike; seq-mean: every sample alike"
     )
@@ -53,14 +56,18 @@ def token_weights(mask: torch.Tensor, agg: str) -> torch.Tensor:
     return per_seq / max(mask.shape[0], 1)
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
+def k3_kl(
+    logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = 10.0, value_clamp: float = 10.0
+) -> torch.Tensor:
     """k3 estimator of KL(pi || ref): exp(d) - d - 1 >= 0 with d = ref - logp.
 
     k3 is unbounded (2.6e10 at logp -25 vs ref -1: one token would swamp a step), so d is
-    clamped to [-clamp, clamp] first; the gradient is zero where the clamp bites.
+    clamped to [-clamp, clamp] first, and the value to at most ``value_clamp`` (verl's
+    ``low_var_kl``): with d clamped alone, a token at d = 10 still weighs e^10 x kl_coef in the
+    gradient. The gradient is zero where either clamp bites.
     """
     d = (ref_logp - logp).clamp(-clamp, clamp)
-    return torch.exp(d) - d - 1.0
+    return (torch.exp(d) - d - 1.0).clamp(max=value_clamp)
 
 
 def token_loss(
@@ -89,7 +96,7 @@ def token_loss(
     if cfg.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs")
-        kl = k3_kl(logp, ref_logp, cfg.kl_clamp)
+        kl = k3_kl(logp, ref_logp, cfg.kl_clamp, cfg.kl_value_clamp)
         loss = loss + cfg.kl_coef * kl
         stats["kl"] = kl.detach()
     return loss, stats
@@ -123,7 +130,8 @@ class GRPOLoss:
     ) -> torch.Tensor:
         w = self.weights[rows][:, cols]
         ref = self.ref_logp[rows][:, cols] if self.ref_logp is not None else None
-        adv = self.adv[rows][:, None]
+        # per-sequence [B] (GRPO) or per-token [B, T] (with distillation's dense term)
+        adv = self.adv[rows][:, cols] if self.adv.dim() == 2 else self.adv[rows][:, None]
         m = self.mask[rows][:, cols]
         loss_tok, st = token_loss(logp, self.old_logp[rows][:, cols], adv, self.cfg, ref, m)
         if not m.all():

@@ -15,6 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.records import LearnerShard, SFTShard
+from pte_ray.rl.distill import DistillConfig, token_advantages
 from pte_ray.rl.grpo import GRPOConfig, GRPOLoss
 from pte_ray.rl.sft import SFTLoss
 
@@ -51,8 +52,11 @@ class Objective(Protocol):
 class GRPOObjective:
     """GRPO on sampled rollouts: the PPO-clip loss against the rollout's log-probs."""
 
-    def __init__(self, shard: LearnerShard, cfg: GRPOConfig) -> None:
+    def __init__(
+        self, shard: LearnerShard, cfg: GRPOConfig, distill: DistillConfig | None = None
+    ) -> None:
         self.shard, self.cfg = shard, cfg
+        self.distill = distill if distill is not None and distill.coef > 0 else None
         self.prompts, self.completions = shard.prompts, shard.completions
         self.pad_id, self.profile = shard.pad_id, shard.profile
 
@@ -67,7 +71,13 @@ class GRPOObjective:
         mask = (torch.arange(old.shape[1])[None] < lens[:, None]).to(device)
         ref = pad_rows(s.ref_logprobs[sl], device) if s.ref_logprobs is not None else None
         adv = torch.tensor(s.advantages[sl], device=device)
-        return GRPOLoss(old, adv, mask, self.cfg, ref, weight_scale=scale)
+        d = self.distill
+        if d is not None and d.kind == "reverse_kl":
+            if ref is None:
+                raise ValueError("distill.coef > 0 needs the teacher's log-probs (reference)")
+            adv = token_advantages(adv, old, ref, d.coef) * mask
+        return GRPOLoss(old, adv, mask, self.cfg, ref if self.cfg.kl_coef > 0 else None,
+                        weight_scale=scale)  # fmt: skip
 
     def record(self, sl: slice) -> tuple[list[list[int]], list[list[list[int]]]]:
         return self.shard.eviction_steps[sl], self.shard.evicted_slots[sl]
