@@ -1,4 +1,4 @@
-"""`pte-ray compare`: methods x seeds trained on the real system, evaluated, tabulated, plotted."""
+"""`pte-ray compare`: staged specs x seeds trained on the real system, evaluated, tabulated."""
 
 from __future__ import annotations
 
@@ -7,12 +7,26 @@ import json
 import pytest
 import yaml
 
-from pte_ray.commands.compare import compare, print_table
+from pte_ray.commands.compare import parse_spec
+from pte_ray.commands.compare_report import compare, print_table
 from pte_ray.run.rollout_log import read_rollouts
 
 
-@pytest.mark.slow  # four trainings + evals
-def test_compare_trains_evaluates_and_tabulates(ray_cluster, random_ckpt, task_file, tmp_path):
+def test_spec_names_parse_and_bad_ones_are_named():
+    s = parse_spec("pte+sft+grpo:exact@rkv")
+    assert (s.method, s.stages, s.grad, s.eviction) == ("pte", ("sft", "grpo"), "exact", "rkv")
+    assert parse_spec("lora_c").stages == ("grpo",) and parse_spec("base").stages == ()
+    assert parse_spec("pte+distill").stages == ("distill",)
+    for bad in ("lora-c", "pte:exactly", "lora@rkv", "pte@lru", "base:exact", "base+sft",
+                "pte+grpo+sft", "pte+sft+sft", "pte+rl"):  # fmt: skip
+        with pytest.raises(ValueError, match="unknown"):
+            parse_spec(bad)
+
+
+@pytest.mark.slow  # seven trainings + evals
+def test_compare_trains_stages_evaluates_and_tabulates(
+    ray_cluster, random_ckpt, task_file, tmp_path
+):
     over = [
         f"model.path={random_ckpt('qwen2')}",
         f"data.train={task_file}",
@@ -23,35 +37,38 @@ def test_compare_trains_evaluates_and_tabulates(ray_cluster, random_ckpt, task_f
         "sampling.max_new_tokens=16",
         "cache.budget=8",
         "cache.rkv.window=4",
+        "sft:train.steps=3",  # the SFT stage alone
+        "sft:train.save_every=3",
+        "grpo:optim.lr=0.002",
     ]
     out = tmp_path / "cmp"
-    methods = ["lora_c", "pte", "pte:exact@rkv", "base"]
-    summary = compare(None, over, methods, [0], [str(task_file)], str(out))
-    assert set(summary) == set(methods)
-    for run, grad, ev in (
-        ("pte-seed0", "truncated", "window"),
-        ("pte-exact-rkv-seed0", "exact", "rkv"),
-    ):
-        resolved = yaml.safe_load((out / run / "config.yaml").read_text())
-        assert resolved["replay"]["grad"] == grad and resolved["adapter"]["method"] == "pte"
-        assert resolved["cache"]["eviction"] == ev
-    # the R-KV run's rollouts carry their record to the learner and to disk
+    methods = ["lora_c", "pte:exact@rkv", "pte+sft", "pte+sft+grpo", "base"]
+    summary = compare(None, over, methods, [0], [str(task_file)], str(out), ablate_fold=True)
+    assert set(summary) == {*methods, "pte+sft/fold-off", "pte+sft+grpo/fold-off",
+                            "pte:exact@rkv/fold-off"}  # fmt: skip
+    # the SFT stage ran once, and GRPO started from its final checkpoint
+    sft = yaml.safe_load((out / "pte+sft-seed0" / "config.yaml").read_text())
+    assert sft["train"]["stage"] == "sft" and sft["train"]["steps"] == 3
+    assert sft["optim"]["lr"] != 0.002 and sft["replay"]["grad"] == "exact"
+    grpo = yaml.safe_load((out / "pte+sft+grpo-seed0" / "config.yaml").read_text())
+    assert grpo["train"]["init_adapter"] == str(out / "pte+sft-seed0/checkpoints/step_000003")
+    assert grpo["train"]["stage"] == "grpo" and grpo["optim"]["lr"] == 0.002
+    resolved = yaml.safe_load((out / "pte-exact-rkv-seed0" / "config.yaml").read_text())
+    assert resolved["replay"]["grad"] == "exact" and resolved["cache"]["eviction"] == "rkv"
     rows = read_rollouts(out / "pte-exact-rkv-seed0").to_pylist()
     assert all(len(r["evicted_slots"] or []) == r["evictions"] for r in rows)
-    assert any(r["evictions"] for r in rows)
-    assert all(r["evicted_slots"] is None for r in read_rollouts(out / "pte-seed0").to_pylist())
-    acc = f"{task_file.stem}/mean@1"
-    assert all(acc in s for s in summary.values())
-    assert summary["pte"]["learner_peak_mb"]["mean"] > 0 and "wall_s" not in summary["base"]
+    acc = f"{task_file.stem}/greedy/mean@1"
+    assert all(acc in s and f"{task_file.stem}/sampled/mean@1" in s for s in summary.values())
+    assert summary["pte+sft+grpo"]["learner_peak_mb"]["mean"] > 0
+    assert "wall_s" not in summary["base"]
+    assert summary["pte+sft+grpo"]["wall_s"]["mean"] > summary["pte+sft"]["wall_s"]["mean"]
     saved = json.loads((out / "compare.json").read_text())
-    assert len(saved["runs"]["pte"]) == 1
+    assert len(saved["runs"]["pte+sft"]) == 1
     assert (out / "compare.png").stat().st_size > 1000
-    assert (out / "pte-seed0" / "checkpoints").is_dir() and (out / "pte-seed0" / "eval").is_dir()
-    assert "| pte |" in print_table(summary)
-    with pytest.raises(ValueError, match="unknown"):
-        compare(None, over, ["lora-c"], [0], [str(task_file)], str(tmp_path / "bad"))
-    with pytest.raises(ValueError, match="unknown.*pte:exactly"):
-        compare(None, over, ["pte:exactly"], [0], [str(task_file)], str(tmp_path / "bad"))
-    for name in ("lora@rkv", "pte@lru", "base:exact"):
-        with pytest.raises(ValueError, match=f"unknown.*{name}"):
-            compare(None, over, [name], [0], [str(task_file)], str(tmp_path / "bad"))
+    table = print_table(summary)
+    assert "| pte+sft+grpo/fold-off |" in table and "greedy accuracy" in table
+    # a second call reuses every finished run and evaluation instead of training again
+    mtime = (out / "pte+sft-seed0" / "metrics.jsonl").stat().st_mtime
+    again = compare(None, over, ["pte+sft"], [0], [str(task_file)], str(out), ablate_fold=True)
+    assert again["pte+sft"][acc] == summary["pte+sft"][acc]
+    assert (out / "pte+sft-seed0" / "metrics.jsonl").stat().st_mtime == mtime

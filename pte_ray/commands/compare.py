@@ -135,14 +135,22 @@ def _train(config: str | None, over: list[str], run: Path) -> tuple[Path, dict[s
     return done, info
 
 
+def _prefix(spec: Spec, i: int) -> str:
+    """The name of the spec's first ``i + 1`` stages (``pte+sft`` inside ``pte+sft+grpo``),
+    with its ``:grad@eviction``; a bare method (GRPO implied) keeps its bare name."""
+    head = spec.name.split(":")[0].split("@")[0]
+    tail = spec.name[len(head) :]
+    if "+" not in head:
+        return spec.name
+    return "+".join([spec.method, *spec.stages[: i + 1]]) + tail
+
+
 def train_spec(setup: Setup, spec: Spec, seed: int) -> tuple[str | None, dict[str, Any]]:
     """Every stage of ``spec`` in order, each from the previous one's checkpoint."""
     adapter: Path | None = None
     info: dict[str, Any] = {"wall_s": 0.0, "learner_peak_mb": 0.0}
     for i, stage in enumerate(spec.stages):
-        prefix = "+".join([spec.method, *spec.stages[: i + 1]])
-        tail = spec.name[len(spec.name.split(":")[0].split("@")[0]) :]  # :grad@eviction
-        run = setup.out / f"{prefix}{tail}-seed{seed}".replace(":", "-").replace("@", "-")
+        run = setup.out / f"{_prefix(spec, i)}-seed{seed}".replace(":", "-").replace("@", "-")
         config, over = stage_overrides(setup, spec, stage, seed)
         if adapter is not None:
             over.append(f"train.init_adapter={adapter}")
