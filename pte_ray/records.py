@@ -18,7 +18,7 @@ This module imports neither Ray nor torch: the method layer and tests can build 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Self
 
 TokenRows = list[list[int]]  # [n][P_i] or [n][T_i] token ids
@@ -129,11 +129,14 @@ class Scores(Rows):
 class ReferenceRequest(Rows):
     prompts: TokenRows  # [n][P_i]
     completions: TokenRows  # [n][T_i]
+    topk: int = 0  # also the k likeliest tokens per position (top-k distillation)
 
 
 @dataclass(frozen=True)
 class ReferenceLogprobs(Rows):
-    logprobs: FloatRows  # [n][T_i] frozen base model, whole context, sampling temperature
+    logprobs: FloatRows  # [n][T_i] the teacher (frozen), whole context, sampling temperature
+    topk_ids: list[TokenRows] = field(default_factory=list)  # [n][T_i][k] when asked for
+    topk_logprobs: list[FloatRows] = field(default_factory=list)  # [n][T_i][k]
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class LearnerShard:
     ref_logprobs: FloatRows | None  # [n][T_i] when a reference pool runs (KL, distill)
     pad_id: int  # token id used to pad prompts inside replay
     profile: str | None = None  # directory for a torch-profiler trace of the step (None: none)
+    topk_ids: list[TokenRows] | None = None  # [n][T_i][k] teacher's likeliest tokens
+    topk_logprobs: list[FloatRows] | None = None  # [n][T_i][k] their log-probs
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -185,3 +190,4 @@ class LearnStats:
     peak_mb: float  # this rank's peak memory so far
     nll: float = float("nan")  # SFT: token-mean NLL of the targets
     answer_nll: float = float("nan")  # SFT: token-mean NLL of the answer's tokens
+    distill_kl: float = float("nan")  # top-k forward KL to the teacher, token mean

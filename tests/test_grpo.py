@@ -170,3 +170,31 @@ def test_distillation_is_a_per_token_advantage_fp64():
             LearnerShard(**{**shard.__dict__, "ref_logprobs": None}), GRPOConfig(),
             DistillConfig(coef=0.5),
         ).loss(slice(0, 2), 1.0, "cpu")  # fmt: skip
+
+
+def test_topk_forward_kl_gradient_is_student_minus_teacher_on_the_k_tokens_fp64():
+    """d KL / d logit_i = (q_i - p_i) / T on the teacher's k tokens (q: the student
+    renormalised over them), 0 elsewhere; the loss adds coef x token weight x KL."""
+    from pte_ray.rl.distill import TopKDistillLoss, topk_forward_kl
+
+    gen = torch.Generator().manual_seed(1)
+    b, n, v, k, temp = 2, 3, 11, 4, 0.7
+    logits = torch.randn(b, n, v, generator=gen, dtype=torch.float64, requires_grad=True)
+    ids = torch.stack([torch.randperm(v, generator=gen)[:k] for _ in range(b * n)]).view(b, n, k)
+    tlp = torch.log_softmax(torch.randn(b, n, k, generator=gen, dtype=torch.float64), -1) - 0.3
+    kl = topk_forward_kl(logits, ids, tlp, temp)
+    p = torch.softmax(tlp, -1)
+    q = torch.softmax(logits.detach().gather(-1, ids) / temp, -1)
+    assert torch.allclose(kl, (p * (p.log() - q.log())).sum(-1), rtol=1e-12)
+    assert (kl >= 0).all()
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    inner = GRPOLoss(torch.zeros(b, n), torch.zeros(b), mask, GRPOConfig())
+    loss_fn = TopKDistillLoss(inner, ids, tlp, coef=0.5, temperature=temp)
+    lp = torch.zeros(b, n, dtype=torch.float64, requires_grad=True)
+    loss_fn(lp, torch.zeros(b, n), torch.arange(b), slice(0, n), logits=logits).backward()
+    want = torch.zeros(b, n, v, dtype=torch.float64)
+    want.scatter_(-1, ids, (q - p) / temp)
+    want *= 0.5 * (mask.double() / mask.sum())[..., None]  # coef x token-mean weight
+    # GRPO's token weights are fp32 (1/5 to 1e-8): the only rounding here
+    assert torch.allclose(logits.grad, want, rtol=1e-7, atol=1e-14)
+    assert loss_fn.metrics()["distill_kl"] == pytest.approx(float(kl.detach()[mask].mean()))

@@ -133,7 +133,7 @@ class Learner:
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One GRPO step on this rank's shard (all ranks call it together)."""
-        job = GRPOObjective(shard, self.cfg.grpo, self.cfg.distill)
+        job = GRPOObjective(shard, self.cfg.grpo, self.cfg.distill, self.cfg.sampling.temperature)
         return self._step(job, self.cfg.learner.mini_batches)
 
     def sft_step(self, shard: SFTShard) -> LearnStats:
@@ -177,6 +177,7 @@ class Learner:
             peak_mb=_peak_mb(self.model.device),
             nll=sums.get("nll", float("nan")),
             answer_nll=sums.get("answer_nll", float("nan")),
+            distill_kl=sums.get("distill_kl", float("nan")),
         )
 
     def _optimizer_step(self, job: Objective, part: range) -> tuple[dict[str, float], float]:

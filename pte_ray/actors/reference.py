@@ -25,10 +25,10 @@ class ReferenceWorker:
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
         t0 = time.perf_counter()
-        out = self.engine.full_context_logprobs(
+        out, ids, tops = self.engine.full_context_topk(
             req.prompts, req.completions, self.cfg.sampling.temperature,
-            self.cfg.reference.micro_batch,
+            self.cfg.reference.micro_batch, req.topk,
         )  # fmt: skip
         wall = time.perf_counter() - t0
         metrics.gauge("reference_latency_s", wall, "reference", worker=self.worker_id)
-        return ReferenceLogprobs(out)
+        return ReferenceLogprobs(out, ids, tops)

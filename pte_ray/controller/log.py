@@ -6,6 +6,7 @@ files are defined in one place, next to how each is computed.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,6 +58,11 @@ def step_metrics(
         **_overlap(ro.versions, weights.version - 1, timer.seconds, pools["rollout"]),
         **timer.seconds,  # rollout_s, reward_ref_s, learn_s, publish_s, step_s (all of them)
         **_teacher_kl(ro.logprobs, ref),
+        **(
+            {"distill_kl": sum(s.distill_kl for s in stats) / k}
+            if not math.isnan(stats[0].distill_kl)
+            else {}
+        ),
     }
 
 

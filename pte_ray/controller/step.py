@@ -160,7 +160,9 @@ class Controller:
         pool = self.roles.reference
         if pool is None:
             return None
-        reqs = [ReferenceRequest(prompts[s], comps[s]) for s in self._groups(len(prompts))]
+        d = self.cfg.distill
+        k = d.topk if d.coef > 0 and d.kind == "topk_forward_kl" else 0
+        reqs = [ReferenceRequest(prompts[s], comps[s], k) for s in self._groups(len(prompts))]
         return ReferenceLogprobs.concat(pool.map_rows("logprobs", reqs))
 
     def advantages(self, scores: Scores) -> list[float]:
@@ -197,6 +199,10 @@ class Controller:
                     ref_logprobs=ref.logprobs[lo:hi] if ref is not None else None,
                     pad_id=self.data.pad_id,
                     profile=profile,
+                    topk_ids=ref.topk_ids[lo:hi] if ref is not None and ref.topk_ids else None,
+                    topk_logprobs=(
+                        ref.topk_logprobs[lo:hi] if ref is not None and ref.topk_ids else None
+                    ),
                 )
             )
         return shards

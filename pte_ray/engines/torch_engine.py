@@ -98,13 +98,34 @@ class TorchEngine:
         micro_batch: int,
     ) -> list[list[float]]:
         """The whole context, with the engine's adapter if it has one (a teacher's)."""
+        return self.full_context_topk(prompts, completions, temperature, micro_batch, 0)[0]
+
+    def full_context_topk(
+        self,
+        prompts: list[list[int]],
+        completions: list[list[int]],
+        temperature: float,
+        micro_batch: int,
+        k: int,
+    ) -> tuple[list[list[float]], list[list[list[int]]], list[list[list[float]]]]:
+        """Log-probs of the completions' tokens, and (``k`` > 0) the ``k`` likeliest tokens at
+        every completion position with their log-probs: what top-k distillation pulls toward."""
         full = CacheConfig(budget=None)
-        out: list[list[float]] = []
+        lps: list[list[float]] = []
+        ids: list[list[list[int]]] = []
+        tops: list[list[list[float]]] = []
         for i in range(0, len(prompts), micro_batch):
             p, c = prompts[i : i + micro_batch], completions[i : i + micro_batch]
-            res = replay(self.model, self.adapter, p, c, full, temperature, pad_id=self.pad_id)
-            out += [res.logprobs[j, : len(c[j])].tolist() for j in range(len(c))]
-        return out
+            res = replay(
+                self.model, self.adapter, p, c, full, temperature, pad_id=self.pad_id, topk=k
+            )
+            for j in range(len(c)):
+                n = len(c[j])
+                lps.append(res.logprobs[j, :n].tolist())
+                if k:
+                    ids.append(res.topk_ids[j, :n].tolist())
+                    tops.append(res.topk_logprobs[j, :n].tolist())
+        return lps, ids, tops
 
     def info(self) -> dict[str, Any]:
         return {"engine": "torch", "device": str(self.model.device), "dtype": str(self.model.dtype)}

@@ -173,18 +173,34 @@ class VllmEngine:
         micro_batch: int = 0,
     ) -> list[list[float]]:
         """log p(completion | prompt) per token, as vLLM's prompt log-probs of the joined ids."""
+        return self.full_context_topk(prompts, completions, temperature, micro_batch, 0)[0]
+
+    def full_context_topk(
+        self,
+        prompts: list[list[int]],
+        completions: list[list[int]],
+        temperature: float,
+        micro_batch: int,
+        k: int,
+    ) -> tuple[list[list[float]], list[list[list[int]]], list[list[list[float]]]]:
+        """As ``TorchEngine.full_context_topk``: vLLM's prompt log-probs with its top ``k``."""
         from vllm import SamplingParams as VSP
 
         self._check_temperature(temperature)
-        sp = VSP(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        sp = VSP(max_tokens=1, temperature=1.0, prompt_logprobs=k, detokenize=False)
         joined = [{"prompt_token_ids": p + c} for p, c in zip(prompts, completions, strict=True)]
         lora = self.versions[-1] if self.versions else None  # a teacher's adapter, if any
         outs = self.llm.generate(joined, sp, lora_request=lora, use_tqdm=False)
-        res = []
+        res, ids, tops = [], [], []
         for p, c, o in zip(prompts, completions, outs, strict=True):
             pl = o.prompt_logprobs  # [None, {id: Logprob}, ...] per prompt position
             res.append([pl[len(p) + i][t].logprob for i, t in enumerate(c)])
-        return res
+            if k:  # each position's dict: the k likeliest (ranked 1..k) plus the actual token
+                top = [sorted(((x.rank, t, x.logprob) for t, x in pl[len(p) + i].items()
+                               if x.rank <= k))[:k] for i in range(len(c))]  # fmt: skip
+                ids.append([[t for _, t, _ in row] for row in top])
+                tops.append([[lp for _, _, lp in row] for row in top])
+        return res, ids, tops
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -98,14 +98,19 @@ def _check_inputs(prompts: list[list[int]], completions: list[list[int]], grad_m
         raise ValueError("replay needs at least one completion token per row")
 
 
-def _empty(completions: list[list[int]], dev: torch.device) -> Replayed:
-    """Zero log-probs and entropies [B, T_max] and the mask of real completion tokens."""
+def _empty(completions: list[list[int]], dev: torch.device, topk: int) -> Replayed:
+    """Zero log-probs and entropies [B, T_max] (and top-k [B, T_max, k] when asked for) and
+    the mask of real completion tokens."""
     b, t_max = len(completions), max(len(c) for c in completions)
     lengths = torch.tensor([len(c) for c in completions], device=dev)
     mask = torch.arange(t_max, device=dev)[None] < lengths[:, None]
-    return Replayed(
+    out = Replayed(
         torch.zeros(b, t_max, device=dev), torch.zeros(b, t_max, device=dev), mask, 0, 0.0
     )
+    if topk:
+        out.topk_ids = torch.zeros(b, t_max, topk, dtype=torch.long, device=dev)
+        out.topk_logprobs = torch.zeros(b, t_max, topk, device=dev)
+    return out
 
 
 def replay(
@@ -121,6 +126,7 @@ def replay(
     pad_id: int = 0,
     grad_mode: str = "truncated",
     evicted_slots: list[list[list[int]]] | None = None,
+    topk: int = 0,
 ) -> Replayed:
     """Teacher-forced log-probs of ``completions`` under the rollout's cache evolution.
 
@@ -132,10 +138,11 @@ def replay(
     detached; the same as truncated where a row never evicts). ``evicted_slots`` (the
     rollout's record, needed under ``cache.eviction=rkv``) says which slots each eviction
     freed, so the replayed cache is the rollout's; it is checked against the config.
+    ``topk``: also return the ``topk`` likeliest tokens per position and their log-probs.
     """
     _check_inputs(prompts, completions, grad_mode)
     dev = model.device
-    out = _empty(completions, dev)
+    out = _empty(completions, dev, topk)
     max_new = max_new_tokens or out.mask.shape[1]
     for (cap, e), rows in _groups(prompts, cache_cfg, max_new).items():
         t_g = max(len(completions[i]) for i in rows)

@@ -21,8 +21,9 @@ from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.model import Transformer
 from pte_ray.method.sampling import entropy, token_logprobs
 
-# loss_fn(logprobs [b, n] with grad, entropy [b, n], rows [b] (original indices), columns) -> loss
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice], torch.Tensor]
+# loss_fn(logprobs [b, n] with grad, entropy [b, n], rows [b] (original indices), columns) -> loss;
+# a loss_fn with ``needs_logits = True`` is also given ``logits=`` [b, n, V] (with grad).
+LossFn = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Replayed:
     mask: torch.Tensor  # [B, T_max] bool, real completion tokens
     segments: int
     loss: float  # sum of the loss_fn values (0.0 without one)
+    topk_ids: torch.Tensor | None = None  # [B, T_max, k] the k likeliest tokens per position
+    topk_logprobs: torch.Tensor | None = None  # [B, T_max, k] their log-probs (at T)
 
 
 class Prefill:
@@ -126,9 +129,17 @@ def score(g: Group, first: torch.Tensor | None, logits: torch.Tensor | None, a: 
     g.out.logprobs[g.rows, cols] = logp.detach()
     g.out.entropy[g.rows, cols] = ent
     g.out.segments += 1
+    if g.out.topk_ids is not None:  # a teacher's top-k per position (distillation)
+        with torch.no_grad():
+            top = torch.log_softmax(logits.detach() / g.temperature, dim=-1)
+            vals, ids = top.topk(g.out.topk_ids.shape[-1], dim=-1)
+            g.out.topk_ids[g.rows, cols], g.out.topk_logprobs[g.rows, cols] = ids, vals
     if g.loss_fn is None:
         return None
-    loss = g.loss_fn(logp, ent, g.rows, cols)
+    if getattr(g.loss_fn, "needs_logits", False):
+        loss = g.loss_fn(logp, ent, g.rows, cols, logits=logits)
+    else:
+        loss = g.loss_fn(logp, ent, g.rows, cols)
     g.out.loss += float(loss.detach())
     return loss
 

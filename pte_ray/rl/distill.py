@@ -14,7 +14,7 @@ teacher's whole context (the base model, or ``reference.adapter``). Two signals:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,3 +55,41 @@ def topk_forward_kl(
     student = student - torch.logsumexp(student, dim=-1, keepdim=True)
     t = teacher_logp - torch.logsumexp(teacher_logp, dim=-1, keepdim=True)
     return (t.exp() * (t - student)).sum(-1)
+
+
+class TopKDistillLoss:
+    """GRPO's loss plus ``coef`` x the forward KL to the teacher's top-k at every token, with
+    GRPO's token weights (so it normalises, and decomposes over replay's segments, alike)."""
+
+    needs_logits = True  # replay passes the segment's logits
+
+    def __init__(
+        self,
+        inner: Any,  # rl.grpo.GRPOLoss
+        ids: torch.Tensor,  # [B, T, k]
+        teacher: torch.Tensor,  # [B, T, k]
+        coef: float,
+        temperature: float,
+    ) -> None:
+        self.inner, self.ids, self.teacher = inner, ids, teacher
+        self.coef, self.temperature = coef, temperature
+        self.kl_sum = 0.0
+
+    def __call__(
+        self,
+        logp: torch.Tensor,
+        ent: torch.Tensor,
+        rows: torch.Tensor,
+        cols: slice,
+        logits: torch.Tensor,
+    ) -> torch.Tensor:
+        loss = self.inner(logp, ent, rows, cols)
+        w, m = self.inner.weights[rows][:, cols], self.inner.mask[rows][:, cols]
+        ids, tlp = self.ids[rows][:, cols], self.teacher[rows][:, cols]
+        kl = topk_forward_kl(logits, ids, tlp, self.temperature)
+        kl = torch.where(m, kl, torch.zeros_like(kl))
+        self.kl_sum += float((w * kl).sum().detach()) / self.inner._wsum
+        return loss + self.coef * (w * kl).sum()
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.inner.metrics(), "distill_kl": self.kl_sum}

@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.records import LearnerShard, SFTShard
-from pte_ray.rl.distill import DistillConfig, token_advantages
+from pte_ray.rl.distill import DistillConfig, TopKDistillLoss, token_advantages
 from pte_ray.rl.grpo import GRPOConfig, GRPOLoss
 from pte_ray.rl.sft import SFTLoss
 
@@ -24,6 +24,16 @@ def pad_rows(rows: list[list[float]], device: torch.device | str = "cpu") -> tor
     """Ragged per-token rows -> [n, max T_i] fp32, zero-padded (masked out by the losses)."""
     t = pad_sequence([torch.tensor(r, dtype=torch.float32) for r in rows], batch_first=True)
     return t.to(device)
+
+
+def _pad3(rows: list, k: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Ragged [n][T_i][k] -> [n, max T_i, k], zero-padded (padding is masked out)."""
+    t_max = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), t_max, k, dtype=dtype)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out.to(device)
 
 
 class Objective(Protocol):
@@ -53,9 +63,13 @@ class GRPOObjective:
     """GRPO on sampled rollouts: the PPO-clip loss against the rollout's log-probs."""
 
     def __init__(
-        self, shard: LearnerShard, cfg: GRPOConfig, distill: DistillConfig | None = None
+        self,
+        shard: LearnerShard,
+        cfg: GRPOConfig,
+        distill: DistillConfig | None = None,
+        temperature: float = 1.0,
     ) -> None:
-        self.shard, self.cfg = shard, cfg
+        self.shard, self.cfg, self.temperature = shard, cfg, temperature
         self.distill = distill if distill is not None and distill.coef > 0 else None
         self.prompts, self.completions = shard.prompts, shard.completions
         self.pad_id, self.profile = shard.pad_id, shard.profile
@@ -64,7 +78,7 @@ class GRPOObjective:
         lens = [len(self.completions[i]) for i in rows]
         return float(sum(lens) if self.cfg.loss_agg == "token-mean" else len(lens))
 
-    def loss(self, sl: slice, scale: float, device: torch.device) -> GRPOLoss:
+    def loss(self, sl: slice, scale: float, device: torch.device) -> GRPOLoss | TopKDistillLoss:
         s = self.shard
         old = pad_rows(s.logprobs[sl], device)
         lens = torch.tensor([len(c) for c in s.completions[sl]])
@@ -76,8 +90,15 @@ class GRPOObjective:
             if ref is None:
                 raise ValueError("distill.coef > 0 needs the teacher's log-probs (reference)")
             adv = token_advantages(adv, old, ref, d.coef) * mask
-        return GRPOLoss(old, adv, mask, self.cfg, ref if self.cfg.kl_coef > 0 else None,
+        loss = GRPOLoss(old, adv, mask, self.cfg, ref if self.cfg.kl_coef > 0 else None,
                         weight_scale=scale)  # fmt: skip
+        if d is None or d.kind != "topk_forward_kl":
+            return loss
+        if s.topk_ids is None or s.topk_logprobs is None:
+            raise ValueError("distill.kind=topk_forward_kl needs the teacher's top-k (reference)")
+        ids = _pad3(s.topk_ids[sl], d.topk, device, torch.long)
+        tlp = _pad3(s.topk_logprobs[sl], d.topk, device, torch.float32)
+        return TopKDistillLoss(loss, ids, tlp, d.coef, self.temperature)
 
     def record(self, sl: slice) -> tuple[list[list[int]], list[list[list[int]]]]:
         return self.shard.eviction_steps[sl], self.shard.evicted_slots[sl]
