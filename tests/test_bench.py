@@ -34,6 +34,15 @@ def test_replay_memory_compared_with_full_cache_lora(random_ckpt, capsys):
     assert res["exact_vs_truncated_extra_mb_ratio"] > 0 and res["exact_vs_lora_extra_mb_ratio"] > 0
 
 
+@pytest.mark.parametrize("grad", ["truncated", "exact"])
+def test_replay_bench_under_rkv_replays_the_rollouts_record(random_ckpt, capsys, grad):
+    args = ["bench", "replay", "--batch", "3", f"model.path={random_ckpt('qwen2')}"]
+    over = ["cache.budget=8", "cache.eviction=rkv", "cache.rkv.window=4", f"replay.grad={grad}"]
+    assert cli([*args, *over, "sampling.max_new_tokens=40"]) == 0  # was: "carries 0 entries"
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["evictions"] > 0 and res["max_abs_logprob_diff"] < 1e-4
+
+
 def test_grad_bench_compares_truncated_and_exact(random_ckpt, capsys):
     args = ["bench", "grad", "--batch", "3", "--a-std", "0.1", f"model.path={random_ckpt('qwen2')}"]
     assert cli([*args, "cache.budget=8", "sampling.max_new_tokens=40"]) == 0

@@ -69,6 +69,8 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
             steps,
             loss_fn=loss,
             grad_mode=args.replay_grad,
+            # under rkv the rollout's record says which slots each eviction freed
+            evicted_slots=out.evicted_slots if steps is not None else None,
         )
 
     with PeakMemory(args.device) as mem:

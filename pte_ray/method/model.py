@@ -207,7 +207,8 @@ class Transformer(nn.Module):
         state: torch.Tensor | None = None,
         last_only: bool = False,
         obs: Obs | None = None,
-    ) -> tuple[torch.Tensor, list[KV]]:
+        head: bool = True,
+    ) -> tuple[torch.Tensor | None, list[KV]]:
         """Run ``ids`` [B, T] at positions ``at.pos`` [B, T].
 
         New keys/values go to slots ``at.slots`` [B, T] of each layer's ``kv`` buffers
@@ -216,7 +217,8 @@ class Transformer(nn.Module):
         the graph; without grad the buffers are updated in place. ``state`` [L, B, G, r] is the
         thought state for ``adapter``; ``obs`` (rollout under R-KV eviction) keeps each layer's
         newest query in a ring. The RoPE tables are only indexed: ``reserve_positions``
-        sizes them beforehand. Returns fp32 logits [B, T or 1, V] and the buffers.
+        sizes them beforehand. Returns fp32 logits [B, T or 1, V] (None with ``head=False``:
+        the output projection, a quarter of a small model's FLOPs, is skipped) and the buffers.
         """
         a = self.args
         bsz, t = ids.shape
@@ -231,6 +233,8 @@ class Transformer(nn.Module):
             o = (obs[0][li], obs[1]) if obs is not None else None
             x, layer_kv = blk(x, rope, kv[li], idx, attn_mask, lad, s, o)
             new_kv.append(layer_kv)
+        if not head:  # only the cache was wanted (exact replay's no-grad pass)
+            return None, new_kv
         if last_only:
             x = x[:, -1:]
         x = rms_norm(x, self.norm, a.norm_eps)

@@ -94,7 +94,8 @@ def _forward_pass(
         state = pre.state.detach() if pre.state is not None else None
         for a, z in g.bounds:
             starts.append(_Start(cache.t, list(cache.count), cache.valid.clone(), state))
-            _, state = segment(model, adapter, cache, state, g, a, z, carry_state=True)
+            # only what the segment writes into the cache is kept: no logits (no LM head)
+            _, state = segment(model, adapter, cache, state, g, a, z, True, logits=False)
             store.take(cache, a, z)
     return starts, store
 

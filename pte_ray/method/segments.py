@@ -103,9 +103,11 @@ def segment(
     a: int,
     z: int,
     carry_state: bool,
+    logits: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Eviction and fold due before token a (S detached unless ``carry_state``), then one
-    forward of tokens [a, z). Returns their logits [b, z - a, V] (None if none) and S."""
+    forward of tokens [a, z). Returns their logits [b, z - a, V] (None if none, or if not
+    ``logits``: only the cache is updated) and S."""
     if a in g.sched:
         chosen = g.plan[:, g.sched.index(a)] if g.plan is not None else None
         ev = cache.evict(cache.due(), chosen)
@@ -115,8 +117,8 @@ def segment(
     if z == a:
         return None, state
     at = cache.step_inputs(z - a)
-    logits, cache.kv = model(g.toks[:, a:z], at, cache.kv, adapter, state)
-    return logits, state
+    out, cache.kv = model(g.toks[:, a:z], at, cache.kv, adapter, state, head=logits)
+    return out, state
 
 
 def score(g: Group, first: torch.Tensor | None, logits: torch.Tensor | None, a: int, z: int):
