@@ -185,9 +185,11 @@ class LearnStats:
     ratio: float  # mean importance ratio pi / pi_old
     grad_norm: float  # global, after the all-reduce (before clipping)
     logprob_replay_diff: float  # max |replayed - rollout| log-prob, first mini-batch
+    logprob_replay_mean_diff: float  # token mean of the same (bf16: the PPO ratio's noise)
     samples: int  # rows in this rank's shard
     version: int  # adapter version after the step
     peak_mb: float  # this rank's peak memory so far
     nll: float = float("nan")  # SFT: token-mean NLL of the targets
     answer_nll: float = float("nan")  # SFT: token-mean NLL of the answer's tokens
     distill_kl: float = float("nan")  # top-k forward KL to the teacher, token mean
+    tis_weight: float = float("nan")  # mean truncated importance weight (grpo.tis_cap)

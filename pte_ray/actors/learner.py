@@ -133,8 +133,17 @@ class Learner:
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One GRPO step on this rank's shard (all ranks call it together)."""
-        job = GRPOObjective(shard, self.cfg.grpo, self.cfg.distill, self.cfg.sampling.temperature)
-        return self._step(job, self.cfg.learner.mini_batches)
+        g, k = self.cfg.grpo, self.cfg.learner.mini_batches
+        behavior = g.behavior
+        if behavior == "auto":  # half precision: rollout and replay disagree by ~1e-2
+            behavior = "learner" if self.model.dtype != torch.float32 else "rollout"
+        old = None
+        if behavior == "learner" and k > 1:  # pi_old before the first of k updates
+            old = self._logprobs(GRPOObjective(shard, g))
+        job = GRPOObjective(
+            shard, g, self.cfg.distill, self.cfg.sampling.temperature, behavior, old
+        )
+        return self._step(job, k)
 
     def sft_step(self, shard: SFTShard) -> LearnStats:
         """One supervised step on this rank's targets: one optimizer step, teacher-forced."""
@@ -172,6 +181,8 @@ class Learner:
             ratio=sums.get("ratio", 1.0),
             grad_norm=float(norm) if norm is not None else float("nan"),
             logprob_replay_diff=diff,
+            logprob_replay_mean_diff=sums.get("logprob_replay_mean_diff", 0.0),
+            tis_weight=sums.get("tis_weight", float("nan")),
             samples=n,
             version=self.version,
             peak_mb=_peak_mb(self.model.device),
@@ -216,17 +227,22 @@ class Learner:
         self, job: Objective, sl: slice, total: float
     ) -> tuple[dict[str, float], float, float]:
         """Replay one micro-batch with its share of the loss: (stats, replay diff, weight)."""
-        cfg = self.cfg
-        comps = job.completions[sl]
         local = job.size(range(*sl.indices(len(job.completions))))
         # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
         loss_fn = job.loss(sl, local / max(total, 1e-12) * self.world, self.model.device)
+        res = self._replay(job, sl, self.shadow, loss_fn)
+        big, mean = job.replay_diff(sl, res.logprobs)
+        return {**loss_fn.metrics(), "logprob_replay_mean_diff": mean}, big, local
+
+    def _replay(self, job: Objective, sl: slice, adapter: Any, loss_fn: Any = None) -> Any:
+        """Segment replay of rows ``sl`` (with grad into ``adapter`` when given a loss)."""
+        cfg, comps = self.cfg, job.completions[sl]
         steps, slots = job.record(sl)
         # a target may be longer than any rollout (SFT): a full cache must still hold it
         longest = max(len(c) for c in comps)
-        res = replay(
+        return replay(
             self.model,
-            self.shadow,
+            adapter,
             job.prompts[sl],
             comps,
             cfg.cache_config(),
@@ -238,7 +254,17 @@ class Learner:
             grad_mode=cfg.replay.grad,
             evicted_slots=slots,
         )
-        return loss_fn.metrics(), job.replay_diff(sl, res.logprobs), local
+
+    def _logprobs(self, job: Objective) -> list[list[float]]:
+        """The live adapter's log-probs of every row, no grad: the learner's own pi_old."""
+        out: list[list[float]] = []
+        mb, n = self.cfg.learner.micro_batch, len(job.completions)
+        with torch.no_grad():
+            for lo in range(0, n, mb):
+                res = self._replay(job, slice(lo, min(n, lo + mb)), self.engine.module)
+                comps = job.completions[lo : lo + mb]
+                out += [res.logprobs[i, : len(c)].tolist() for i, c in enumerate(comps)]
+        return out
 
     def publish(self) -> PublishedWeights:
         """Rank 0: put a versioned snapshot of the adapter in the object store."""

@@ -53,6 +53,8 @@ def step_metrics(
         "weight_version": weights.version,
         "rollout_version_min": min(ro.versions),
         "logprob_replay_diff": max(s.logprob_replay_diff for s in stats),
+        "logprob_replay_mean_diff": sum(s.logprob_replay_mean_diff for s in stats) / k,
+        "ratio": sum(s.ratio for s in stats) / k,
         "statuses": {s: scores.counts.get(s, 0) for s in STATUSES},
         **{f"{name}_{k}": v for name, pool in pools.items() for k, v in pool.items()},
         **_overlap(ro.versions, weights.version - 1, timer.seconds, pools["rollout"]),
@@ -64,6 +66,16 @@ def step_metrics(
             else {}
         ),
     }
+
+
+def _optional(stats: list[LearnStats], keys: tuple[str, ...]) -> dict[str, float]:
+    """Rank means of the statistics a run has (nan where its settings do not make them)."""
+    out = {}
+    for key in keys:
+        vals = [getattr(s, key) for s in stats]
+        if not any(math.isnan(v) for v in vals):
+            out[key] = sum(vals) / len(vals)
+    return out
 
 
 def _teacher_kl(logp: list[list[float]], ref: list[list[float]] | None) -> dict[str, float]:

@@ -28,6 +28,19 @@ class GRPOConfig(BaseModel):
     kl_value_clamp: float = Field(
         10.0, gt=0.0, description="bound on k3's value (as verl's low_var_kl); no gradient past it"
     )
+    # The PPO ratio's pi_old. In bf16 the rollout's log-probs (one token at a time) and the
+    # learner's replay (a segment at a time) of the same weights differ by up to 3-5e-2, so an
+    # on-policy ratio is off 1 by that much and the clip bites on noise: ``learner`` takes pi_old
+    # from the learner's own replay (no-grad, before the step's first update) and can weigh
+    # each token by min(pi_learner / pi_rollout, tis_cap) (truncated importance sampling).
+    behavior: Literal["auto", "rollout", "learner"] = Field(
+        "auto",
+        description="pi_old of the PPO ratio: rollout's log-probs, or the learner's replay "
+        "(auto: learner in bf16/fp16, rollout in fp32)",
+    )
+    tis_cap: float | None = Field(
+        None, gt=0.0, description="learner behavior: weigh tokens by min(pi_old/pi_rollout, cap)"
+    )
     loss_agg: Literal["token-mean", "seq-mean"] = Field(
         "token-mean", description="token-mean: every token alike; seq-mean: every sample alike"
     )
@@ -107,18 +120,23 @@ class GRPOLoss:
 
     Holds the batch tensors [B, T] and sums weighted statistics as segments arrive, so the
     metrics of a step (loss, clip fraction, KL, entropy, ratio) come out exact at the end.
+    ``old_logp`` None: pi_old is the replay's own log-prob (detached): the learner's policy
+    before the update, when the step has one optimizer step. ``rollout_logp`` with
+    ``cfg.tis_cap``: each token weighs min(pi_old / pi_rollout, cap).
     """
 
     def __init__(
         self,
-        old_logp: torch.Tensor,
+        old_logp: torch.Tensor | None,
         adv: torch.Tensor,
         mask: torch.Tensor,
         cfg: GRPOConfig,
         ref_logp: torch.Tensor | None = None,
         weight_scale: float = 1.0,
+        rollout_logp: torch.Tensor | None = None,
     ) -> None:
         self.old_logp, self.adv, self.mask, self.cfg = old_logp, adv.float(), mask, cfg
+        self.rollout_logp = rollout_logp if cfg.tis_cap is not None else None
         self.ref_logp = ref_logp
         self.weights = token_weights(mask, cfg.loss_agg) * weight_scale
         self.sums: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0}
@@ -133,7 +151,13 @@ class GRPOLoss:
         # per-sequence [B] (GRPO) or per-token [B, T] (with distillation's dense term)
         adv = self.adv[rows][:, cols] if self.adv.dim() == 2 else self.adv[rows][:, None]
         m = self.mask[rows][:, cols]
-        loss_tok, st = token_loss(logp, self.old_logp[rows][:, cols], adv, self.cfg, ref, m)
+        old = logp.detach() if self.old_logp is None else self.old_logp[rows][:, cols]
+        loss_tok, st = token_loss(logp, old, adv, self.cfg, ref, m)
+        if self.rollout_logp is not None:  # truncated importance weight, rollout -> learner
+            d = torch.where(m, old - self.rollout_logp[rows][:, cols], torch.zeros_like(old))
+            tis = torch.exp(d.clamp(max=20.0)).clamp(max=self.cfg.tis_cap)
+            loss_tok = loss_tok * tis
+            st["tis"] = tis
         if not m.all():
             loss_tok = torch.where(m, loss_tok, torch.zeros_like(loss_tok))
         loss = (w * loss_tok).sum()
@@ -144,6 +168,9 @@ class GRPOLoss:
             self.sums["entropy"] += float((w * ent).sum()) / self._wsum
             if "kl" in st:
                 self.sums["kl"] += float((w * st["kl"]).sum()) / self._wsum
+            if "tis" in st:
+                tis = float((w * st["tis"]).sum()) / self._wsum
+                self.sums["tis_weight"] = self.sums.get("tis_weight", 0.0) + tis
         return loss
 
     def metrics(self) -> dict[str, float]:

@@ -54,8 +54,8 @@ class Objective(Protocol):
         """(eviction steps, evicted slots) the replay must reproduce (None: recompute them)."""
         ...
 
-    def replay_diff(self, sl: slice, logprobs: torch.Tensor) -> float:
-        """Max |replayed - recorded| log-prob over rows ``sl`` (0 where nothing was recorded)."""
+    def replay_diff(self, sl: slice, logprobs: torch.Tensor) -> tuple[float, float]:
+        """(max, token mean) |replayed - recorded| log-prob over rows ``sl`` (0: none recorded)."""
         ...
 
 
@@ -68,9 +68,15 @@ class GRPOObjective:
         cfg: GRPOConfig,
         distill: DistillConfig | None = None,
         temperature: float = 1.0,
+        behavior: str = "rollout",
+        learner_old: list[list[float]] | None = None,
     ) -> None:
+        """``behavior`` (resolved: rollout or learner) says what pi_old is; ``learner_old``:
+        the learner's own no-grad replay of the shard (needed with several mini-batches; with
+        one, the replay's detached log-probs are the same thing, at no cost)."""
         self.shard, self.cfg, self.temperature = shard, cfg, temperature
         self.distill = distill if distill is not None and distill.coef > 0 else None
+        self.behavior, self.learner_old = behavior, learner_old
         self.prompts, self.completions = shard.prompts, shard.completions
         self.pad_id, self.profile = shard.pad_id, shard.profile
 
@@ -80,7 +86,7 @@ class GRPOObjective:
 
     def loss(self, sl: slice, scale: float, device: torch.device) -> GRPOLoss | TopKDistillLoss:
         s = self.shard
-        old = pad_rows(s.logprobs[sl], device)
+        old = pad_rows(s.logprobs[sl], device)  # the rollout's (the sampling policy's)
         lens = torch.tensor([len(c) for c in s.completions[sl]])
         mask = (torch.arange(old.shape[1])[None] < lens[:, None]).to(device)
         ref = pad_rows(s.ref_logprobs[sl], device) if s.ref_logprobs is not None else None
@@ -90,8 +96,12 @@ class GRPOObjective:
             if ref is None:
                 raise ValueError("distill.coef > 0 needs the teacher's log-probs (reference)")
             adv = token_advantages(adv, old, ref, d.coef) * mask
-        loss = GRPOLoss(old, adv, mask, self.cfg, ref if self.cfg.kl_coef > 0 else None,
-                        weight_scale=scale)  # fmt: skip
+        kl_ref = ref if self.cfg.kl_coef > 0 else None
+        if self.behavior == "learner":
+            mine = pad_rows(self.learner_old[sl], device) if self.learner_old else None
+            loss = GRPOLoss(mine, adv, mask, self.cfg, kl_ref, scale, rollout_logp=old)
+        else:
+            loss = GRPOLoss(old, adv, mask, self.cfg, kl_ref, weight_scale=scale)
         if d is None or d.kind != "topk_forward_kl":
             return loss
         if s.topk_ids is None or s.topk_logprobs is None:
@@ -103,11 +113,12 @@ class GRPOObjective:
     def record(self, sl: slice) -> tuple[list[list[int]], list[list[list[int]]]]:
         return self.shard.eviction_steps[sl], self.shard.evicted_slots[sl]
 
-    def replay_diff(self, sl: slice, logprobs: torch.Tensor) -> float:
+    def replay_diff(self, sl: slice, logprobs: torch.Tensor) -> tuple[float, float]:
         old = pad_rows(self.shard.logprobs[sl], logprobs.device)
         lens = torch.tensor([len(c) for c in self.completions[sl]], device=logprobs.device)
         mask = torch.arange(old.shape[1], device=logprobs.device)[None] < lens[:, None]
-        return float(((logprobs[:, : old.shape[1]] - old).abs() * mask).max())
+        d = (logprobs[:, : old.shape[1]] - old).abs() * mask
+        return float(d.max()), float(d.sum() / mask.sum().clamp(min=1))
 
 
 class SFTObjective:
@@ -133,5 +144,5 @@ class SFTObjective:
     def record(self, sl: slice) -> tuple[None, None]:
         return None, None
 
-    def replay_diff(self, sl: slice, logprobs: torch.Tensor) -> float:
-        return 0.0
+    def replay_diff(self, sl: slice, logprobs: torch.Tensor) -> tuple[float, float]:
+        return 0.0, 0.0
