@@ -88,3 +88,68 @@ def test_one_gpu_learner_step_publish_and_rollout(
         assert m2["rollout_version_min"] == m["weight_version"]
     finally:
         ctl.shutdown()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_sft_step_and_eval_on_cuda(ray_cluster, random_ckpt, task_file, tmp_path, dtype):
+    """The SFT stage on one NCCL learner (exact replay on the GPU), then a greedy held-out
+    evaluation on a GPU rollout worker."""
+    from pte_ray.controller.sft import SFTController
+
+    over = [
+        f"model.path={random_ckpt('qwen2')}",
+        f"model.dtype={dtype}",
+        f"data.train={task_file}",
+        "train.stage=sft",
+        "train.prompts_per_step=4",
+        "train.steps=2",
+        "train.eval_every=1",
+        f"train.eval_bench={task_file}",
+        "train.eval_limit=8",
+        "sampling.max_new_tokens=24",
+        "cache.budget=8",
+        "learner.num_gpus=0.5",
+        "rollout.num_gpus=0.25",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_config(None, over)
+    ctl = SFTController(cfg, RunDir.open(cfg, None))
+    try:
+        ctl.weights = ctl.roles.learners.publish()
+        m = ctl.train_step(0)
+        assert m["nll"] == m["nll"] and m["grad_norm"] == m["grad_norm"]  # not NaN
+        assert 0.0 <= m["eval_acc"] <= 1.0 and m["learner_peak_mb"] > 0
+    finally:
+        ctl.shutdown()
+
+
+def test_topk_distillation_and_learner_behavior_on_cuda(
+    ray_cluster, random_ckpt, task_file, tmp_path
+):
+    """GRPO with the teacher's top-k from a GPU reference worker and pi_old from the bf16
+    learner's own replay: the ratio is exactly on policy."""
+    over = [
+        f"model.path={random_ckpt('qwen2')}",
+        "model.dtype=bfloat16",
+        f"data.train={task_file}",
+        "train.prompts_per_step=2",
+        "grpo.group_size=4",
+        "sampling.max_new_tokens=24",
+        "cache.budget=8",
+        "distill.coef=0.5",
+        "distill.kind=topk_forward_kl",
+        "distill.topk=4",
+        "learner.num_gpus=0.4",
+        "rollout.num_gpus=0.2",
+        "reference.num_gpus=0.2",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_config(None, over)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
+    try:
+        ctl.weights = ctl.roles.learners.publish()
+        m = ctl.train_step(0)
+        assert m["distill_kl"] >= 0 and "teacher_kl" in m
+        assert m["ratio"] == pytest.approx(1.0, abs=1e-3) and m["clip_frac"] == 0.0
+    finally:
+        ctl.shutdown()
