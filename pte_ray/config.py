@@ -107,6 +107,11 @@ class Config(Section):
                 "learner.colocate=true fixes the rollout pool to the learners' bundles: "
                 "leave rollout.min_workers/max_workers unset (no autoscaling)"
             )
+        if self.grpo.drop_zero_adv and t.max_staleness:
+            raise ValueError(
+                "grpo.drop_zero_adv refills a step from the prompt stream while it runs: it "
+                "needs train.max_staleness=0 (the prefetch would draw from the same stream)"
+            )
         return self._check_stage()
 
     def _check_stage(self) -> Config:

@@ -24,6 +24,7 @@ from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.controller.evaluation import load_eval_set, run_eval
 from pte_ray.controller.log import step_metrics, step_rows
+from pte_ray.controller.refill import refill
 from pte_ray.records import (
     LearnerShard,
     LearnStats,
@@ -109,8 +110,11 @@ class Controller:
         self.step_loggers: Any = None  # run/loggers.StepLoggers when train.loggers names any
 
     # ------------------------------------------------------------------ phases
-    def collect(self, step: int, weights: PublishedWeights | None) -> Batch:
-        """Draw step ``step``'s prompts and generate their groups with ``weights``.
+    def collect(
+        self, step: int, weights: PublishedWeights | None, n: int | None = None, draw: int = 0
+    ) -> Batch:
+        """Draw step ``step``'s prompts (``n`` groups; default ``train.prompts_per_step``) and
+        generate their groups with ``weights``; ``draw`` > 0 numbers a refill's extra draws.
 
         One request per group: the rollout pool hands queued groups to whichever worker is
         free (several per call), and every row's seed is its own, so where a group runs never
@@ -118,13 +122,16 @@ class Controller:
         """
         t0 = time.perf_counter()
         g = self.cfg.grpo.group_size
-        examples = self.data.stream.next_batch(self.cfg.train.prompts_per_step)
+        examples = self.data.stream.next_batch(n or self.cfg.train.prompts_per_step)
         cursor = self.data.stream.cursor()
         prompts = [self.data.prompt_ids[ex.index] for ex in examples for _ in range(g)]
         answers = [ex.answer for ex in examples for _ in range(g)]
         requests = [
             RolloutRequest(
-                prompts[k * g : (k + 1) * g], self._seeds(step, k), weights, self.profile(step)
+                prompts[k * g : (k + 1) * g],
+                self._seeds(step, k, draw),
+                weights,
+                self.profile(step),
             )
             for k in range(len(examples))
         ]
@@ -134,9 +141,11 @@ class Controller:
         wall = time.perf_counter() - t0
         return Batch(examples, prompts, answers, rollouts, cursor, wall, pool.summary())
 
-    def _seeds(self, step: int, group: int) -> list[int]:
-        """Group ``group``'s row seeds: independent streams per (run seed, step, group, row)."""
-        seq = np.random.SeedSequence([self.cfg.train.seed, step, group])
+    def _seeds(self, step: int, group: int, draw: int = 0) -> list[int]:
+        """Group ``group``'s row seeds: independent streams per (run seed, step, group, row),
+        and per refill draw."""
+        key = [self.cfg.train.seed, step, group] + ([draw] if draw else [])
+        seq = np.random.SeedSequence(key)
         return [int(x) for x in seq.generate_state(self.cfg.grpo.group_size)]
 
     def score_and_reference(self, batch: Batch) -> tuple[Scores, ReferenceLogprobs | None]:
@@ -226,6 +235,8 @@ class Controller:
         self.cursor = batch.cursor
         with timer("reward_ref"):
             scores, ref = self.score_and_reference(batch)
+        (batch, scores, ref), fill = refill(self, step, (batch, scores, ref), timer)
+        self.cursor = batch.cursor  # after any refill's draws
         adv = self.advantages(scores)
         with timer("learn"):
             stats = self.learn(self.learner_shards(batch, adv, ref, self.profile(step)))
@@ -241,7 +252,7 @@ class Controller:
             pools["reference"] = self.roles.reference.summary()
         ref_rows = ref.logprobs if ref is not None else None
         row = step_metrics(step, batch, scores, stats, weights, pools, timer, ref_rows)
-        row |= self.evaluate_due(step, timer)
+        row |= fill | self.evaluate_due(step, timer)
         row["eval_s"] = timer.seconds.get("eval_s", 0.0)
         metrics.export_step(row)
         return row

@@ -41,6 +41,10 @@ class GRPOConfig(BaseModel):
     tis_cap: float | None = Field(
         None, gt=0.0, description="learner behavior: weigh tokens by min(pi_old/pi_rollout, cap)"
     )
+    drop_zero_adv: bool = Field(
+        False, description="drop groups whose rewards are all equal, refill from the stream (DAPO)"
+    )
+    max_refill: int = Field(2, ge=0, description="refill draws per step (drop_zero_adv)")
     loss_agg: Literal["token-mean", "seq-mean"] = Field(
         "token-mean", description="token-mean: every token alike; seq-mean: every sample alike"
     )
