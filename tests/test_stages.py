@@ -67,3 +67,33 @@ def test_grpo_with_distillation_reads_the_teacher(ray_cluster, small_run, tmp_pa
     assert ("distill_kl" in m) == (kind == "topk_forward_kl")
     if kind == "topk_forward_kl":
         assert m["distill_kl"] >= 0.0
+
+
+@pytest.mark.slow  # the tiny model (built once) samples its own targets
+def test_sft_on_verified_teacher_traces(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pte_ray.rl.answers import extract_answer
+    from pte_ray.rl.data import DataConfig, load_dataset
+    from pte_ray.run.prepare import resolve_data
+
+    out = tmp_path / "run"
+    over = ["train.stage=sft", "sft.source=teacher", "sft.teacher_prompts=12",
+            "sft.teacher_samples=2", "sft.answer_weight=3.0", "train.steps=2",
+            "train.prompts_per_step=4", f"output_dir={out}"]  # fmt: skip
+    assert train.main(None, over) == 0
+    summary = json.loads((out / "teacher" / "summary.json").read_text())
+    assert summary["samples"] == 24 and 0 < summary["kept"] <= 24
+    assert sum(summary["statuses"].values()) == 24  # every sample counted by its verdict
+    traces = pq.read_table(out / "teacher" / "traces.parquet").to_pylist()
+    assert len(traces) == summary["kept"]
+    examples = load_dataset(DataConfig(path=resolve_data("tiny")))[0]
+    gold = {e.index: e.answer for e in examples}
+    for t in traces:  # only verified traces, which ended by themselves, are trained on
+        assert extract_answer(t["text"], last_number_fallback=False) == gold[t["prompt_index"]]
+    rows = _metrics(out)
+    assert len(rows) == 2 and all(r["nll"] > 0 for r in rows)
+    # a resumed run reuses the traces instead of sampling again
+    mtime = (out / "teacher" / "traces.parquet").stat().st_mtime
+    assert train.main(None, [*over, "train.steps=3"], resume="auto") == 0
+    assert (out / "teacher" / "traces.parquet").stat().st_mtime == mtime
