@@ -1,4 +1,4 @@
-"""`pte-ray` entry points: train, eval, compare, generate, bench, config."""
+"""`pte-ray` entry points: train, sft, eval, compare, generate, bench, config, plot."""
 
 from __future__ import annotations
 
@@ -117,12 +117,24 @@ def _generate(args: argparse.Namespace) -> int:
     return generate_main(args)
 
 
+def _sft(args: argparse.Namespace) -> int:
+    from pte_ray.commands.train import main as train_main
+
+    return train_main(args.config, ["train.stage=sft", *args.overrides], resume=args.resume)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="GRPO training (no arguments: tiny model + task, locally)")
-    t.add_argument("--config", default=None, help="YAML config (launch/configs/*.yaml)")
-    t.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
-    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64")
-    t.set_defaults(func=_train)
+    for name, help_, func in (
+        ("train", "training, GRPO or SFT by train.stage (no arguments: tiny model + task)", _train),
+        ("sft", "the supervised stage: pte-ray train train.stage=sft", _sft),
+    ):
+        t = sub.add_parser(name, help=help_)
+        t.add_argument("--config", default=None, help="YAML config (launch/configs/*.yaml)")
+        t.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
+        t.add_argument(
+            "overrides", nargs="*", help="dotted key=value overrides, e.g. cache.budget=64"
+        )
+        t.set_defaults(func=func)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

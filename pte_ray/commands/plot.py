@@ -16,7 +16,13 @@ from typing import Any
 VIEWS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
     "reward": ("Reward", [("reward_mean", "mean"), ("reward_std", "std")], "reward"),
     "length": ("Response length", [("completion_tokens_mean", "mean tokens")], "tokens"),
-    "kl": ("KL to the reference", [("kl", "k3 KL")], "KL"),
+    "kl": ("KL to the reference", [("kl", "k3 KL"), ("teacher_kl", "k1 to the teacher")], "KL"),
+    "sft": ("SFT loss", [("nll", "target NLL"), ("answer_nll", "answer NLL")], "nats / token"),
+    "eval": (
+        "Held-out accuracy (greedy)",
+        [("eval_acc", "all"), ("eval_acc_d2plus", "d >= 2")],
+        "accuracy",
+    ),
     "throughput": ("Rollout throughput", [("tokens_per_s", "tokens/s")], "tokens / s"),
     "evictions": ("Evictions per sequence", [("evictions_per_seq", "evictions")], "count"),
     "memory": ("Learner peak memory", [("learner_peak_mb", "peak MB")], "MB"),
@@ -88,10 +94,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
             fig.savefig(dest / f"{view}.png", dpi=100)
             written.append(dest / f"{view}.png")
         plt.close(fig)
-    fig, axes = plt.subplots(3, 3, figsize=(15, 11))
-    for ax, view in zip(axes.flat, VIEWS, strict=False):
+    views = [v for v in VIEWS if any(k in r for r in rows for k, _ in VIEWS[v][1])]
+    n_rows = -(-len(views) // 3)
+    fig, axes = plt.subplots(n_rows, 3, figsize=(15, 3.7 * n_rows), squeeze=False)
+    for ax, view in zip(axes.flat, views, strict=False):
         _draw(ax, rows, view)
-    axes.flat[-1].axis("off")
+    for ax in list(axes.flat)[len(views) :]:
+        ax.axis("off")  # a view the run has no data for (SFT: no rewards) is left out
     fig.suptitle(f"{run.name}: {len(rows)} steps")
     fig.tight_layout()
     fig.savefig(dest / "summary.png", dpi=90)
