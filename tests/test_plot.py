@@ -21,7 +21,7 @@ def _row(step: int, **extra) -> dict:
 def test_plot_writes_every_view_and_a_summary(tmp_path, capsys):
     rows = [_row(s) for s in range(1, 6)]
     for r in rows:
-        r.pop("kl")  # a run without a reference pool: no KL panel, the rest drawn
+        r.pop("kl"), r.pop("teacher_kl")  # no reference pool: no KL panel, the rest drawn
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert cli(["plot", str(tmp_path)]) == 0
     out = tmp_path / "plots"
