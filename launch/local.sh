@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1
+export HF_HUB_DISABLE_TELEMETRY=1 RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1
 export PTE_RAY_CACHE="${PTE_RAY_CACHE:-$HOME/.cache/pte_ray}"
 # DeepSpeed JIT-compiles a CPU op on first use (~1 min): keep it across runs.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PTE_RAY_CACHE/torch_extensions}"
@@ -62,7 +62,7 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
   train) setup; isolated "$PY" -m pte_ray.cli train "$@" ;;
-  test) setup; isolated "$PY" -m pytest -q -rs "$@" ;;
+  test) setup; export HF_HUB_OFFLINE=1; isolated "$PY" -m pytest -q -rs "$@" ;;  # tests never reach a hub
   run) setup; isolated "$@" ;;
   setup) setup ;;
   *) echo "usage: bash launch/local.sh {train|test|run|setup} [args...]" >&2; exit 2 ;;

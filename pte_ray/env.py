@@ -1,7 +1,9 @@
-"""Process environment defaults, in one place: offline hub, no telemetry, no usage stats.
+"""Process environment defaults, in one place: no telemetry, no usage stats.
 
 Applied by the CLI and the test suite before anything imports Ray, transformers or vLLM (they
-read these at import). ``setdefault``: a user's own setting always wins.
+read these at import). ``setdefault``: a user's own setting always wins. The model hub stays
+reachable (a hub id in ``model.path`` is fetched where it runs); the tests set
+``HF_HUB_OFFLINE=1`` themselves.
 ``launch/local.sh`` exports the same for the processes it starts.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 import os
 
 DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",  # never reach for a model hub unless the user says so
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "VLLM_NO_USAGE_STATS": "1",

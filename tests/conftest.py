@@ -10,6 +10,7 @@ import pytest
 from pte_ray.env import apply_defaults
 
 apply_defaults()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 
 @pytest.fixture(scope="session")

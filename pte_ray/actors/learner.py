@@ -28,6 +28,7 @@ from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.replay import replay
 from pte_ray.records import LearnerShard, LearnStats, PublishedWeights, SFTShard
 from pte_ray.rl.objective import GRPOObjective, Objective, SFTObjective
+from pte_ray.run.models import resolve_model
 from pte_ray.run.profile import traced
 
 
@@ -82,7 +83,7 @@ def _deepspeed_config(cfg: Config, dtype: torch.dtype) -> dict[str, Any]:
 
 class Learner:
     def __init__(
-        self, cfg: dict[str, Any], model_path: str, rank: int, world: int, addr: str, port: int
+        self, cfg: dict[str, Any], model_spec: str, rank: int, world: int, addr: str, port: int
     ) -> None:
         import deepspeed
 
@@ -104,7 +105,9 @@ class Learner:
             torch.distributed.init_process_group(
                 backend, rank=rank, world_size=world, timeout=timeout
             )
-        self.model = load_base(model_path, resolve_dtype(self.cfg.model.dtype, device), device)
+        self.model_path = resolve_model(model_spec)  # on this node (run/models.py)
+        dtype = resolve_dtype(self.cfg.model.dtype, device)
+        self.model = load_base(self.model_path, dtype, device)
         acfg = self.cfg.adapter_config()
         if not acfg.has_adapter:
             raise ValueError(
@@ -129,7 +132,8 @@ class Learner:
         self.version = 0
 
     def ready(self) -> dict[str, Any]:
-        return {"rank": self.rank, "device": str(self.model.device), "pid": os.getpid()}
+        return {"rank": self.rank, "device": str(self.model.device), "pid": os.getpid(),
+                "model_path": self.model_path}  # fmt: skip
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One GRPO step on this rank's shard (all ranks call it together)."""

@@ -53,19 +53,19 @@ class LearnerGroup:
     """D learner actors forming one torch.distributed group, in one placement group."""
 
     def __init__(
-        self, cfg: Config, model_path: str, ready_timeout_s: float = 900.0, epoch: int = 0
+        self, cfg: Config, model_spec: str, ready_timeout_s: float = 900.0, epoch: int = 0
     ) -> None:
         self.pg = placement_group(_bundles(cfg), strategy="PACK")
         self.actors: list[Any] = []
         self.epoch = epoch  # groups started before this one in the job (restarts)
         self.info: list[dict[str, Any]] = []  # each rank's ``ready`` (pid, device)
         try:
-            self._start(cfg, model_path, ready_timeout_s)
+            self._start(cfg, model_spec, ready_timeout_s)
         except BaseException:
             self.shutdown()  # no half-started group holds its placement group
             raise
 
-    def _start(self, cfg: Config, model_path: str, ready_timeout_s: float) -> None:
+    def _start(self, cfg: Config, model_spec: str, ready_timeout_s: float) -> None:
         lc = cfg.learner
         try:
             ray.get(self.pg.ready(), timeout=ready_timeout_s)
@@ -82,7 +82,7 @@ class LearnerGroup:
         self.actors = [
             cls.options(
                 num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, scheduling_strategy=self.on(i)
-            ).remote(dump, model_path, i, lc.num_learners, addr, port)
+            ).remote(dump, model_spec, i, lc.num_learners, addr, port)
             for i in range(lc.num_learners)
         ]
         self.call_timeout_s = cfg.train.call_timeout_s

@@ -11,17 +11,20 @@ from pte_ray.config import Config
 from pte_ray.engines.choose import reference_engine
 from pte_ray.engines.torch_engine import pick_device
 from pte_ray.records import ReferenceLogprobs, ReferenceRequest
+from pte_ray.run.models import resolve_model
 
 
 class ReferenceWorker:
-    def __init__(self, cfg: dict[str, Any], model_path: str, worker_id: int) -> None:
+    def __init__(self, cfg: dict[str, Any], model_spec: str, worker_id: int) -> None:
         self.cfg = Config.model_validate(cfg)
         self.worker_id = str(worker_id)
+        self.model_path = resolve_model(model_spec)  # on this node (run/models.py)
         device = pick_device(self.cfg.reference.num_gpus)
-        self.engine = reference_engine(self.cfg, model_path, device)
+        self.engine = reference_engine(self.cfg, self.model_path, device)
 
     def ready(self) -> dict[str, Any]:
-        return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
+        info = {"worker": self.worker_id, "pid": os.getpid(), "model_path": self.model_path}
+        return {**info, **self.engine.info()}
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
         t0 = time.perf_counter()

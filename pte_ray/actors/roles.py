@@ -54,13 +54,13 @@ def _common(cfg: Config) -> dict[str, float | int]:
     }
 
 
-def rollout_pool(cfg: Config, model_path: str, on: Callable[[int], Any] = lambda i: None) -> Pool:
+def rollout_pool(cfg: Config, model_spec: str, on: Callable[[int], Any] = lambda i: None) -> Pool:
     """Rollout workers of ``cfg`` (the student's, or a teacher's config: ``run/teacher.py``)."""
     dump, rc = cfg.model_dump(mode="json"), cfg.rollout
     return Pool(
         "rollout",
         lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus, on(i)).remote(
-            dump, model_path, i
+            dump, model_spec, i
         ),
         rc.num_workers,
         min_size=rc.min_workers,
@@ -100,25 +100,25 @@ def _pools(
         )
 
 
-def start_learners(cfg: Config, model_path: str, epoch: int) -> LearnerGroup:
+def start_learners(cfg: Config, model_spec: str, epoch: int) -> LearnerGroup:
     """A learner group; ``epoch`` counts the groups this job started before it (restarts)."""
-    return LearnerGroup(cfg, model_path, cfg.train.start_timeout_s, epoch)
+    return LearnerGroup(cfg, model_spec, cfg.train.start_timeout_s, epoch)
 
 
 def start_roles(
-    cfg: Config, model_path: str, epoch: int = 0, teacher_path: str | None = None
+    cfg: Config, model_spec: str, epoch: int = 0, teacher_path: str | None = None
 ) -> Roles:
     """Learners first (the largest ask), then the pools; on any failure, stop what started."""
     check_placeable(cfg)
     started: list[Any] = []
     try:
-        learners = start_learners(cfg, model_path, epoch)
+        learners = start_learners(cfg, model_spec, epoch)
         started.append(learners)
 
         def on(i: int) -> Any:  # a worker's place: a learner's bundle when colocated
             return learners.on(i) if cfg.learner.colocate else None
 
-        _pools(cfg, (model_path, teacher_path), on, started)
+        _pools(cfg, (model_spec, teacher_path), on, started)
     except BaseException:
         for role in reversed(started):  # a role that failed to start cleaned up after itself
             role.shutdown()

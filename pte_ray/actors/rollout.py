@@ -14,20 +14,25 @@ from pte_ray.config import Config
 from pte_ray.engines.choose import rollout_engine
 from pte_ray.engines.torch_engine import pick_device
 from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts
+from pte_ray.run.models import resolve_model
 from pte_ray.run.profile import traced
 
 
 class RolloutWorker:
-    def __init__(self, cfg: dict[str, Any], model_path: str, worker_id: int) -> None:
+    def __init__(self, cfg: dict[str, Any], model_spec: str, worker_id: int) -> None:
         self.cfg = Config.model_validate(cfg)
         self.worker_id = str(worker_id)
+        self.model_path = resolve_model(model_spec)  # on this node (run/models.py)
         device = pick_device(self.cfg.rollout.num_gpus)
-        self.engine = rollout_engine(self.cfg, model_path, device)
+        self.engine = rollout_engine(self.cfg, self.model_path, device)
+        if self.cfg.train.init_adapter:  # a stage's checkpoint (or the teacher's adapter)
+            self.engine.load_dir(self.cfg.train.init_adapter)
         self.version = -1
         self.epoch = -1
 
     def ready(self) -> dict[str, Any]:
-        return {"worker": self.worker_id, "pid": os.getpid(), **self.engine.info()}
+        info = {"worker": self.worker_id, "pid": os.getpid(), "model_path": self.model_path}
+        return {**info, **self.engine.info()}
 
     def loaded_versions(self) -> list[str]:
         """The adapter versions the engine holds, oldest first (vLLM: names it serves)."""

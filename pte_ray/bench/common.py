@@ -119,7 +119,7 @@ def prompt_ids(args: argparse.Namespace) -> tuple[Path, list[list[int]]]:
         path = build_tiny()
         texts = [ex["prompt"] for ex in make_task(args.batch, seed=args.seed, split="test")]
     else:
-        from pte_ray.run.prepare import resolve_model
+        from pte_ray.run.models import resolve_model
 
         path = Path(resolve_model(args.model))  # a checkpoint dir or a *-shape name
         texts = [

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from pte_ray.actors.rollout import RolloutWorker
     from pte_ray.config import load_config
-    from pte_ray.run.prepare import resolve_model
+    from pte_ray.run.models import resolve_model
 
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, args.workers), log_to_driver=False)

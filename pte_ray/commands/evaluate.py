@@ -78,7 +78,7 @@ class _Engine:
         from pte_ray.engines.choose import rollout_engine
         from pte_ray.engines.torch_engine import TorchEngine
         from pte_ray.method.checkpoint import load_adapter
-        from pte_ray.run.prepare import resolve_model
+        from pte_ray.run.models import resolve_model
 
         self.gen = rollout_engine(cfg, resolve_model(cfg.model.path), device, engine)
         self.tok = self.gen.tokenizer

@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from pte_ray.commands.evaluate import eval_config
     from pte_ray.engines.torch_engine import TorchEngine
     from pte_ray.method.checkpoint import load_adapter
-    from pte_ray.run.prepare import resolve_model
+    from pte_ray.run.models import resolve_model
 
     cfg = eval_config(args.config, args.overrides, args.adapter)
     prompts = _prompts(args)

@@ -11,8 +11,21 @@ import os
 import sys
 from pathlib import Path
 
-from pte_ray.config import dump_config, load_config
+from pte_ray.config import Config, dump_config, load_config
+from pte_ray.run.prepare import prepare
 from pte_ray.run.run_dir import RunDir
+
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's entrypoint
+
+
+def _check_output_dir(cfg: Config, resume: str | None) -> None:
+    """Under ``ray job submit`` the working directory is a temporary copy on the head: a run
+    written there is lost with the job. Ask for a directory on storage that outlives it."""
+    if cfg.train.output_dir is None and resume in (None, "auto") and RAY_JOB_ENV in os.environ:
+        raise ValueError(
+            "under ray job submit, runs/ would land in the job's temporary working directory: "
+            "set train.output_dir to shared storage (e.g. output_dir=/mnt/shared/runs/NAME)"
+        )
 
 
 def main(config: str | None, overrides: list[str], resume: str | None = None) -> int:
@@ -25,7 +38,11 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
     from pte_ray.controller.step import Controller
     from pte_ray.run.loggers import StepLoggers
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # conflicting settings: an error here
+    _check_output_dir(cfg, resume)
+    # the data (every row), the model spec, the stage's checkpoints: before Ray and before the
+    # run directory exists, so a typo leaves nothing behind
+    data = prepare(cfg)
     run = RunDir.open(cfg, resume)
     dump_config(cfg, run.path / "config.yaml")
     # a missing logger package fails here, before Ray or any actor starts
@@ -36,7 +53,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
         ray.init(address=address, log_to_driver=True, include_dashboard=None)
     controller = None
     try:
-        controller = (SFTController if cfg.train.stage == "sft" else Controller)(cfg, run)
+        controller = (SFTController if cfg.train.stage == "sft" else Controller)(cfg, run, data)
         controller.step_loggers = loggers
         # --resume PATH: that checkpoint; --resume auto: the newest complete one
         ckpt = Path(resume) if resume not in (None, "auto") else None

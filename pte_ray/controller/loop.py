@@ -37,7 +37,7 @@ def checkpoint(ctl: Controller) -> None:
         "step": ctl.step,
         "adapter": cfg.adapter_config().model_dump(mode="json"),
         "cache": cfg.cache_config().model_dump(mode="json"),
-        "model": ctl.data.model_path,
+        "model": ctl.data.model_spec,
     }
     with ctl.run.checkpoint_dir(ctl.step) as tmp:
         ctl.roles.learners.all("save", str(tmp), meta)

@@ -33,8 +33,8 @@ class SFTBatch:
 class SFTController(Controller):
     """The GRPO controller's roles and loop, with the supervised step."""
 
-    def __init__(self, cfg: Any, run: Any) -> None:
-        super().__init__(cfg, run)
+    def __init__(self, cfg: Any, run: Any, data: Any = None) -> None:
+        super().__init__(cfg, run, data)
         if self.data.targets is None:  # sft.source=teacher: sample and verify them now
             from pte_ray.controller.teacher import teacher_targets
 

@@ -38,7 +38,7 @@ from pte_ray.records import (
 )
 from pte_ray.rl.data import Example
 from pte_ray.rl.grpo import group_advantages
-from pte_ray.run.prepare import prepare
+from pte_ray.run.prepare import Prepared, prepare
 from pte_ray.run.progress import say
 from pte_ray.run.run_dir import RunDir
 
@@ -87,11 +87,12 @@ class Batch:
 class Controller:
     """Owns the config, the prepared data, the run directory and the roles of one run."""
 
-    def __init__(self, cfg: Config, run: RunDir) -> None:
+    def __init__(self, cfg: Config, run: RunDir, data: Prepared | None = None) -> None:
         from pte_ray.actors.roles import start_roles
 
         self.cfg, self.run = cfg, run
-        self.data = prepare(cfg)  # validates model path and every data row before any compute
+        # model spec and every data row checked (``pte-ray train`` does it before Ray starts)
+        self.data = data if data is not None else prepare(cfg)
         self.eval_set = load_eval_set(cfg, self.data.tokenizer)  # held-out set, if asked for
         say(
             f"starting roles: {cfg.rollout.num_workers} rollout, {cfg.reward.num_workers} reward, "
@@ -99,7 +100,7 @@ class Controller:
             "~1 min)"
         )
         t0 = time.perf_counter()
-        self.roles = start_roles(cfg, self.data.model_path, 0, self.data.teacher_path)
+        self.roles = start_roles(cfg, self.data.model_spec, 0, self.data.teacher_spec)
         say(f"roles ready in {time.perf_counter() - t0:.0f} s")
         self.step = 0
         self.weights: PublishedWeights | None = None  # the newest published version
@@ -275,10 +276,10 @@ class Controller:
         metrics.count("learner_restarts", 1, "controller")
         if self.cfg.learner.colocate:
             self.roles.shutdown()
-            self.roles = start_roles(self.cfg, self.data.model_path, epoch, self.data.teacher_path)
+            self.roles = start_roles(self.cfg, self.data.model_spec, epoch, self.data.teacher_spec)
         else:
             self.roles.learners.shutdown()
-            self.roles.learners = start_learners(self.cfg, self.data.model_path, epoch)
+            self.roles.learners = start_learners(self.cfg, self.data.model_spec, epoch)
 
     def shutdown(self) -> None:
         self.roles.shutdown()

@@ -60,7 +60,7 @@ def _sample(ctl: Any, out: Path) -> None:
     cfg, data = ctl.cfg, ctl.data
     k, idx = cfg.sft.teacher_samples, _prompts(ctl)
     say(f"teacher: sampling {k} per prompt for {len(idx)} prompts (full cache)")
-    pool = rollout_pool(teacher_config(cfg, data.teacher_path), data.teacher_path)
+    pool = rollout_pool(teacher_config(cfg, data.teacher_spec), data.teacher_spec)
     try:
         rows = [i for i in idx for _ in range(k)]
         seeds = np.random.SeedSequence([cfg.train.seed, 11]).generate_state(len(rows)).tolist()

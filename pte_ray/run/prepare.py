@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pte_ray.config import Config
-from pte_ray.method.checkpoint import _hf_config
 from pte_ray.rl.data import Example, PromptStream, filter_by_length, load_dataset
 from pte_ray.rl.data import render_prompt as render
 from pte_ray.rl.data.read import resolve_files
 from pte_ray.rl.data.targets import Target, solution_targets
+from pte_ray.run.models import check_spec, resolve_model
 from pte_ray.run.teacher import check_init_adapter, check_vocabulary, teacher_adapter
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    model_path: str
+    model_path: str  # on this node (a hub model: its tokenizer and config only)
     tokenizer: Any
     examples: list[Example]
     prompt_ids: dict[int, list[int]]  # by Example.index
@@ -33,40 +33,10 @@ class Prepared:
     stream: PromptStream
     pad_id: int
     eos_id: int | None = None
-    teacher_path: str | None = None  # the reference's model (None: no reference pool)
+    teacher_path: str | None = None  # the reference's model here (None: no reference pool)
     targets: list[Target] | None = None  # SFT from solutions: one per example
-
-
-def resolve_model(path: str) -> str:
-    from pte_ray.tiny import RECIPES
-
-    if path in RECIPES:  # 'tiny', 'tiny-recall': built and cached by the project
-        from pte_ray.tiny import build_tiny
-
-        return str(build_tiny(recipe=RECIPES[path]))
-    from pte_ray.tiny.shapes import SHAPES, shape_checkpoint
-
-    if path in SHAPES:  # a real model's shape with random weights, built locally
-        return str(shape_checkpoint(path))
-    local = Path(path)
-    if not local.exists() and "/" in path and not local.is_absolute() and path.count("/") == 1:
-        local = _download(path)  # a hub id such as Qwen/Qwen2.5-3B-Instruct
-    _hf_config(local)  # exists, has config.json, supported architecture
-    return str(local)
-
-
-def _download(repo_id: str) -> Path:
-    """Fetch a hub checkpoint on clusters that can reach the hub (never on HF_HUB_OFFLINE)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repo, no auth: one clear message
-        raise FileNotFoundError(
-            f"model.path {repo_id!r} is not a local directory and could not be downloaded "
-            f"({type(e).__name__}: {e})"
-        ) from e
+    model_spec: str = ""  # model.path as written: what each actor resolves on its own node
+    teacher_spec: str | None = None  # reference.model (or model.path) when a teacher runs
 
 
 def resolve_data(path: str) -> str:
@@ -99,13 +69,16 @@ def _check_solutions(cfg: Config, path: str) -> bool:
     return True
 
 
+def _needs_teacher(cfg: Config) -> bool:
+    return cfg.reference_pool or (cfg.train.stage == "sft" and cfg.sft.source == "teacher")
+
+
 def _teacher(cfg: Config, model_path: str) -> str | None:
-    """The reference/teacher model's path when a role needs it, its vocabulary checked."""
-    needs = cfg.reference_pool
-    needs = needs or (cfg.train.stage == "sft" and cfg.sft.source == "teacher")
-    if not needs:
+    """The reference/teacher model's path here when a role needs it, its vocabulary checked."""
+    if not _needs_teacher(cfg):
         return None
-    path = resolve_model(cfg.reference.model) if cfg.reference.model else model_path
+    spec = cfg.reference.model
+    path = resolve_model(spec, weights=False) if spec else model_path
     check_vocabulary(model_path, path)
     teacher_adapter(cfg)  # the teacher's checkpoint is readable
     return path
@@ -114,13 +87,14 @@ def _teacher(cfg: Config, model_path: str) -> str | None:
 def prepare(cfg: Config) -> Prepared:
     from transformers import AutoTokenizer
 
-    model_path = resolve_model(cfg.model.path)
+    check_spec(cfg.model.path)
     check_init_adapter(cfg)
-    teacher_path = _teacher(cfg, model_path)
     d = cfg.data
     dcfg = d.loader(resolve_data(d.train))
     with_solutions = _check_solutions(cfg, dcfg.path)
-    examples, report = load_dataset(dcfg, solutions=with_solutions)
+    examples, report = load_dataset(dcfg, solutions=with_solutions)  # before any model work
+    model_path = resolve_model(cfg.model.path, weights=False)
+    teacher_path = _teacher(cfg, model_path)
     if report.skipped:
         log.warning("skipped %d bad rows: %s", report.skipped, report)
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -143,4 +117,8 @@ def prepare(cfg: Config) -> Prepared:
     eos = tok.eos_token_id
     targets = solution_targets(examples, tok, cfg.sft, eos) if with_solutions else None
     stream = PromptStream(targets or examples, seed=cfg.train.seed)
-    return Prepared(model_path, tok, examples, ids, texts, stream, pad, eos, teacher_path, targets)
+    teacher_spec = (cfg.reference.model or cfg.model.path) if teacher_path else None
+    return Prepared(
+        model_path, tok, examples, ids, texts, stream, pad, eos, teacher_path, targets,
+        cfg.model.path, teacher_spec,
+    )  # fmt: skip
