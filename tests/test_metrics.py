@@ -25,6 +25,8 @@ BOARD = Path(__file__).parent.parent / "cluster" / "grafana" / "pte-ray.json"
 # for good, a learner group restarted, a verifier item timing out (tests/test_faults.py and
 # tests/test_learner_restart.py cause them and read them back from metrics.jsonl).
 NEEDS_OTHER_FAULTS = {"pool_timeouts", "pool_replacements", "learner_restarts", "timeouts"}
+# The SFT stage's (tests/test_stages.py reads it from metrics.jsonl).
+NEEDS_OTHER_STAGE = {"nll"}
 
 
 def _series(url: str) -> dict[str, list[dict[str, str]]]:
@@ -39,9 +41,12 @@ def _series(url: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tmp_path):
+def test_every_role_exports_its_series_to_prometheus(
+    ray_cluster, small_run, task_file, tmp_path
+):
     over = [*small_run, "grpo.kl_coef=0.05", "train.steps=3", f"output_dir={tmp_path / 'run'}",
-            "train.profile_steps=[2]"]  # fmt: skip
+            "train.profile_steps=[2]", "train.eval_every=1", f"train.eval_bench={task_file}",
+            "train.eval_limit=4"]  # fmt: skip
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
@@ -54,7 +59,7 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tmp
         ctl.train_step(1)
         # read while the actors live: a gauge leaves the endpoint with its process
         want = {n for n in prometheus_names() if n.removeprefix("ray_pte_ray_").removesuffix(
-            "_total") not in NEEDS_OTHER_FAULTS}  # fmt: skip
+            "_total") not in NEEDS_OTHER_FAULTS | NEEDS_OTHER_STAGE}  # fmt: skip
         deadline, got = time.monotonic() + 60, {}
         while time.monotonic() < deadline:  # the agent exports each second (conftest)
             got = _series(ray_cluster["metrics"])

@@ -54,6 +54,9 @@ METRICS: dict[str, tuple[str, str]] = {
     # controller, per step
     "reward_mean": (G, "mean reward of the step"),
     "nll": (G, "SFT stage: token-mean NLL of the step's targets"),
+    "zero_adv_groups": (G, "fraction of a step's groups whose rewards were all equal"),
+    "truncated_frac": (G, "fraction of a step's completions cut at sampling.max_new_tokens"),
+    "completion_tokens": (G, "completion length of a step (tag stat: mean or max)"),
     "eval_accuracy": (G, "held-out greedy accuracy (train.eval_every; subset all or d2plus)"),
     "weight_version_lag": (G, "learner version minus the oldest version a step's rollouts used"),
     "staleness_mean": (G, "versions behind the weights they were learned on, mean over rows"),
@@ -122,9 +125,14 @@ PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "eval_s", "step_s
 
 def export_step(row: dict[str, float]) -> None:
     """The controller's per-step figures from its ``metrics.jsonl`` row."""
-    for key in ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version", "nll"):
+    plain = ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version", "nll",
+             "zero_adv_groups", "truncated_frac")  # fmt: skip
+    for key in plain:
         if key in row:  # the SFT stage has no rewards or rollouts, GRPO no target NLL
             gauge(key, row[key], "controller")
+    for stat in ("mean", "max"):
+        if f"completion_tokens_{stat}" in row:
+            gauge("completion_tokens", row[f"completion_tokens_{stat}"], "controller", stat=stat)
     if "rollout_version_min" in row:
         # the version learned on (one before the one just published) minus the oldest rollout's
         lag = row["weight_version"] - 1 - row["rollout_version_min"]

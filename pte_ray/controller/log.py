@@ -49,6 +49,9 @@ def step_metrics(
         # the phase's wall time: with several calls per worker, no one call's time is the step's
         "tokens_per_s": tokens / max(batch.rollout_s, 1e-9),
         "completion_tokens_mean": tokens / n,
+        "completion_tokens_max": max(len(t) for t in ro.tokens),
+        # completions cut at sampling.max_new_tokens: too many and the budget is too small
+        "truncated_frac": sum(r == "length" for r in ro.finish_reasons) / n,
         "evictions_per_seq": sum(len(e) for e in ro.eviction_steps) / n,
         "weight_version": weights.version,
         "rollout_version_min": min(ro.versions),
