@@ -56,6 +56,11 @@ class OptimSection(Section):
     # tokens are std-1: at 1.0 they moved 0.3-0.4% in 80 recall-task steps; at 10, 2-3%, with
     # no gain in recall (README).
     encoder_lr_scale: float = _f(1.0, "thought encoder's lr as a multiple of lr", gt=0.0)
+    warmup_steps: int = _f(0, "optimizer steps of linear warm-up from lr/warmup_steps", ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = _f(
+        "constant", "after warm-up: constant, or cosine / linear decay to min_lr_ratio * lr"
+    )
+    min_lr_ratio: float = _f(0.0, "where cosine / linear decay ends, as a fraction of lr", ge=0.0)
 
 
 class RolloutSection(Section):

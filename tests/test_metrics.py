@@ -41,9 +41,7 @@ def _series(url: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def test_every_role_exports_its_series_to_prometheus(
-    ray_cluster, small_run, task_file, tmp_path
-):
+def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, task_file, tmp_path):
     over = [*small_run, "grpo.kl_coef=0.05", "train.steps=3", f"output_dir={tmp_path / 'run'}",
             "train.profile_steps=[2]", "train.eval_every=1", f"train.eval_bench={task_file}",
             "train.eval_limit=4"]  # fmt: skip

@@ -97,3 +97,18 @@ def test_sft_on_verified_teacher_traces(ray_cluster, tmp_path):
     mtime = (out / "teacher" / "traces.parquet").stat().st_mtime
     assert train.main(None, [*over, "train.steps=3"], resume="auto") == 0
     assert (out / "teacher" / "traces.parquet").stat().st_mtime == mtime
+
+
+def test_learning_rate_follows_the_schedule_on_the_learner(ray_cluster, small_run, tmp_path):
+    over = [*small_run, "optim.lr=0.001", "optim.warmup_steps=4", "optim.schedule=cosine",
+            "train.steps=6", f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    cfg = load_config(None, over)
+    ctl = Controller(cfg, RunDir.open(cfg, None))
+    try:
+        learner = ctl.roles.learners.actors[0]
+        assert ray.get(learner.optimizer_lrs.remote()) == pytest.approx([0.00025] * 2)  # +encoder
+        ctl.weights = ctl.roles.learners.publish()
+        ctl.train_step(0)
+        assert ray.get(learner.optimizer_lrs.remote()) == pytest.approx([0.0005] * 2)
+    finally:
+        ctl.shutdown()

@@ -20,6 +20,13 @@ import ray
 import torch
 
 from pte_ray.actors import metrics
+from pte_ray.actors.learner_setup import (
+    accumulate_into,
+    deepspeed_config,
+    lr_schedule,
+    param_groups,
+    peak_mb,
+)
 from pte_ray.actors.weights import pack
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import pick_device, resolve_dtype
@@ -30,55 +37,6 @@ from pte_ray.records import LearnerShard, LearnStats, PublishedWeights, SFTShard
 from pte_ray.rl.objective import GRPOObjective, Objective, SFTObjective
 from pte_ray.run.models import resolve_model
 from pte_ray.run.profile import traced
-
-
-def _peak_mb(device: torch.device) -> float:
-    """This learner's peak memory so far: CUDA allocations, or the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def param_groups(adapter: torch.nn.Module, lr: float, encoder_scale: float) -> list[dict]:
-    """The LoRA factors at ``lr``; the thought encoder (if any) at ``lr * encoder_scale``."""
-    enc = [p for n, p in adapter.named_parameters() if n.startswith("encoder.")]
-    rest = [p for n, p in adapter.named_parameters() if not n.startswith("encoder.")]
-    return [{"params": rest}] + ([{"params": enc, "lr": lr * encoder_scale}] if enc else [])
-
-
-def _accumulate_into(acc: torch.Tensor):
-    """A post-accumulate-grad hook: add the fresh gradient to ``acc`` in fp32, clear ``.grad``."""
-
-    def hook(p: torch.Tensor) -> None:
-        assert p.grad is not None
-        acc.add_(p.grad.float())
-        p.grad = None
-
-    return hook
-
-
-def _deepspeed_config(cfg: Config, dtype: torch.dtype) -> dict[str, Any]:
-    """One optimizer step per RL mini-batch: replay already accumulated the gradient."""
-    o = cfg.optim
-    return {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "optimizer": {
-            "type": "AdamW",
-            "params": {
-                "lr": o.lr,
-                "betas": list(o.betas),
-                "weight_decay": o.weight_decay,
-                "torch_adam": True,
-            },
-        },
-        "gradient_clipping": o.grad_clip,
-        "zero_optimization": {"stage": cfg.learner.zero_stage},
-        "bf16": {"enabled": dtype == torch.bfloat16},
-        "steps_per_print": 1 << 30,
-    }
 
 
 class Learner:
@@ -121,13 +79,14 @@ class Learner:
         # ~2.6% (measured), so each backward's gradient is moved into an fp32 accumulator.
         self.grad_acc = [torch.zeros_like(q, dtype=torch.float32) for q in self.shadow.parameters()]
         for q, acc in zip(self.shadow.parameters(), self.grad_acc):
-            q.register_post_accumulate_grad_hook(_accumulate_into(acc))
+            q.register_post_accumulate_grad_hook(accumulate_into(acc))
         o = self.cfg.optim
-        ds_cfg = _deepspeed_config(self.cfg, self.model.dtype)
+        ds_cfg = deepspeed_config(self.cfg, self.model.dtype)
         self.engine, _, _, _ = deepspeed.initialize(
             model=adapter,
             model_parameters=param_groups(adapter, o.lr, o.encoder_lr_scale),
             config=ds_cfg,
+            lr_scheduler=lambda opt: lr_schedule(opt, self.cfg),
         )
         self.version = 0
 
@@ -189,7 +148,7 @@ class Learner:
             tis_weight=sums.get("tis_weight", float("nan")),
             samples=n,
             version=self.version,
-            peak_mb=_peak_mb(self.model.device),
+            peak_mb=peak_mb(self.model.device),
             nll=sums.get("nll", float("nan")),
             answer_nll=sums.get("answer_nll", float("nan")),
             distill_kl=sums.get("distill_kl", float("nan")),
