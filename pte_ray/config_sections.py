@@ -187,3 +187,7 @@ class TrainSection(Section):
         (), "also log each step to TensorBoard (RUN_DIR/tensorboard) / W&B offline (RUN_DIR/wandb)"
     )
     profile_max_mb: float = _f(100.0, "a gzipped trace larger than this is dropped", gt=0.0)
+    wandb_mode: Literal["offline", "online"] = _f(
+        "offline", "W&B (train.loggers=[wandb]): offline files to `wandb sync`, or online"
+    )
+    wandb_project: str = _f("pte-ray", "W&B project")

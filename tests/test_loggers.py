@@ -45,3 +45,15 @@ def test_a_missing_logger_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(ImportError, match=r"train.loggers=wandb needs wandb.*pte-ray\[loggers\]"):
         StepLoggers(("wandb",), tmp_path, {})
+
+
+def test_online_wandb_without_a_key_is_refused_before_anything_starts(
+    small_run, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    out = tmp_path / "run"
+    over = [*small_run, "train.loggers=[wandb]", "train.wandb_mode=online", f"output_dir={out}"]
+    with pytest.raises(ValueError, match="wandb_mode=online needs a W&B API key"):
+        train_main(None, over)
+    assert not out.exists()

@@ -36,10 +36,12 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
     from pte_ray.controller.loop import resume as resume_from
     from pte_ray.controller.sft import SFTController
     from pte_ray.controller.step import Controller
-    from pte_ray.run.loggers import StepLoggers
+    from pte_ray.run.loggers import StepLoggers, check_wandb
 
     cfg = load_config(config, overrides)  # conflicting settings: an error here
     _check_output_dir(cfg, resume)
+    if "wandb" in cfg.train.loggers:
+        check_wandb(cfg.train.wandb_mode)
     # the data (every row), the model spec, the stage's checkpoints: before Ray and before the
     # run directory exists, so a typo leaves nothing behind
     data = prepare(cfg)

@@ -1,14 +1,16 @@
-"""Optional step loggers beside ``metrics.jsonl``: TensorBoard and Weights & Biases (offline).
+"""Optional step loggers beside ``metrics.jsonl``: TensorBoard and Weights & Biases.
 
 ``train.loggers`` names them; each gets every numeric key of the step's metrics row (nested
-dicts flattened as ``statuses/ok``). W&B runs in offline mode, writing under ``RUN_DIR/wandb``
-(``wandb sync`` uploads it later; a cluster node rarely reaches the internet); TensorBoard
+dicts flattened as ``statuses/ok``). W&B runs offline by default, writing under
+``RUN_DIR/wandb`` (``wandb sync`` uploads it later; a cluster node rarely reaches the
+internet), or online with ``train.wandb_mode=online`` and an API key; TensorBoard
 writes event files under ``RUN_DIR/tensorboard``. A logger whose package is missing fails at
 start, naming the extra to install, before any actor starts.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,23 @@ def flat(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = float(v)
     return out
+
+
+def _wandb_key() -> bool:
+    """Whether W&B can log in: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def check_wandb(mode: str) -> None:
+    """Online W&B needs a key: said before Ray starts, not after the first step."""
+    if mode == "online" and not _wandb_key():
+        raise ValueError(
+            "train.wandb_mode=online needs a W&B API key: export WANDB_API_KEY (or "
+            "`wandb login`), or keep train.wandb_mode=offline and `wandb sync` later"
+        )
 
 
 class StepLoggers:
@@ -40,10 +59,13 @@ class StepLoggers:
                 import wandb
             except ImportError as e:
                 raise ImportError(f"train.loggers=wandb needs wandb: {EXTRA}") from e
+            train = config.get("train", {})
+            mode = train.get("wandb_mode", "offline")
+            check_wandb(mode)
             (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
             self.wandb = wandb.init(
-                mode="offline", dir=str(run_dir), project="pte-ray", name=run_dir.name,
-                config=config, reinit="finish_previous",
+                mode=mode, dir=str(run_dir), project=train.get("wandb_project", "pte-ray"),
+                name=run_dir.name, config=config, reinit="finish_previous",
             )  # fmt: skip
 
     def log(self, row: dict[str, Any]) -> None:
