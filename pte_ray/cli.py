@@ -145,7 +145,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--bench",
         action="append",
         default=[],
-        help="math500 | gsm8k | aime (bundled samples) | tiny | a JSONL/Parquet path; repeatable",
+        help="math500-sample | gsm8k-sample | aime-sample (a few problems each) | tiny | "
+        "tiny-recall | a JSONL/Parquet path; repeatable",
     )
     e.add_argument("--samples", type=int, default=1, help="completions per problem (n)")
     e.add_argument("--pass-k", default=None, help="k values for pass@k, e.g. 1,4 (default 1,n)")

@@ -24,8 +24,9 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 
 @pytest.mark.parametrize(
-    ("name", "gold"), [("gsm8k", "18"), ("math500", "\\left( 3, \\frac{\\pi}{2} \\right)"),
-                       ("aime", "204")]
+    ("name", "gold"),
+    [("gsm8k-sample", "18"), ("math500-sample", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+     ("aime-sample", "204")],
 )  # fmt: skip
 def test_bundled_benchmarks_load_in_their_own_formats(name, gold):
     cfg = load_config(None)
@@ -48,13 +49,13 @@ def checkpoint(random_ckpt, tmp_path):
 def test_eval_writes_results_and_every_completion(checkpoint, task_file, tmp_path, capsys):
     model_path, ckpt = checkpoint
     over = [f"model.path={model_path}", "sampling.max_new_tokens=12", "cache.budget=8"]
-    args = ["eval", "--adapter", str(ckpt), "--bench", str(task_file), "--bench", "gsm8k"]
+    args = ["eval", "--adapter", str(ckpt), "--bench", str(task_file), "--bench", "gsm8k-sample"]
     args += ["--limit", "3", "--samples", "2", "--seeds", "0,1", "--out", str(tmp_path / "ev")]
     assert cli(args + over) == 0
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert res["method"] == "pte" and res["seeds"] == [0, 1]
-    assert set(res["benchmarks"]) == {task_file.stem, "gsm8k"}
-    assert set(res["benchmarks"]["gsm8k"]) == {"mean@2", "pass@1", "pass@2"}
+    assert set(res["benchmarks"]) == {task_file.stem, "gsm8k-sample"}
+    assert set(res["benchmarks"]["gsm8k-sample"]) == {"mean@2", "pass@1", "pass@2"}
     rows = pq.read_table(tmp_path / "ev" / "completions.parquet").to_pylist()
     assert len(rows) == 2 * 3 * 2 * 2  # benchmarks x problems x samples x seeds
     assert all(r["evictions"] >= 0 and r["status"] for r in rows)
@@ -77,7 +78,12 @@ def test_eval_bad_input_names_the_problem_and_writes_nothing(checkpoint, tmp_pat
         evaluate(eval_config(None, base, None), None, [str(bad_col)], out_dir=str(out))
     with pytest.raises(ValueError, match="pass@4 needs --samples >= 4"):
         evaluate(
-            eval_config(None, base, None), None, ["gsm8k"], samples=2, ks=[4], out_dir=str(out)
+            eval_config(None, base, None),
+            None,
+            ["gsm8k-sample"],
+            samples=2,
+            ks=[4],
+            out_dir=str(out),
         )
     with pytest.raises(ValueError, match=r"adapter.method='lora_c' does not match .*method='pte'"):
         eval_config(None, [*base, "adapter.method=lora_c"], str(ckpt))
@@ -86,7 +92,7 @@ def test_eval_bad_input_names_the_problem_and_writes_nothing(checkpoint, tmp_pat
     assert not out.exists()
     (ckpt / "adapter.json").write_text(json.dumps({"adapter": {"method": "pte", "rank": 2}}))
     with pytest.raises(ValueError, match="shape"):  # the tensors say rank 4
-        evaluate(eval_config(None, base, str(ckpt)), str(ckpt), ["gsm8k"], out_dir=str(out))
+        evaluate(eval_config(None, base, str(ckpt)), str(ckpt), ["gsm8k-sample"], out_dir=str(out))
     assert not out.exists()
 
 

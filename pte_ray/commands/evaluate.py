@@ -182,7 +182,8 @@ def evaluate(
         raise FileExistsError(f"--out {out} exists and is not empty")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     eng = _Engine(cfg, adapter_dir, dev, engine, ablate)
-    total = sum(len(problems(b, cfg, limit)[0]) for b in specs) * samples * len(seeds)
+    counts = {b.name: len(problems(b, cfg, limit)[0]) for b in specs}
+    total = sum(counts.values()) * samples * len(seeds)
     bar = progress(total, "eval", "sample")
     rows: list[dict[str, Any]] = []
     per_seed: dict[str, list[dict[str, float]]] = {b.name: [] for b in specs}
@@ -205,6 +206,7 @@ def evaluate(
         "seeds": seeds,
         "seconds": time.perf_counter() - t0,
         "benchmarks": {name: _mean_std(v) for name, v in per_seed.items()},
+        "problems": counts,  # a sample of 5 problems is a smoke test, not a benchmark
     }
     _write(out, results, rows)
     results["out_dir"] = str(out)
@@ -242,11 +244,13 @@ def _write(out: Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> No
 
 
 def table(results: dict[str, Any], metric: str) -> str:
-    """The paper's layout: one row per method, one column per benchmark, then the average."""
+    """The paper's layout: one row per method, one column per benchmark (with its number of
+    problems), then the average."""
     names = list(results["benchmarks"])
     cells = [results["benchmarks"][b].get(metric) for b in names]
     have = [c["mean"] for c in cells if c is not None]
-    head = "| method | " + " | ".join(names) + " | avg |"
+    n = results.get("problems", {})
+    head = "| method | " + " | ".join(f"{b} ({n[b]})" if b in n else b for b in names) + " | avg |"
     rule = "|---" * (len(names) + 2) + "|"
     body = " | ".join(
         f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" if c is not None else "-" for c in cells

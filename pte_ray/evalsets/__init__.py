@@ -18,7 +18,9 @@ from pte_ray.config import Config
 from pte_ray.rl.data import DataConfig, load_dataset
 
 EVALSETS = Path(__file__).parent
-BUNDLED = {"math500": "math500.jsonl", "gsm8k": "gsm8k.jsonl", "aime": "aime.jsonl"}
+# A handful of public problems in each format, so `pte-ray eval` runs offline; a result on
+# them is a smoke test, not a benchmark figure (their counts are printed with every table).
+BUNDLED = {n: f"{n}.jsonl" for n in ("math500-sample", "gsm8k-sample", "aime-sample")}
 PROMPT_KEYS = ("prompt", "problem", "question", "Problem", "Question")
 ANSWER_KEYS = ("answer", "Answer")
 
@@ -33,7 +35,8 @@ class Bench:
 
 
 def resolve_bench(spec: str, cfg: Config) -> Bench:
-    """A bundled name (math500, gsm8k, aime), 'tiny' (the tiny task's test split) or a path."""
+    """A bundled sample (math500-sample, gsm8k-sample, aime-sample), 'tiny' / 'tiny-recall' (the
+    tiny tasks' test splits) or a path."""
     if spec in BUNDLED:
         path, name = EVALSETS / BUNDLED[spec], spec
     elif spec in ("tiny", "tiny-recall"):  # the tiny tasks' held-out splits
