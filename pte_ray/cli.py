@@ -1,4 +1,5 @@
-"""`pte-ray` entry points: train, sft, eval, compare, generate, bench, config, plot."""
+"""`pte-ray` entry points: train, sft, eval, compare, generate, bench, config, plot,
+prepare-data."""
 
 from __future__ import annotations
 
@@ -255,11 +256,29 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_plot)
 
 
+def _prepare_data(args: argparse.Namespace) -> int:
+    from pte_ray.commands.prepare_data import prepare_data
+
+    rep = prepare_data(args.source, args.out, args.format, args.test_size, args.seed)
+    print(json.dumps(rep))
+    print(f"wrote {args.out}/train.parquet ({rep['train']} rows), test.parquet ({rep['test']})",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _add_prepare_data(sub: argparse._SubParsersAction) -> None:
+    from pte_ray.commands.prepare_data import add_args
+
+    p = sub.add_parser("prepare-data", help="train/test Parquet from a MATH or GSM8K copy")
+    add_args(p)
+    p.set_defaults(func=_prepare_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pte-ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench, _add_config,
-                _add_plot):  # fmt: skip
+                _add_plot, _add_prepare_data):  # fmt: skip
         add(sub)
     return p
 
