@@ -47,7 +47,7 @@ def _actors(cfg: Config) -> list[dict[str, float]]:
     out = [{"CPU": lc.num_cpus, "GPU": lc.num_gpus}] * lc.num_learners
     out += [{"CPU": rc.num_cpus, "GPU": rc.num_gpus}] * (rc.max_workers or rc.num_workers)
     out += [{"CPU": wc.num_cpus, "GPU": 0.0}] * wc.num_workers
-    if cfg.grpo.kl_coef > 0:
+    if cfg.reference_pool:
         out += [{"CPU": fc.num_cpus, "GPU": fc.num_gpus}] * fc.num_workers
     return out
 
@@ -66,3 +66,34 @@ def test_manifest_holds_the_configs_it_serves(manifest):
             assert any(all(a[r] <= n.get(r, 0.0) for r in a) for n, k in nodes if k), (
                 f"{manifest.name} / {path.name}: no node type holds an actor of {a}"
             )
+
+
+CONFIGS = sorted({c for m in MANIFESTS for c in _served(m)})
+
+
+def test_every_node_runs_the_image_the_recipe_builds_and_mounts_the_shared_storage():
+    docker = (ROOT / "cluster" / "Dockerfile").read_text()
+    assert re.search(r"^FROM nvidia/cuda:", docker, re.M)  # a CUDA base
+    assert "launch/constraints.txt" in docker and '-e ".[loggers]"' in docker
+    for path in (ROOT / "cluster").glob("kuberay-*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+        for pod in pods:
+            (c,) = pod["template"]["spec"]["containers"]
+            assert c["image"].endswith("/pte-ray:latest") and c["workingDir"] == "/opt/pte-ray"
+            assert {"name": "shared", "mountPath": "/mnt/shared"} in c["volumeMounts"]
+    launcher = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    assert launcher["file_mounts"] == {"~/pte-ray": "."}
+    setup = " ".join(launcher["setup_commands"])
+    assert "constraints.txt" in setup and "pte-ray[loggers]" in setup
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_cluster_configs_keep_data_and_runs_on_shared_storage(config):
+    cfg = load_config(config)
+    assert cfg.data.train.startswith("/mnt/shared/") and cfg.train.output_dir.startswith(
+        "/mnt/shared/"
+    )
+    env = yaml.safe_load((ROOT / "launch" / "runtime_env.yaml").read_text())
+    assert not any(x.endswith((".parquet", ".jsonl", ".json")) for x in env["excludes"])
