@@ -41,3 +41,25 @@ def test_plot_bad_input_names_file_and_line(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not JSON"):
         plot_run(tmp_path)
     assert not (tmp_path / "plots").exists()
+
+
+def test_smoothing_is_a_trailing_mean_and_axes_start_at_zero(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pte_ray.commands.plot import _draw, smooth
+
+    ys = [float(i % 2) for i in range(100)]  # alternating noise around 0.5
+    sm = smooth(ys)
+    assert sm[0] == 0.0 and all(abs(v - 0.5) <= 0.1 for v in sm[10:])
+    rows = [{"step": s, "learner_peak_mb": 800.0 + s, "reward_mean": ys[s]} for s in range(100)]
+    for view, bottom in (("memory", 0.0), ("reward", None)):
+        fig, ax = plt.subplots()
+        assert _draw(ax, rows, view)
+        if bottom is not None:
+            assert ax.get_ylim()[0] == bottom  # a 12% rise is drawn as one, not a cliff
+        else:
+            assert len(ax.lines) == 2  # the raw series, faint, and its running mean
+        plt.close(fig)

@@ -15,7 +15,16 @@ from typing import Any
 # figure -> (title, [(metrics.jsonl key, legend)], y label)
 VIEWS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
     "reward": ("Reward", [("reward_mean", "mean"), ("reward_std", "std")], "reward"),
-    "length": ("Response length", [("completion_tokens_mean", "mean tokens")], "tokens"),
+    "diagnostics": (
+        "GRPO diagnostics",
+        [("zero_adv_groups", "groups with equal rewards"), ("truncated_frac", "truncated")],
+        "fraction",
+    ),
+    "length": (
+        "Response length",
+        [("completion_tokens_mean", "mean"), ("completion_tokens_max", "max")],
+        "tokens",
+    ),
     "kl": ("KL to the reference", [("kl", "k3 KL"), ("teacher_kl", "k1 to the teacher")], "KL"),
     "sft": ("SFT loss", [("nll", "target NLL"), ("answer_nll", "answer NLL")], "nats / token"),
     "eval": (
@@ -40,6 +49,24 @@ VIEWS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
         "seconds",
     ),  # fmt: skip
 }
+# Per-step series that are noise around a trend: drawn faint, with their running mean on top.
+SMOOTHED = {
+    "reward_mean", "reward_std", "nll", "answer_nll", "tokens_per_s", "kl", "teacher_kl",
+    "zero_adv_groups", "truncated_frac", "completion_tokens_mean",
+}  # fmt: skip
+# Fractions live on [0, 1]; memory, lengths and times start at 0, so a 2% rise looks like 2%.
+UNIT_AXIS = {"diagnostics", "eval"}
+ZERO_AXIS = {"memory", "length", "throughput", "evictions", "phases", "staleness"}
+
+
+def smooth(ys: list[float]) -> list[float]:
+    """Trailing mean over a window of ~5% of the run (at least 5 steps)."""
+    w = max(5, len(ys) // 20)
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y - (ys[i - w] if i >= w else 0.0)
+        out.append(total / min(i + 1, w))
+    return out
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -61,16 +88,36 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
 def _draw(ax: Any, rows: list[dict[str, Any]], view: str) -> bool:
     title, series, ylabel = VIEWS[view]
     drawn = False
-    for key, legend in series:
+    for i, (key, legend) in enumerate(series):
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), label=legend, linewidth=1.2)
-            drawn = True
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        color = f"C{i}"
+        if key in SMOOTHED and len(ys) > 10:
+            ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(
+                xs, smooth(list(ys)), color=color, linewidth=1.6, label=f"{legend}, running mean"
+            )
+        else:
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                label=legend,
+                linewidth=1.2,
+                marker="." if len(xs) < 30 else None,
+            )
+        drawn = True
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
-    if drawn and len(series) > 1:
-        ax.legend(fontsize="small")
+    if view in UNIT_AXIS:
+        ax.set_ylim(0, 1)
+    elif view in ZERO_AXIS:
+        ax.set_ylim(bottom=0)
+    if drawn:  # beside the data, never over it
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     return drawn
 
@@ -88,7 +135,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for view in VIEWS:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = plt.subplots(figsize=(7.5, 3.5))
         if _draw(ax, rows, view):
             fig.tight_layout()
             fig.savefig(dest / f"{view}.png", dpi=100)
@@ -96,7 +143,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
         plt.close(fig)
     views = [v for v in VIEWS if any(k in r for r in rows for k, _ in VIEWS[v][1])]
     n_rows = -(-len(views) // 3)
-    fig, axes = plt.subplots(n_rows, 3, figsize=(15, 3.7 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, 3, figsize=(20, 3.7 * n_rows), squeeze=False)
     for ax, view in zip(axes.flat, views, strict=False):
         _draw(ax, rows, view)
     for ax in list(axes.flat)[len(views) :]:
