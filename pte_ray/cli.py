@@ -54,17 +54,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pte_ray.commands.evaluate import eval_config, evaluate, table
+    from pte_ray.commands.evaluate import EvalOptions, eval_config, evaluate, table
 
     cfg = eval_config(args.config, args.overrides, args.adapter)
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
-    res = evaluate(
-        cfg,
-        args.adapter,
-        args.bench or ["tiny"],
+    opts = EvalOptions(
         samples=args.samples,
-        ks=ints(args.pass_k) if args.pass_k else None,
-        seeds=ints(args.seeds),
+        ks=tuple(ints(args.pass_k)) if args.pass_k else (),
+        seeds=tuple(ints(args.seeds)),
         out_dir=args.out,
         batch=args.batch,
         limit=args.limit,
@@ -73,6 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
         ablate=args.ablate,
         greedy=args.greedy,
     )
+    res = evaluate(cfg, args.adapter, args.bench or ["tiny"], opts)
     metrics = dict.fromkeys(m for b in res["benchmarks"].values() for m in b)
     for metric in metrics:
         print(table(res, metric))

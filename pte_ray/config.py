@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from pte_ray.config_sections import (
+    ENGINE_METHODS,
     DataSection,
     LearnerSection,
     ModelSection,
@@ -26,8 +27,8 @@ from pte_ray.config_sections import (
     RolloutSection,
     Section,
     TrainSection,
+    VllmConfig,
 )
-from pte_ray.engines.vllm_config import ENGINE_METHODS, VllmConfig
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingConfig, SamplingParams
 from pte_ray.rl.distill import DistillConfig
 from pte_ray.rl.grpo import GRPOConfig

@@ -12,17 +12,15 @@ import pytest
 
 from pte_ray.rl.data import (
     BOXED_INSTRUCTION,
-    ROLLOUT_SCHEMA,
     DataConfig,
     DataError,
     PromptStream,
-    RolloutWriter,
     filter_by_length,
     load_dataset,
     load_prompts,
-    read_rollouts,
     render_prompt,
 )
+from pte_ray.run.rollout_log import ROLLOUT_SCHEMA, RolloutWriter, read_rollouts
 
 ROWS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(10)]
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pte_ray.cli import main as cli
-from pte_ray.commands.evaluate import eval_config, evaluate, pass_at_k
+from pte_ray.commands.evaluate import EvalOptions, eval_config, evaluate, pass_at_k
 from pte_ray.config import load_config
 from pte_ray.evalsets import problems, resolve_bench
 from pte_ray.method.adapter import Adapter
@@ -72,19 +72,13 @@ def test_eval_bad_input_names_the_problem_and_writes_nothing(checkpoint, tmp_pat
     bad_col.write_text(json.dumps({"text": "q", "solution": "1"}) + "\n")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         evaluate(
-            eval_config(None, base, None), None, [str(tmp_path / "missing.jsonl")], out_dir=str(out)
+            eval_config(None, base, None), None, [str(tmp_path / "missing.jsonl")], EvalOptions()
         )
     with pytest.raises(ValueError, match=r"columns \['solution', 'text'\]"):
-        evaluate(eval_config(None, base, None), None, [str(bad_col)], out_dir=str(out))
+        evaluate(eval_config(None, base, None), None, [str(bad_col)], EvalOptions())
     with pytest.raises(ValueError, match="pass@4 needs --samples >= 4"):
-        evaluate(
-            eval_config(None, base, None),
-            None,
-            ["gsm8k-sample"],
-            samples=2,
-            ks=[4],
-            out_dir=str(out),
-        )
+        opts = EvalOptions(samples=2, ks=(4,), out_dir=str(out))
+        evaluate(eval_config(None, base, None), None, ["gsm8k-sample"], opts)
     with pytest.raises(ValueError, match=r"adapter.method='lora_c' does not match .*method='pte'"):
         eval_config(None, [*base, "adapter.method=lora_c"], str(ckpt))
     with pytest.raises(FileNotFoundError, match="no adapter.json"):
@@ -92,7 +86,8 @@ def test_eval_bad_input_names_the_problem_and_writes_nothing(checkpoint, tmp_pat
     assert not out.exists()
     (ckpt / "adapter.json").write_text(json.dumps({"adapter": {"method": "pte", "rank": 2}}))
     with pytest.raises(ValueError, match="shape"):  # the tensors say rank 4
-        evaluate(eval_config(None, base, str(ckpt)), str(ckpt), ["gsm8k-sample"], out_dir=str(out))
+        opts = EvalOptions(out_dir=str(out))
+        evaluate(eval_config(None, base, str(ckpt)), str(ckpt), ["gsm8k-sample"], opts)
     assert not out.exists()
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pte_ray.commands import train
+from pte_ray.controller.batch import Batch
 from pte_ray.controller.refill import _join, _take, signal_groups
-from pte_ray.controller.step import Batch
 from pte_ray.records import ReferenceLogprobs, Rollouts, Scores
 from pte_ray.rl.data import Example
 from pte_ray.run.rollout_log import read_rollouts

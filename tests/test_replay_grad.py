@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache, Placement, eviction_schedule, left_pad
+from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig
+from pte_ray.method.model import Placement
 from pte_ray.method.replay import replay
 from pte_ray.method.sampling import token_logprobs
 
@@ -49,7 +50,7 @@ def _record(cfg: CacheConfig, keep_first: bool, seed: int = 5) -> list[list[list
     for p, c in zip(PROMPTS, COMPLETIONS, strict=True):
         cap = cfg.thought_capacity(len(p), 64)
         write, rec = list(range(cap)) + [0] * 64, []
-        for step in eviction_schedule(cap, e, len(c) - 1):
+        for step in cfg.schedule(len(p), len(c) - 1, 64):
             holder = {write[t]: t for t in range(step)}
             cand = [s for s, t in holder.items() if t < step - w and not (keep_first and t == 0)]
             pick = sorted(cand[j] for j in torch.randperm(len(cand), generator=gen)[:e].tolist())

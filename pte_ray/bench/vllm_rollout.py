@@ -34,7 +34,7 @@ def kv_gib(path: Path, dtype: str, tokens: int) -> float:
 def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
-    from pte_ray.engines.vllm_config import VllmConfig
+    from pte_ray.config_sections import VllmConfig
 
     path, prompts = prompt_ids(args)
     longest = max(map(len, prompts)) + args.max_new_tokens

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pte_ray.commands.compare import MODES, Setup, Spec, parse_spec, train_spec
-from pte_ray.commands.evaluate import eval_config, evaluate
+from pte_ray.commands.evaluate import EvalOptions, eval_config, evaluate
 from pte_ray.config import load_config
 
 FOLD_OFF = "/fold-off"  # the row of a thought-state adapter evaluated with the fold switched off
@@ -44,10 +44,9 @@ def _cached_eval(cfg, adapter, benches, samples, seed, where: Path, how) -> dict
         return json.loads((where / "results.json").read_text())
     mode, ablate = how
     greedy = mode == "greedy"
-    return evaluate(
-        cfg, adapter, benches, 1 if greedy else samples, seeds=[seed], out_dir=str(where),
-        ablate=ablate, greedy=greedy,
-    )  # fmt: skip
+    opts = EvalOptions(samples=1 if greedy else samples, seeds=(seed,), out_dir=str(where),
+                       ablate=ablate, greedy=greedy)  # fmt: skip
+    return evaluate(cfg, adapter, benches, opts)
 
 
 def compare(

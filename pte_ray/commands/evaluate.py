@@ -16,6 +16,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,9 @@ import torch
 
 from pte_ray.config import Config, load_config
 from pte_ray.evalsets import Bench, distances, problems, resolve_bench
+from pte_ray.progress import progress
 from pte_ray.rl.data import render_prompt
 from pte_ray.rl.rewards import Verifier
-from pte_ray.run.progress import progress
 
 ADAPTER_KEYS = ("method", "rank", "alpha", "global_tokens", "targets", "attention")
 
@@ -155,59 +156,54 @@ def _scores(rows: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, floa
     return out
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to evaluate: what ``pte-ray eval``'s flags say, in one record."""
+
+    samples: int = 1  # completions per problem (n)
+    ks: tuple[int, ...] = ()  # pass@k values (default 1 and n)
+    seeds: tuple[int, ...] = (0,)  # mean +- std over these
+    out_dir: str | None = None  # default runs/eval-<time>
+    batch: int = 32  # sequences per generate call
+    limit: int | None = None  # the first N problems of each benchmark
+    device: str | None = None  # default: cuda when present
+    engine: str = "torch"  # torch (every method) | vllm (base, lora)
+    ablate: str | None = None  # fold / state (``Adapter.set_ablation``)
+    greedy: bool = False  # argmax decoding instead of sampling
+
+
 def evaluate(
-    cfg: Config,
-    adapter_dir: str | None,
-    benches: list[str],
-    samples: int = 1,
-    ks: list[int] | None = None,
-    seeds: list[int] | None = None,
-    out_dir: str | None = None,
-    batch: int = 32,
-    limit: int | None = None,
-    device: str | None = None,
-    engine: str = "torch",
-    ablate: str | None = None,
-    greedy: bool = False,
+    cfg: Config, adapter_dir: str | None, benches: list[str], opts: EvalOptions = EvalOptions()
 ) -> dict[str, Any]:
-    """Scores every benchmark under every seed; writes results.json + completions.parquet.
-    ``ablate``: ``fold`` / ``state`` (``Adapter.set_ablation``); ``greedy``: argmax decoding."""
-    ks = _check_counts(sorted(set(ks or [1, samples])), samples, batch)
-    seeds = seeds or [0]
+    """Scores every benchmark under every seed; writes results.json + completions.parquet."""
+    o = opts
+    ks = _check_counts(sorted(set(o.ks or [1, o.samples])), o.samples, o.batch)
     specs = [resolve_bench(b, cfg) for b in benches]  # bad names / columns fail before compute
-    for bench in specs:
-        problems(bench, cfg, limit)
-    out = Path(out_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    counts = {b.name: len(problems(b, cfg, o.limit)[0]) for b in specs}
+    out = Path(o.out_dir or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    eng = _Engine(cfg, adapter_dir, dev, engine, ablate)
-    counts = {b.name: len(problems(b, cfg, limit)[0]) for b in specs}
-    total = sum(counts.values()) * samples * len(seeds)
-    bar = progress(total, "eval", "sample")
+    dev = o.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    eng = _Engine(cfg, adapter_dir, dev, o.engine, o.ablate)
+    bar = progress(sum(counts.values()) * o.samples * len(o.seeds), "eval", "sample")
     rows: list[dict[str, Any]] = []
     per_seed: dict[str, list[dict[str, float]]] = {b.name: [] for b in specs}
     t0 = time.perf_counter()
-    for seed in seeds:
+    for seed in o.seeds:
         for bench in specs:
-            got = _run_bench(eng, cfg, bench, (seed, greedy), samples, batch, limit, bar)
-            per_seed[bench.name].append(_scores(got, samples, ks))
+            got = _run_bench(eng, cfg, bench, (seed, o.greedy), o.samples, o.batch, o.limit, bar)
+            per_seed[bench.name].append(_scores(got, o.samples, ks))
             rows += got
     bar.close()
     eng.verifier.close()
     results = {
-        "method": cfg.adapter.method,
-        "engine": engine,
-        "ablate": ablate,
-        "greedy": greedy,
-        "adapter": adapter_dir,
-        "cache": cfg.cache_config().model_dump(mode="json"),
-        "samples": samples,
-        "seeds": seeds,
-        "seconds": time.perf_counter() - t0,
+        "method": cfg.adapter.method, "engine": o.engine, "ablate": o.ablate,
+        "greedy": o.greedy, "adapter": adapter_dir,
+        "cache": cfg.cache_config().model_dump(mode="json"), "samples": o.samples,
+        "seeds": list(o.seeds), "seconds": time.perf_counter() - t0,
         "benchmarks": {name: _mean_std(v) for name, v in per_seed.items()},
         "problems": counts,  # a sample of 5 problems is a smoke test, not a benchmark
-    }
+    }  # fmt: skip
     _write(out, results, rows)
     results["out_dir"] = str(out)
     return results

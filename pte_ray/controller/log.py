@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pte_ray.controller.batch import Batch, PhaseTimer
 from pte_ray.records import LearnStats, PublishedWeights, Scores
 from pte_ray.rl.verdict import STATUSES
 
 if TYPE_CHECKING:
-    from pte_ray.controller.step import Batch, PhaseTimer
     from pte_ray.run.prepare import Prepared
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pte_ray.actors.errors import LearnerLost, PoolError
-from pte_ray.controller.step import Batch, Controller
-from pte_ray.run.progress import progress, say
+from pte_ray.controller.batch import Batch
+from pte_ray.controller.step import Controller
+from pte_ray.progress import progress, say
 
 log = logging.getLogger(__name__)
 

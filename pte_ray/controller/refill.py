@@ -11,15 +11,15 @@ The fraction of zero-signal groups in the first draw is reported either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pte_ray.config import Config
+from pte_ray.controller.batch import Batch
 from pte_ray.records import ReferenceLogprobs, Rollouts, Scores
 
-if TYPE_CHECKING:
-    from pte_ray.controller.step import Batch, Controller, PhaseTimer
-
-Scored = tuple["Batch", Scores, ReferenceLogprobs | None]
+Scored = tuple[Batch, Scores, ReferenceLogprobs | None]
 
 
 def signal_groups(scores: Scores, g: int) -> list[int]:
@@ -63,10 +63,11 @@ def _join(parts: list[Scored], last: Batch) -> Scored:
 
 
 def refill(
-    ctl: Controller, step: int, first: Scored, timer: PhaseTimer
+    cfg: Config, first: Scored, more: Callable[[int, int], Scored], learners: int
 ) -> tuple[Scored, dict[str, float]]:
-    """The step's groups with signal, refilled from the stream; and what it took."""
-    cfg, g = ctl.cfg, ctl.cfg.grpo.group_size
+    """The step's groups with signal, refilled with ``more(n groups, draw)`` (generated and
+    scored with the step's weights); and what it took. Every learner gets a group."""
+    g = cfg.grpo.group_size
     want = cfg.train.prompts_per_step
     good = signal_groups(first[1], g)
     info = {"zero_adv_groups": 1.0 - len(good) / max(len(first[1].rewards) // g, 1)}
@@ -76,13 +77,11 @@ def refill(
     have = len(good)
     while have < want and rounds < cfg.grpo.max_refill:
         rounds += 1
-        more = ctl.collect(step, ctl.weights, n=want - have, draw=rounds)
-        with timer("reward_ref"):
-            scores, ref = ctl.score_and_reference(more)
-        sig = signal_groups(scores, g)
-        kept.append(_take((more, scores, ref), sig, g))
-        have, last = have + len(sig), more
-    need = len(ctl.roles.learners.actors) - have  # a group per learner, whatever its signal
+        drawn = more(want - have, rounds)
+        sig = signal_groups(drawn[1], g)
+        kept.append(_take(drawn, sig, g))
+        have, last = have + len(sig), drawn[0]
+    need = learners - have  # a group per learner, whatever its signal
     if need > 0:
         zero = [k for k in range(len(first[1].rewards) // g) if k not in good][:need]
         kept.append(_take(first, zero, g))

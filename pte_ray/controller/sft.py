@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pte_ray.actors import metrics
-from pte_ray.controller.step import Controller, PhaseTimer, split
+from pte_ray.controller.batch import PhaseTimer, split
+from pte_ray.controller.step import Controller
 from pte_ray.records import LearnStats, SFTShard
 from pte_ray.rl.data.targets import Target
 

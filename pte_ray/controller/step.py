@@ -11,10 +11,7 @@ around steps (prefetch, staleness, progress, checkpoints) is ``controller/loop.p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,9 +19,11 @@ import torch
 
 from pte_ray.actors import metrics
 from pte_ray.config import Config
+from pte_ray.controller.batch import Batch, PhaseTimer, split
 from pte_ray.controller.evaluation import load_eval_set, run_eval
 from pte_ray.controller.log import step_metrics, step_rows
-from pte_ray.controller.refill import refill
+from pte_ray.controller.refill import Scored, refill
+from pte_ray.progress import say
 from pte_ray.records import (
     LearnerShard,
     LearnStats,
@@ -36,52 +35,9 @@ from pte_ray.records import (
     ScoreRequest,
     Scores,
 )
-from pte_ray.rl.data import Example
 from pte_ray.rl.grpo import group_advantages
 from pte_ray.run.prepare import Prepared, prepare
-from pte_ray.run.progress import say
 from pte_ray.run.run_dir import RunDir
-
-
-def split(n_groups: int, parts: int) -> list[range]:
-    """Contiguous, near-equal ranges of whole groups (a group is never split)."""
-    parts = max(1, min(parts, n_groups))
-    base, extra = divmod(n_groups, parts)
-    out, lo = [], 0
-    for i in range(parts):
-        hi = lo + base + (1 if i < extra else 0)
-        out.append(range(lo, hi))
-        lo = hi
-    return out
-
-
-class PhaseTimer:
-    """``with timer("learn"):`` adds the block's wall time to ``timer.seconds["learn_s"]``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            key = f"{phase}_s"
-            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One step's prompts and their rollouts: what ``collect`` hands to the rest of the step."""
-
-    examples: list[Example]  # [n_groups] the drawn dataset rows
-    prompts: list[list[int]]  # [n][P_i] each example's prompt ids, group_size times in a row
-    answers: list[str]  # [n] gold answers, aligned with ``prompts``
-    rollouts: Rollouts  # [n] rows, aligned with ``prompts``
-    cursor: Any  # the data stream's cursor after this batch (what a checkpoint resumes from)
-    rollout_s: float  # wall time of ``collect`` (it may have run ahead, in another thread)
-    pool: dict[str, float]  # the rollout pool's faults, scaling and busy time in ``collect``
 
 
 class Controller:
@@ -141,6 +97,13 @@ class Controller:
         rollouts = Rollouts.concat(pool.map_rows("generate", requests))
         wall = time.perf_counter() - t0
         return Batch(examples, prompts, answers, rollouts, cursor, wall, pool.summary())
+
+    def _more(self, step: int, n: int, draw: int, timer: PhaseTimer) -> Scored:
+        """``n`` more groups for step ``step``, generated and scored (a refill's draw)."""
+        batch = self.collect(step, self.weights, n=n, draw=draw)
+        with timer("reward_ref"):
+            scores, ref = self.score_and_reference(batch)
+        return batch, scores, ref
 
     def _seeds(self, step: int, group: int, draw: int = 0) -> list[int]:
         """Group ``group``'s row seeds: independent streams per (run seed, step, group, row),
@@ -236,7 +199,9 @@ class Controller:
         self.cursor = batch.cursor
         with timer("reward_ref"):
             scores, ref = self.score_and_reference(batch)
-        (batch, scores, ref), fill = refill(self, step, (batch, scores, ref), timer)
+        learners = len(self.roles.learners.actors)
+        more = lambda n, draw: self._more(step, n, draw, timer)  # noqa: E731
+        (batch, scores, ref), fill = refill(self.cfg, (batch, scores, ref), more, learners)
         self.cursor = batch.cursor  # after any refill's draws
         adv = self.advantages(scores)
         with timer("learn"):

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pte_ray.atomic import atomic_path
+from pte_ray.progress import say
 from pte_ray.rl.data.targets import Target
-from pte_ray.run.progress import say
 
 GROUP = 8  # prompts per request to the teacher pool
 

@@ -6,13 +6,13 @@ from typing import Any
 
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import TorchEngine
-from pte_ray.method.config import CacheConfig
+from pte_ray.method.config import AdapterConfig, CacheConfig
 
 
 def rollout_engine(cfg: Config, model_path: str, device: str, engine: str | None = None) -> Any:
     """The sampling engine of ``cfg``'s method (``engine`` overrides ``rollout.engine``)."""
     if (engine or cfg.rollout.engine) == "vllm":
-        from pte_ray.engines.vllm_config import ENGINE_METHODS
+        from pte_ray.config_sections import ENGINE_METHODS
         from pte_ray.engines.vllm_engine import VllmEngine
 
         if cfg.adapter.method not in ENGINE_METHODS:
@@ -41,12 +41,13 @@ def rollout_engine(cfg: Config, model_path: str, device: str, engine: str | None
     )
 
 
-def reference_engine(cfg: Config, model_path: str, device: str) -> Any:
-    """pi_ref: the frozen teacher with the full context: the base model, or ``model_path``
-    (``reference.model``) with ``reference.adapter`` applied (no cache bound either way)."""
-    from pte_ray.run.teacher import teacher_adapter
-
-    acfg = teacher_adapter(cfg)
+def reference_engine(
+    cfg: Config, model_path: str, device: str, teacher: AdapterConfig | None = None
+) -> Any:
+    """pi_ref: the frozen teacher with the full context: ``model_path`` with the ``teacher``
+    adapter's settings (``run/teacher.py``; None: the bare model), its weights loaded from
+    ``reference.adapter``; no cache bound either way."""
+    acfg = teacher or AdapterConfig(method="base")
     if cfg.reference.engine == "vllm":
         from pte_ray.engines.vllm_engine import VllmEngine
 
@@ -56,6 +57,6 @@ def reference_engine(cfg: Config, model_path: str, device: str) -> Any:
         )  # fmt: skip
     else:
         eng = TorchEngine(model_path, acfg, CacheConfig(budget=None), cfg.model.dtype, device)
-    if cfg.reference.adapter is not None:
+    if cfg.reference.adapter is not None and acfg.has_adapter:
         eng.load_dir(cfg.reference.adapter)
     return eng

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pte_ray.engines.vllm_config import EXTRA_HINT, VllmConfig
+from pte_ray.config_sections import EXTRA_HINT, VllmConfig
 from pte_ray.method.config import AdapterConfig, SamplingParams
 from pte_ray.method.decode import Rollout
 from pte_ray.method.peft import write_peft

@@ -25,30 +25,13 @@ from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.config import CacheConfig
 from pte_ray.method.eviction import rkv_choose
-from pte_ray.method.model import Obs, Transformer
-
-
-def eviction_schedule(cap: int, evict_n: int, n_fed: int) -> list[int]:
-    """Thought-token indices t before whose write a row evicts, for ``n_fed`` fed tokens."""
-    if evict_n <= 0:
-        return []
-    return list(range(cap, n_fed, evict_n))
+from pte_ray.method.model import Obs, Placement, Transformer
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> torch.Tensor:
     """[B, P_max] ids, each prompt ending at the last column (the prompt region's layout)."""
     rows = [torch.tensor(p, dtype=torch.long) for p in prompts]
     return pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side="left")
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one forward's new tokens sit and what they see: the model's inputs besides the ids
-    and the buffers, made by the cache, read by ``Transformer.forward``."""
-
-    pos: torch.Tensor  # [B, T] RoPE positions
-    slots: torch.Tensor  # [B, T] the cache slots their keys/values are written to
-    mask: torch.Tensor  # [B, T, S] which slots each of them attends to (after the write)
 
 
 @dataclass
@@ -82,8 +65,7 @@ class BoundedCache:
         self.prompt_lens = list(prompt_lens)
         self.p_max = max(prompt_lens)
         self.caps = [cfg.thought_capacity(p, max_new_tokens) for p in prompt_lens]
-        e = cfg.evict_count() if cfg.bounded else 0
-        self.evict_n = [min(e, c) for c in self.caps]
+        self.evict_n = [cfg.evicted_at_once(p, max_new_tokens) for p in prompt_lens]
         self.n_slots = self.p_max + max(self.caps)
         self.kv = model.new_kv(len(prompt_lens), self.n_slots)
         b = len(prompt_lens)
@@ -125,7 +107,8 @@ class BoundedCache:
         return Placement(pos, slots, mask)
 
     def due(self) -> list[int]:
-        """Rows that must evict before the next thought token is written."""
+        """Rows that must evict before the next thought token is written (a row holding its
+        capacity: the steps ``CacheConfig.schedule`` lists)."""
         if not self.cfg.bounded:
             return []
         return [i for i, (c, cap) in enumerate(zip(self.count, self.caps)) if c >= cap]

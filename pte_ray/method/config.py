@@ -106,6 +106,22 @@ class CacheConfig(Settings):
         exact = Fraction(repr(float(self.evict_ratio))) * self.budget
         return max(1, math.ceil(exact))
 
+    def evicted_at_once(self, prompt_len: int, max_new_tokens: int) -> int:
+        """Tokens a row of this prompt length evicts at once (its whole ring if smaller)."""
+        if self.budget is None:
+            return 0
+        return min(self.evict_count(), self.thought_capacity(prompt_len, max_new_tokens))
+
+    def schedule(self, prompt_len: int, n_fed: int, max_new_tokens: int) -> list[int]:
+        """The eviction schedule, in one place: thought-token indices t before whose write a row
+        of this prompt length evicts, when ``n_fed`` tokens are fed. It depends on the prompt
+        length alone, so the host knows it without reading the device, and replay and the
+        recall task's distances use the very same one."""
+        e = self.evicted_at_once(prompt_len, max_new_tokens)
+        if e <= 0:
+            return []
+        return list(range(self.thought_capacity(prompt_len, max_new_tokens), n_fed, e))
+
     def thought_capacity(self, prompt_len: int, max_new_tokens: int) -> int:
         """How many thought tokens one row may hold before it must evict."""
         if self.budget is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +19,7 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.model import Transformer
-from pte_ray.method.outputs import Outputs, Rollout, read_back, stop_cut
+from pte_ray.method.outputs import Live, Outputs, Rollout, read_back, stop_cut
 from pte_ray.method.sampling import Noise, sample
 
 # The 1/8 rule: finished rows leave the batch once they are at least 1/8 of it. Dropping rows
@@ -33,22 +32,6 @@ COMPACT_FRACTION = 8
 def compact_due(n_done: int, n_rows: int) -> bool:
     """The 1/8 rule: whether ``n_done`` finished rows out of ``n_rows`` are worth dropping."""
     return n_done > 0 and n_done * COMPACT_FRACTION >= n_rows
-
-
-@dataclass
-class Live:
-    """The rows still decoding, in cache order, and what each carries into the next step."""
-
-    idx: torch.Tensor  # [b] original row of each live row
-    rows: list[int]  # the same, on the host
-    tok: torch.Tensor  # [b] the token just sampled
-    lp: torch.Tensor  # [b] its log-prob
-    state: torch.Tensor | None  # [L, b, G, r] thought state
-
-    def keep(self, k: torch.Tensor, keep: list[int]) -> Live:
-        """Only the live rows ``keep`` (the same indices as ``k`` on the device)."""
-        state = self.state[:, k] if self.state is not None else None
-        return Live(self.idx[k], [self.rows[i] for i in keep], self.tok[k], self.lp[k], state)
 
 
 def prefill(

@@ -11,6 +11,7 @@ never changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,13 +22,22 @@ from pte_ray.method.layout import FusedLinear, ModelArgs
 
 if TYPE_CHECKING:
     from pte_ray.method.adapter import Adapter, LayerAdapter
-    from pte_ray.method.cache import Placement
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's key and value buffers [B, n_kv, S, hd]
 # R-KV's observation window: per layer a ring of the newest queries [B, H, alpha, hd] and the
 # slot [1] (a tensor, so a compiled step does not recompile per value) this forward writes to.
 Obs = tuple[list[torch.Tensor], torch.Tensor]
 ROPE_MIN_POSITIONS = 256  # the RoPE tables never hold fewer positions (short calls need no reserve)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one forward's new tokens sit and what they see: the model's inputs besides the ids
+    and the buffers, made by the cache, read by ``Transformer.forward``."""
+
+    pos: torch.Tensor  # [B, T] RoPE positions
+    slots: torch.Tensor  # [B, T] the cache slots their keys/values are written to
+    mask: torch.Tensor  # [B, T, S] which slots each of them attends to (after the write)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

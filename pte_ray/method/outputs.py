@@ -9,14 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from pte_ray.method.config import SamplingParams
 
-if TYPE_CHECKING:
-    from pte_ray.method.decode import Live
+
+@dataclass
+class Live:
+    """The rows still decoding, in cache order, and what each carries into the next step."""
+
+    idx: torch.Tensor  # [b] original row of each live row
+    rows: list[int]  # the same, on the host
+    tok: torch.Tensor  # [b] the token just sampled
+    lp: torch.Tensor  # [b] its log-prob
+    state: torch.Tensor | None  # [L, b, G, r] thought state
+
+    def keep(self, k: torch.Tensor, keep: list[int]) -> Live:
+        """Only the live rows ``keep`` (the same indices as ``k`` on the device)."""
+        state = self.state[:, k] if self.state is not None else None
+        return Live(self.idx[k], [self.rows[i] for i in keep], self.tok[k], self.lp[k], state)
 
 
 @dataclass

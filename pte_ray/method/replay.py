@@ -24,7 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache, eviction_schedule
+from pte_ray.method.cache import BoundedCache
 from pte_ray.method.config import CacheConfig
 from pte_ray.method.eviction import plan_from_record
 from pte_ray.method.model import Transformer
@@ -38,11 +38,10 @@ def _groups(
     prompts: list[list[int]], cfg: CacheConfig, max_new: int
 ) -> dict[tuple[int, int], list[int]]:
     """Rows that share a ring capacity (hence an eviction schedule) replay together."""
-    e = cfg.evict_count() if cfg.bounded else 0
     out: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
-        cap = cfg.thought_capacity(len(p), max_new)
-        out[(cap, min(e, cap))].append(i)
+        key = (cfg.thought_capacity(len(p), max_new), cfg.evicted_at_once(len(p), max_new))
+        out[key].append(i)
     return out
 
 
@@ -146,7 +145,7 @@ def replay(
     max_new = max_new_tokens or out.mask.shape[1]
     for (cap, e), rows in _groups(prompts, cache_cfg, max_new).items():
         t_g = max(len(completions[i]) for i in rows)
-        sched = eviction_schedule(cap, e, t_g - 1)
+        sched = cache_cfg.schedule(len(prompts[rows[0]]), t_g - 1, max_new)
         if eviction_steps is not None:
             _check_schedule(rows, completions, sched, eviction_steps)
         plan = _record_plan(rows, completions, cache_cfg, (cap, e), sched, evicted_slots)

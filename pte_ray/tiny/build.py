@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pte_ray.run.progress import say
+from pte_ray.progress import say
 from pte_ray.tiny.disk_cache import cache_root, cached
 from pte_ray.tiny.eval import bounded_accuracy, full_cache_accuracy
 from pte_ray.tiny.model import new_model

@@ -172,11 +172,14 @@ def recall_distance(encode, row: dict[str, str], budget: int = 64, evict_n: int 
     """Evictions between the first count's last total being evicted and its recall (the last
     number of the answer), under a ``budget``-token thought window that evicts ``evict_n`` at a
     time (0: the value is still in the window)."""
+    from pte_ray.method.config import CacheConfig
+
     sol = row["solution"]
     value_end = len(encode(sol[: sol.index("\nthen")])) - 1  # index of the value's last token
     recall_at = len(encode(sol[: sol.rindex(" ")]))  # index of the recalled value's first token
-    done = 0 if recall_at - 1 < budget else (recall_at - 1 - budget) // evict_n + 1
-    evicted_by = value_end // evict_n  # the eviction that removes it
+    cfg = CacheConfig(budget=budget, evict_ratio=evict_n / budget)
+    done = len(cfg.schedule(1, recall_at, recall_at))  # evictions before the recall is fed
+    evicted_by = value_end // evict_n  # the eviction that removes it (the window's oldest go)
     return done - evicted_by if evicted_by < done else 0
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pte_ray.run.progress import progress
+from pte_ray.progress import progress
 from pte_ray.tiny.model import seeded
 from pte_ray.tiny.recipe import TinyRecipe
 from pte_ray.tiny.task import make_task
