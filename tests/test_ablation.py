@@ -10,6 +10,7 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
+from pte_ray.method.requests import DecodeRequest
 
 PROMPTS = [[5, 9, 11, 12], [20, 21, 22, 23, 24, 25], [40, 41, 42]]
 
@@ -29,7 +30,7 @@ def _adapter(model, method: str, state: dict | None = None) -> Adapter:
 
 def _run(model, adapter) -> tuple[list[list[int]], list[list[float]]]:
     sp = SamplingParams(max_new_tokens=40, greedy=True)
-    out = generate(model, adapter, PROMPTS, sp, CacheConfig(budget=8))
+    out = generate(model, adapter, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp)
     assert all(len(e) >= 3 for e in out.eviction_steps)  # the fold has something to fold
     return out.tokens, out.logprobs
 

@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent(
     make = lambda i: ray.remote(W).options(num_cpus=2).remote()
     pool = Pool("rollout", make, 1, min_size=1, max_size=2, scale_up_wait_s=0.2,
                 ready_timeout_s=180, on_resize=ask)
-    out["pool_map"] = pool.map("work", [(i,) for i in range(40)])[:3]
+    out["pool_map"] = pool.map(W.work, [(i,) for i in range(40)])[:3]
     out["events"] = [e.kind for e in pool.events]
     out["nodes_with_pool"] = sum(1 for x in ray.nodes() if x["Alive"] and x["Resources"].get("CPU"))
     pool.shutdown()

@@ -12,6 +12,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.records import LearnerShard
 from pte_ray.rl.grpo import GRPOConfig, GRPOLoss
 from pte_ray.rl.objective import GRPOObjective
@@ -47,8 +48,12 @@ def _bf16_learner(random_ckpt):
         for name, p in adapter.named_parameters():
             if ".A." in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    out = generate(model, adapter, PROMPTS, SamplingParams(max_new_tokens=40, seed=0),
-                   CacheConfig(budget=8))  # fmt: skip
+    out = generate(
+        model,
+        adapter,
+        DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+        SamplingParams(max_new_tokens=40, seed=0),
+    )
     shard = LearnerShard(PROMPTS, out.tokens, out.logprobs, out.eviction_steps,
                          [[] for _ in PROMPTS], [1.0, -1.0, 0.5, -0.5], None, 0)  # fmt: skip
     return load_base(random_ckpt("qwen2"), dtype=torch.bfloat16), adapter.bfloat16(), shard
@@ -57,8 +62,14 @@ def _bf16_learner(random_ckpt):
 def _learn(model, adapter, shard, behavior: str) -> tuple[dict, dict]:
     job = GRPOObjective(shard, GRPOConfig(), behavior=behavior)
     loss_fn = job.loss(slice(0, len(shard)), 1.0, "cpu")
-    replay(model, adapter, shard.prompts, shard.completions, CacheConfig(budget=8), 1.0, 40,
-           shard.eviction_steps, loss_fn=loss_fn)  # fmt: skip
+    replay(
+        model,
+        adapter,
+        DecodeRequest(shard.prompts, CacheConfig(budget=8)),
+        shard.completions,
+        ReplaySpec(temperature=1.0, max_new_tokens=40, eviction_steps=shard.eviction_steps),
+        loss_fn,
+    )
     grads = {n: p.grad.float().clone() for n, p in adapter.named_parameters()}
     adapter.zero_grad(set_to_none=True)
     return loss_fn.metrics(), grads
@@ -66,8 +77,13 @@ def _learn(model, adapter, shard, behavior: str) -> tuple[dict, dict]:
 
 def test_bf16_ratio_is_off_one_on_policy_unless_pi_old_is_the_learners(random_ckpt):
     model, adapter, shard = _bf16_learner(random_ckpt)
-    res = replay(model, adapter, shard.prompts, shard.completions, CacheConfig(budget=8), 1.0,
-                 40, shard.eviction_steps)  # fmt: skip
+    res = replay(
+        model,
+        adapter,
+        DecodeRequest(shard.prompts, CacheConfig(budget=8)),
+        shard.completions,
+        ReplaySpec(temperature=1.0, max_new_tokens=40, eviction_steps=shard.eviction_steps),
+    )
     _, mean = GRPOObjective(shard, GRPOConfig()).replay_diff(slice(0, 4), res.logprobs)
     assert mean > 1e-4  # the mismatch this setting exists for (fp32 both sides: ~1e-7)
     as_rollout, _ = _learn(model, adapter, shard, "rollout")
@@ -83,7 +99,13 @@ def test_bf16_ratio_is_off_one_on_policy_unless_pi_old_is_the_learners(random_ck
     def plain(lp, ent, rows, cols):
         return -(w[rows][:, cols].to(lp.dtype) * lp).sum()
 
-    replay(model, adapter, shard.prompts, shard.completions, CacheConfig(budget=8), 1.0, 40,
-           shard.eviction_steps, loss_fn=plain)  # fmt: skip
+    replay(
+        model,
+        adapter,
+        DecodeRequest(shard.prompts, CacheConfig(budget=8)),
+        shard.completions,
+        ReplaySpec(temperature=1.0, max_new_tokens=40, eviction_steps=shard.eviction_steps),
+        plain,
+    )
     for n, p in adapter.named_parameters():
         assert torch.allclose(p.grad.float(), g_learner[n], rtol=1e-2, atol=1e-6), n

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
+from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)]]
 
@@ -68,7 +69,7 @@ def test_rollout_matches_hand_edited_hf_cache(random_ckpt, cfg, greedy):
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     model = load_base(path, dtype=torch.float32)
     sp = SamplingParams(max_new_tokens=40, temperature=0.7, greedy=greedy, seed=3)
-    out = generate(model, None, PROMPTS, sp, cfg, eos_ids=())
+    out = generate(model, None, DecodeRequest(PROMPTS, cfg), sp, DecodeHooks(eos_ids=()))
     for i, prompt in enumerate(PROMPTS):
         assert len(out.tokens[i]) == 40
         ref_lp, ref_ev = _reference(hf, prompt, out.tokens[i], cfg, sp.logprob_temperature)
@@ -84,9 +85,8 @@ def test_full_cache_never_evicts(random_ckpt):
     out = generate(
         model,
         None,
-        PROMPTS,
+        DecodeRequest(PROMPTS, CacheConfig(budget=None)),
         SamplingParams(max_new_tokens=30, greedy=True),
-        CacheConfig(budget=None),
     )
     assert out.evictions == [0, 0, 0]
 
@@ -112,16 +112,20 @@ def test_prompt_longer_than_total_budget_is_named(random_ckpt):
         generate(
             model,
             None,
-            PROMPTS,
+            DecodeRequest(PROMPTS, CacheConfig(budget=12, budget_mode="total")),
             SamplingParams(max_new_tokens=4),
-            CacheConfig(budget=12, budget_mode="total"),
         )
 
 
 def test_empty_prompt_is_named(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
     with pytest.raises(ValueError, match="empty prompt"):
-        generate(model, None, [[1, 2], []], SamplingParams(max_new_tokens=4), CacheConfig())
+        generate(
+            model,
+            None,
+            DecodeRequest([[1, 2], []], CacheConfig()),
+            SamplingParams(max_new_tokens=4),
+        )
 
 
 def test_evict_count_has_no_float_error():
@@ -215,7 +219,7 @@ def test_rkv_rollout_matches_hf_cache_with_the_same_choices(random_ckpt, cfg, gr
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
     model = load_base(path, dtype=torch.float64)
     sp = SamplingParams(max_new_tokens=48, temperature=0.7, greedy=greedy, seed=3)
-    out = generate(model, None, PROMPTS, sp, cfg, eos_ids=())
+    out = generate(model, None, DecodeRequest(PROMPTS, cfg), sp, DecodeHooks(eos_ids=()))
     differs = 0
     for i, prompt in enumerate(PROMPTS):
         lp, ev, chosen, oldest = _reference_rkv(

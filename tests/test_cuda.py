@@ -11,6 +11,7 @@ import torch
 
 from pte_ray.config import load_config
 from pte_ray.controller.step import Controller
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.run.run_dir import RunDir
 
 pytestmark = pytest.mark.skipif(
@@ -29,10 +30,22 @@ def test_rkv_rollout_and_replay_on_cuda(random_ckpt):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float32, device="cuda")
     cfg = CacheConfig(budget=24, budget_mode="total", eviction="rkv", rkv={"window": 4})
     prompts = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)]]
-    out = generate(model, None, prompts, SamplingParams(max_new_tokens=48, seed=1), cfg)
+    out = generate(
+        model, None, DecodeRequest(prompts, cfg), SamplingParams(max_new_tokens=48, seed=1)
+    )
     assert min(out.evictions) >= 2 and out.stats["evict_score_s"] > 0
-    res = replay(model, None, prompts, out.tokens, cfg, 1.0, 48, out.eviction_steps,
-                 evicted_slots=out.evicted_slots)  # fmt: skip
+    res = replay(
+        model,
+        None,
+        DecodeRequest(prompts, cfg),
+        out.tokens,
+        ReplaySpec(
+            temperature=1.0,
+            max_new_tokens=48,
+            eviction_steps=out.eviction_steps,
+            evicted_slots=out.evicted_slots,
+        ),
+    )
     for i, lp in enumerate(out.logprobs):
         got = res.logprobs[i, : len(lp)].cpu()
         assert (got - torch.tensor(lp)).abs().max() < 1e-4

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import compact_due, finish, generate, rollout_steps
+from pte_ray.method.requests import DecodeHooks, DecodeRequest
 from pte_ray.method.sampling import sample
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
@@ -22,7 +23,12 @@ def model(random_ckpt):
 
 def test_greedy_equals_hf_generate(random_ckpt, model):
     hf = AutoModelForCausalLM.from_pretrained(random_ckpt("qwen2"), dtype=torch.float32)
-    out = generate(model, None, PROMPTS[:1], SamplingParams(max_new_tokens=24, greedy=True), FULL)
+    out = generate(
+        model,
+        None,
+        DecodeRequest(PROMPTS[:1], FULL),
+        SamplingParams(max_new_tokens=24, greedy=True),
+    )
     ref = hf.generate(
         torch.tensor(PROMPTS[:1]),
         max_new_tokens=24,
@@ -35,21 +41,26 @@ def test_greedy_equals_hf_generate(random_ckpt, model):
 
 def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(model):
     sp = SamplingParams(max_new_tokens=20, temperature=1.0, seed=7)
-    a = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
-    b = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    a = generate(model, None, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp)
+    b = generate(model, None, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp)
     c = generate(
-        model, None, PROMPTS, SamplingParams(max_new_tokens=20, seed=8), CacheConfig(budget=8)
+        model,
+        None,
+        DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+        SamplingParams(max_new_tokens=20, seed=8),
     )
     assert a.tokens == b.tokens and a.tokens != c.tokens
     greedy = generate(
-        model, None, PROMPTS, SamplingParams(max_new_tokens=20, greedy=True), CacheConfig(budget=8)
+        model,
+        None,
+        DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+        SamplingParams(max_new_tokens=20, greedy=True),
     )
     top1 = generate(
         model,
         None,
-        PROMPTS,
+        DecodeRequest(PROMPTS, CacheConfig(budget=8)),
         SamplingParams(max_new_tokens=20, top_k=1, seed=1),
-        CacheConfig(budget=8),
     )
     assert top1.tokens == greedy.tokens
 
@@ -60,12 +71,28 @@ def test_two_rollouts_stepped_in_turn_equal_each_alone(model):
     sp_a = SamplingParams(max_new_tokens=30, temperature=1.0, seed=3, check_every=2)
     sp_b = SamplingParams(max_new_tokens=18, temperature=1.0, seed=4)
     rkv = CacheConfig(budget=12, eviction="rkv", rkv={"window": 4})
-    eos = [generate(model, None, PROMPTS, sp_a, CacheConfig(budget=8)).tokens[0][5]]
-    alone = [generate(model, None, PROMPTS, sp_a, CacheConfig(budget=8), eos_ids=eos)]
-    alone.append(generate(model, None, PROMPTS[1:], sp_b, rkv))
+    eos = [generate(model, None, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp_a).tokens[0][5]]
+    alone = [
+        generate(
+            model,
+            None,
+            DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+            sp_a,
+            DecodeHooks(eos_ids=eos),
+        )
+    ]
+    alone.append(generate(model, None, DecodeRequest(PROMPTS[1:], rkv), sp_b))
     assert alone[0].finish_reasons[0] == "stop"  # row 0 ends early and leaves the batch
-    gens = [rollout_steps(model, None, PROMPTS, sp_a, CacheConfig(budget=8), eos_ids=eos)]
-    gens.append(rollout_steps(model, None, PROMPTS[1:], sp_b, rkv))
+    gens = [
+        rollout_steps(
+            model,
+            None,
+            DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+            sp_a,
+            DecodeHooks(eos_ids=eos),
+        )
+    ]
+    gens.append(rollout_steps(model, None, DecodeRequest(PROMPTS[1:], rkv), sp_b))
     yielded = [next(g) for g in gens] + [next(g) for g in gens]
     assert yielded == [0, 0, 1, 1]  # the prefill, then one step each
     both = [finish(g) for g in gens]
@@ -77,13 +104,15 @@ def test_two_rollouts_stepped_in_turn_equal_each_alone(model):
 
 def test_eos_finishes_rows_and_they_leave_the_batch(model):
     sp = SamplingParams(max_new_tokens=40, greedy=True, check_every=2)
-    free = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    free = generate(model, None, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp)
     # a token some row first emits at step j >= 2: that row must stop right there
     r, j = next(
         (r, j) for r, row in enumerate(free.tokens) for j in range(2, 30) if row[j] not in row[:j]
     )
     eos = free.tokens[r][j]
-    out = generate(model, None, PROMPTS, sp, CacheConfig(budget=8), eos_ids=(eos,))
+    out = generate(
+        model, None, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp, DecodeHooks(eos_ids=(eos,))
+    )
     for i, row in enumerate(free.tokens):  # greedy rows do not depend on each other
         cut = row.index(eos) + 1 if eos in row else len(row)
         assert out.tokens[i] == row[:cut]
@@ -101,9 +130,9 @@ def test_finished_rows_are_dropped_by_the_one_eighth_rule():
 
 def test_all_rows_finished_stops_early(model):
     sp = SamplingParams(max_new_tokens=64, greedy=True, check_every=4)
-    free = generate(model, None, PROMPTS, sp, FULL)
+    free = generate(model, None, DecodeRequest(PROMPTS, FULL), sp)
     eos = tuple({row[3] for row in free.tokens})
-    out = generate(model, None, PROMPTS, sp, FULL, eos_ids=eos)
+    out = generate(model, None, DecodeRequest(PROMPTS, FULL), sp, DecodeHooks(eos_ids=eos))
     assert all(len(t) <= 4 for t in out.tokens)
     assert out.stats["decode_steps"] < 12
 
@@ -111,11 +140,13 @@ def test_all_rows_finished_stops_early(model):
 def test_stop_strings_cut_the_completion(random_ckpt, model):
     tok = AutoTokenizer.from_pretrained(random_ckpt("qwen2"))
     sp = SamplingParams(max_new_tokens=30, greedy=True)
-    free = generate(model, None, PROMPTS[:2], sp, FULL)
+    free = generate(model, None, DecodeRequest(PROMPTS[:2], FULL), sp)
     text = tok.decode(free.tokens[0])
     stop = text[len(text) // 2 : len(text) // 2 + 2]
     sp_stop = SamplingParams(max_new_tokens=30, greedy=True, stop_strings=(stop,), check_every=4)
-    out = generate(model, None, PROMPTS[:2], sp_stop, FULL, decode=tok.decode)
+    out = generate(
+        model, None, DecodeRequest(PROMPTS[:2], FULL), sp_stop, DecodeHooks(detokenize=tok.decode)
+    )
     cut = out.tokens[0]
     assert stop in tok.decode(cut) and stop not in tok.decode(cut[:-1])
     assert out.finish_reasons[0] == "stop" and free.tokens[0][: len(cut)] == cut
@@ -165,22 +196,38 @@ def test_row_seeds_sample_each_row_as_it_would_alone(model, cache):
     step's groups into any chunks, or retry one on another worker)."""
     sp = SamplingParams(max_new_tokens=24, temperature=1.0, check_every=4)
     seeds = (11, 12, 13)
-    together = generate(model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": seeds}), cache)
+    together = generate(
+        model, None, DecodeRequest(PROMPTS[:3], cache), sp.model_copy(update={"row_seeds": seeds})
+    )
     for i in range(3):
         alone = generate(
-            model, None, [PROMPTS[i]], sp.model_copy(update={"row_seeds": (seeds[i],)}), cache
+            model,
+            None,
+            DecodeRequest([PROMPTS[i]], cache),
+            sp.model_copy(update={"row_seeds": (seeds[i],)}),
         )
         assert alone.tokens[0] == together.tokens[i]
     flipped = generate(
-        model, None, PROMPTS[2::-1][:3], sp.model_copy(update={"row_seeds": seeds[::-1]}), cache
+        model,
+        None,
+        DecodeRequest(PROMPTS[2::-1][:3], cache),
+        sp.model_copy(update={"row_seeds": seeds[::-1]}),
     )
     assert flipped.tokens[::-1] == together.tokens
     other = generate(
-        model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": (11, 99, 13)}), cache
+        model,
+        None,
+        DecodeRequest(PROMPTS[:3], cache),
+        sp.model_copy(update={"row_seeds": (11, 99, 13)}),
     )
     assert other.tokens[1] != together.tokens[1] and other.tokens[0] == together.tokens[0]
     with pytest.raises(ValueError, match="2 row_seeds for 3 prompts"):
-        generate(model, None, PROMPTS[:3], sp.model_copy(update={"row_seeds": (1, 2)}), cache)
+        generate(
+            model,
+            None,
+            DecodeRequest(PROMPTS[:3], cache),
+            sp.model_copy(update={"row_seeds": (1, 2)}),
+        )
 
 
 def test_rkv_row_alone_equals_the_row_in_a_batch(random_ckpt):
@@ -190,11 +237,11 @@ def test_rkv_row_alone_equals_the_row_in_a_batch(random_ckpt):
     m64 = load_base(random_ckpt("qwen2"), dtype=torch.float64)
     cache = CacheConfig(budget=24, budget_mode="total", eviction="rkv", rkv={"window": 3})
     sp = SamplingParams(max_new_tokens=32, temperature=1.0, check_every=4, row_seeds=(5, 6, 7))
-    together = generate(m64, None, PROMPTS[:3], sp, cache)
+    together = generate(m64, None, DecodeRequest(PROMPTS[:3], cache), sp)
     assert min(together.evictions) >= 2
     for i in range(3):
         one = sp.model_copy(update={"row_seeds": (sp.row_seeds[i],)})
-        alone = generate(m64, None, [PROMPTS[i]], one, cache)
+        alone = generate(m64, None, DecodeRequest([PROMPTS[i]], cache), one)
         assert alone.tokens[0] == together.tokens[i]
         assert alone.evicted_slots[0] == together.evicted_slots[i]
 
@@ -215,7 +262,7 @@ def test_compiled_decode_step_gives_the_eager_tokens(random_ckpt, cache):
     outs = []
     for compiled in (False, True):
         eng = TorchEngine(path, None, cache, "float32", "cpu", compiled)
-        outs.append(eng.generate(PROMPTS, sp))
+        outs.append(eng.sample(PROMPTS, sp))
     assert outs[0].tokens == outs[1].tokens
     assert outs[0].eviction_steps == outs[1].eviction_steps
     assert outs[0].evicted_slots == outs[1].evicted_slots

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from pte_ray.actors.errors import LearnerLost, PoolError
+from pte_ray.actors.learner import Learner
 from pte_ray.config import load_config
 from pte_ray.controller.loop import fit
 from pte_ray.controller.step import Controller
@@ -103,7 +104,7 @@ def test_lost_learner_without_a_checkpoint_is_a_clear_error(ray_cluster, base, t
     try:
         # a rank whose own code raises is a bug: it stops the run, restarts or not
         with pytest.raises(PoolError, match="learner raised on train_step") as bug:
-            ctl.roles.learners.each("train_step", [(None,)])
+            ctl.roles.learners.each(Learner.train_step, [(None,)])
         assert not isinstance(bug.value, LearnerLost)
         os.kill(ctl.roles.learners.info[0]["pid"], signal.SIGKILL)
         with pytest.raises(PoolError, match=r"learner .*no checkpoint to restart the learners"):

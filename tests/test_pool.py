@@ -56,7 +56,7 @@ def _pool(n: int, **kw) -> Pool:
 def test_map_keeps_order_and_spreads_work(ray_cluster):
     pool = _pool(2)
     try:
-        out = pool.map("work", [(i, 0.05) for i in range(8)])
+        out = pool.map(Echo.work, [(i, 0.05) for i in range(8)])
         assert [r for r, _ in out] == [i * i for i in range(8)]
         assert {a for _, a in out} == {0, 1}
     finally:
@@ -66,7 +66,7 @@ def test_map_keeps_order_and_spreads_work(ray_cluster):
 def test_shard_lost_to_a_dead_actor_is_retried_elsewhere(ray_cluster, tmp_path):
     pool = _pool(2, make_kw={"die_on": 3, "marker": str(tmp_path / "died")})
     try:
-        out = pool.map("work", [(i,) for i in range(6)])
+        out = pool.map(Echo.work, [(i,) for i in range(6)])
         assert [r for r, _ in out] == [i * i for i in range(6)]
         assert (tmp_path / "died").exists()
     finally:
@@ -77,7 +77,7 @@ def test_actor_exception_names_pool_shard_and_cause(ray_cluster):
     pool = _pool(1)
     try:
         with pytest.raises(PoolError, match=r"test actor 0 raised on shard 1.*bad shard value -5"):
-            pool.map("work", [(1,), (-5,)])
+            pool.map(Echo.work, [(1,), (-5,)])
     finally:
         pool.shutdown()
 
@@ -92,12 +92,12 @@ def test_pool_grows_while_work_waits_and_shrinks_when_idle(ray_cluster):
     (a fresh machine) the pool legitimately grows and retires the extra actor inside one map."""
     pool = _pool(1, min_size=1, max_size=3, scale_up_wait_s=0.2, scale_down_idle_s=0.5)
     try:
-        out = pool.map("work", [(i, 0.6) for i in range(6)])
+        out = pool.map(Echo.work, [(i, 0.6) for i in range(6)])
         assert [r for r, _ in out] == [i * i for i in range(6)]
         ups = [e for e in pool.events if e.kind == "up"]
         assert ups and ups[0].size == 2, pool.events
         time.sleep(0.8)
-        pool.map("work", [(1,)])
+        pool.map(Echo.work, [(1,)])
         assert pool.size == 1
         downs = [e for e in pool.events if e.kind == "down"]
         assert downs and downs[-1].size == 1, pool.events
@@ -117,7 +117,7 @@ def test_a_starting_actor_holds_no_shard_and_no_second_one_is_added(ray_cluster)
         make_kw={"added_start_s": 30.0},
     )
     try:
-        out = pool.map("work", [(i, 0.3) for i in range(6)])
+        out = pool.map(Echo.work, [(i, 0.3) for i in range(6)])
         assert [a for _, a in out] == [0] * 6  # every shard on the actor that was running
         assert [e.kind for e in pool.events] == ["up"] and pool.size == 2
         assert list(pool.starting) == [1]
@@ -168,7 +168,7 @@ def test_one_actor_takes_every_queued_item_in_one_call(ray_cluster):
     """Per-item dispatch costs nothing with one actor: the whole step is one batch."""
     pool = _batch_pool(1)
     try:
-        out = pool.map_rows("work", [Req([i, i + 1]) for i in range(0, 16, 2)])
+        out = pool.map_rows(Batcher.work, [Req([i, i + 1]) for i in range(0, 16, 2)])
         assert [o.ys for o in out] == [[i * i, (i + 1) ** 2] for i in range(0, 16, 2)]
         assert {o.n_call for o in out} == {16}
     finally:
@@ -179,7 +179,7 @@ def test_room_to_grow_leaves_work_queued_and_the_pool_grows(ray_cluster):
     """With max_size 2 the one actor takes half; the rest waits, and that wait adds an actor."""
     pool = _batch_pool(1, min_size=1, max_size=2, scale_up_wait_s=0.2, scale_down_idle_s=60)
     try:
-        out = pool.map_rows("work", [Req([i], 0.4) for i in range(8)])
+        out = pool.map_rows(Batcher.work, [Req([i], 0.4) for i in range(8)])
         assert [o.ys for o in out] == [[i * i] for i in range(8)]
         assert out[0].n_call == 4  # ceil(8 queued / 2 places)
         assert [e.kind for e in pool.events][:2] == ["up", "ready"], pool.events
@@ -197,7 +197,7 @@ def test_killed_actor_process_loses_nothing_and_comes_back(ray_cluster):
         for _ in range(2):
             pid = pool.info[0]["pid"]
             threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
-            out = pool.map_rows("work", [Req([i], 0.3) for i in range(12)])
+            out = pool.map_rows(Batcher.work, [Req([i], 0.3) for i in range(12)])
             assert [o.ys for o in out] == [[i * i] for i in range(12)]
             assert pool.round["retries"] >= 1, pool.events
             deadline = time.monotonic() + 60
@@ -237,7 +237,7 @@ def test_actor_killed_between_calls_is_counted_once(ray_cluster):
         assert [e.why for e in pool.events if e.kind == "back"] == [
             "restarted by Ray between calls"
         ]
-        out = pool.map_rows("work", [Req([i]) for i in range(4)])
+        out = pool.map_rows(Batcher.work, [Req([i]) for i in range(4)])
         assert [o.ys for o in out] == [[i * i] for i in range(4)]
     finally:
         pool.shutdown()
@@ -250,7 +250,7 @@ def test_a_hung_call_times_out_and_runs_on_another_actor(ray_cluster):
     try:
         pool.actors[0].__ray_call__.remote(lambda self: time.sleep(30))
         time.sleep(0.2)
-        out = pool.map_rows("work", [Req([i]) for i in range(4)])
+        out = pool.map_rows(Batcher.work, [Req([i]) for i in range(4)])
         assert [o.ys for o in out] == [[i * i] for i in range(4)]
         assert pool.round["timeouts"] >= 1 and {o.aid for o in out} == {1}
         assert "hung" in [e.kind for e in pool.events]

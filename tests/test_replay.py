@@ -10,6 +10,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeHooks, DecodeRequest, ReplaySpec
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
 RKV = CacheConfig(budget=8, eviction="rkv", rkv={"window": 4})
@@ -45,19 +46,20 @@ def test_replay_matches_rollout_logprobs(random_ckpt, method, cfg):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float32)
     adapter = None if method == "base" else _perturbed(model, method)
     sp = SamplingParams(max_new_tokens=48, temperature=0.9, seed=1)
-    out = generate(model, adapter, PROMPTS, sp, cfg, eos_ids=(3,))
+    out = generate(model, adapter, DecodeRequest(PROMPTS, cfg), sp, DecodeHooks(eos_ids=(3,)))
     if cfg.bounded:
         assert max(out.evictions) >= 2
     res = replay(
         model,
         adapter,
-        PROMPTS,
+        DecodeRequest(PROMPTS, cfg),
         out.tokens,
-        cfg,
-        sp.temperature,
-        sp.max_new_tokens,
-        out.eviction_steps,
-        evicted_slots=out.evicted_slots,
+        ReplaySpec(
+            temperature=sp.temperature,
+            max_new_tokens=sp.max_new_tokens,
+            eviction_steps=out.eviction_steps,
+            evicted_slots=out.evicted_slots,
+        ),
     )
     if cfg.rkv_on:  # a record made under R-KV, not the oldest tokens
         assert all(len(r) == len(e) for r, e in zip(out.evicted_slots, out.eviction_steps))
@@ -74,8 +76,12 @@ def test_pte_state_changes_the_output(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
     cfg = CacheConfig(budget=8)
     completions = [list(range(50, 90))] * 2
-    a = replay(model, _perturbed(model, "pte"), PROMPTS[:2], completions, cfg).logprobs
-    b = replay(model, _perturbed(model, "global_only"), PROMPTS[:2], completions, cfg).logprobs
+    a = replay(
+        model, _perturbed(model, "pte"), DecodeRequest(PROMPTS[:2], cfg), completions
+    ).logprobs
+    b = replay(
+        model, _perturbed(model, "global_only"), DecodeRequest(PROMPTS[:2], cfg), completions
+    ).logprobs
     assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)  # before the first eviction: same
     assert (a[:, 10:] - b[:, 10:]).abs().max() > 1e-3
 
@@ -83,11 +89,18 @@ def test_pte_state_changes_the_output(random_ckpt):
 def test_replay_rejects_rollout_from_another_cache(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
     out = generate(
-        model, None, PROMPTS, SamplingParams(max_new_tokens=30, seed=0), CacheConfig(budget=8)
+        model,
+        None,
+        DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+        SamplingParams(max_new_tokens=30, seed=0),
     )
     with pytest.raises(ValueError, match="another cache config"):
         replay(
-            model, None, PROMPTS, out.tokens, CacheConfig(budget=10), 1.0, 30, out.eviction_steps
+            model,
+            None,
+            DecodeRequest(PROMPTS, CacheConfig(budget=10)),
+            out.tokens,
+            ReplaySpec(temperature=1.0, max_new_tokens=30, eviction_steps=out.eviction_steps),
         )
 
 
@@ -100,18 +113,17 @@ def test_gradient_reaches_encoder_through_state_update(random_ckpt):
     res = replay(
         model,
         adapter,
-        PROMPTS[:2],
+        DecodeRequest(PROMPTS[:2], CacheConfig(budget=8)),
         completions,
-        CacheConfig(budget=8),
-        1.0,
-        loss_fn=lambda lp, ent, rows, cols: -(lp * real[rows][:, cols]).sum(),
+        ReplaySpec(temperature=1.0),
+        lambda lp, ent, rows, cols: -(lp * real[rows][:, cols]).sum(),
     )
     assert res.segments > 3
     enc = adapter.encoder
     for p in (enc.Wq, enc.Wk, enc.Wv, enc.Qg, enc.Kg, enc.Vg):
         assert p.grad is not None and p.grad.abs().sum() > 0
     # the loss was back-propagated per segment; its sum equals the full-batch value
-    full = replay(model, adapter, PROMPTS[:2], completions, CacheConfig(budget=8))
+    full = replay(model, adapter, DecodeRequest(PROMPTS[:2], CacheConfig(budget=8)), completions)
     assert abs(res.loss + float(full.logprobs.sum())) < 1e-3
 
 
@@ -126,9 +138,21 @@ def test_replay_is_exact_in_float64(random_ckpt, eviction):
             if ".A." in name:
                 p.normal_(0.0, 0.1)
     cfg = CacheConfig(budget=24, budget_mode="total", eviction=eviction, rkv={"window": 4})
-    out = generate(model, adapter, PROMPTS, SamplingParams(max_new_tokens=48, seed=2), cfg)
-    res = replay(model, adapter, PROMPTS, out.tokens, cfg, 1.0, 48, out.eviction_steps,
-                 evicted_slots=out.evicted_slots)  # fmt: skip
+    out = generate(
+        model, adapter, DecodeRequest(PROMPTS, cfg), SamplingParams(max_new_tokens=48, seed=2)
+    )
+    res = replay(
+        model,
+        adapter,
+        DecodeRequest(PROMPTS, cfg),
+        out.tokens,
+        ReplaySpec(
+            temperature=1.0,
+            max_new_tokens=48,
+            eviction_steps=out.eviction_steps,
+            evicted_slots=out.evicted_slots,
+        ),
+    )
     for i, toks in enumerate(out.tokens):
         got = res.logprobs[i, : len(toks)].double()
         assert (got - torch.tensor(out.logprobs[i], dtype=torch.float64)).abs().max() < 1e-6
@@ -137,16 +161,46 @@ def test_replay_is_exact_in_float64(random_ckpt, eviction):
 def test_replay_rejects_a_record_of_another_eviction_policy(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
     sp = SamplingParams(max_new_tokens=30, seed=0)
-    rkv = generate(model, None, PROMPTS, sp, RKV)
-    window = generate(model, None, PROMPTS, sp, CacheConfig(budget=8))
+    rkv = generate(model, None, DecodeRequest(PROMPTS, RKV), sp)
+    window = generate(model, None, DecodeRequest(PROMPTS, CacheConfig(budget=8)), sp)
     with pytest.raises(ValueError, match="row 0 carries evicted_slots.*eviction=window"):
-        replay(model, None, PROMPTS, rkv.tokens, CacheConfig(budget=8), 1.0, 30,
-               rkv.eviction_steps, evicted_slots=rkv.evicted_slots)  # fmt: skip
+        replay(
+            model,
+            None,
+            DecodeRequest(PROMPTS, CacheConfig(budget=8)),
+            rkv.tokens,
+            ReplaySpec(
+                temperature=1.0,
+                max_new_tokens=30,
+                eviction_steps=rkv.eviction_steps,
+                evicted_slots=rkv.evicted_slots,
+            ),
+        )
     with pytest.raises(ValueError, match="row 0: replayed under cache.eviction=rkv"):
-        replay(model, None, PROMPTS, window.tokens, RKV, 1.0, 30, window.eviction_steps,
-               evicted_slots=window.evicted_slots)  # fmt: skip
+        replay(
+            model,
+            None,
+            DecodeRequest(PROMPTS, RKV),
+            window.tokens,
+            ReplaySpec(
+                temperature=1.0,
+                max_new_tokens=30,
+                eviction_steps=window.eviction_steps,
+                evicted_slots=window.evicted_slots,
+            ),
+        )
     bad = [[list(r) for r in row] for row in rkv.evicted_slots]
     bad[2][1] = [bad[2][1][0]] * len(bad[2][1])
     with pytest.raises(ValueError, match="row 2, eviction 1"):
-        replay(model, None, PROMPTS, rkv.tokens, RKV, 1.0, 30, rkv.eviction_steps,
-               evicted_slots=bad)  # fmt: skip
+        replay(
+            model,
+            None,
+            DecodeRequest(PROMPTS, RKV),
+            rkv.tokens,
+            ReplaySpec(
+                temperature=1.0,
+                max_new_tokens=30,
+                eviction_steps=rkv.eviction_steps,
+                evicted_slots=bad,
+            ),
+        )

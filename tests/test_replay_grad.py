@@ -18,6 +18,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig
 from pte_ray.method.model import Placement
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.method.sampling import token_logprobs
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)]]
@@ -72,8 +73,14 @@ def _replay_grads(
     def loss_fn(lp, ent, rows, cols):
         return -(lp * weights[rows][:, cols]).sum()
 
-    replay(model, adapter, PROMPTS, COMPLETIONS, cfg, 1.0, 64, loss_fn=loss_fn, grad_mode=mode,
-           evicted_slots=record)  # fmt: skip
+    replay(
+        model,
+        adapter,
+        DecodeRequest(PROMPTS, cfg),
+        COMPLETIONS,
+        ReplaySpec(temperature=1.0, max_new_tokens=64, evicted_slots=record, grad_mode=mode),
+        loss_fn,
+    )
     return _grads(adapter)
 
 

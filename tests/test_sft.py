@@ -10,11 +10,13 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from pte_ray.actors.learner import Learner
 from pte_ray.config import load_config
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.config import AdapterConfig, CacheConfig
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.rl.data.targets import encode_target
 from pte_ray.rl.sft import SFTConfig, target_weights
 from pte_ray.run.prepare import prepare
@@ -77,7 +79,14 @@ def _reference_grad(model_dir, adapter_dir, prompts, comps, weights, cache) -> d
         return -(lp * w[rows][:, cols]).sum()
 
     longest = max(map(len, comps))
-    replay(model, adapter, prompts, comps, cache, 1.0, longest, loss_fn=loss_fn, grad_mode="exact")
+    replay(
+        model,
+        adapter,
+        DecodeRequest(prompts, cache),
+        comps,
+        ReplaySpec(temperature=1.0, max_new_tokens=longest, grad_mode="exact"),
+        loss_fn,
+    )
     return {n: p.grad for n, p in adapter.named_parameters()}
 
 
@@ -113,7 +122,7 @@ def test_sft_step_gradient_equals_fp64_reference_over_two_ranks(
         assert [len(s) for s in shards] == [3, 2]
         assert any(w > 1.0 for s in shards for row in s.weights for w in row)
         before = ray.get(ctl.roles.learners.actors[0].adapter_state.remote())
-        stats = ctl.roles.learners.each("sft_step", [(s,) for s in shards])
+        stats = ctl.roles.learners.each(Learner.sft_step, [(s,) for s in shards])
         after = ray.get(ctl.roles.learners.actors[1].adapter_state.remote())
     finally:
         ctl.shutdown()

@@ -13,6 +13,7 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from pte_ray.actors.learner import Learner
 from pte_ray.actors.pool import PoolError
 from pte_ray.commands import train
 from pte_ray.config import load_config
@@ -129,7 +130,7 @@ def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches,
         ctl.weights = ctl.roles.learners.publish()
         m = ctl.train_step(0)
         assert m["logprob_replay_diff"] <= 1e-4
-        a, b = ctl.roles.learners.all("state_digest")
+        a, b = ctl.roles.learners.all(Learner.state_digest)
         assert a == b  # one data-parallel group: identical weights after the all-reduce
     finally:
         ctl.shutdown()

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pte_ray.config import load_config
+from pte_ray.method.requests import DecodeRequest
 from pte_ray.tiny import (
     TINY_DIMS,
     TaskSpec,
@@ -319,7 +320,7 @@ def test_real_model_shape_builds_and_matches_hf(tmp_path):
     ids = [5, 9, 11, 20, 40, 41, 42]
     model = load_base(path, dtype=torch.float32, device="cpu")
     sp = SamplingParams(max_new_tokens=6, greedy=True)
-    ours = generate(model, None, [ids], sp, CacheConfig(budget=None)).tokens[0]
+    ours = generate(model, None, DecodeRequest([ids], CacheConfig(budget=None)), sp).tokens[0]
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert ours == ref[0, len(ids) :].tolist()

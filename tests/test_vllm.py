@@ -110,7 +110,7 @@ def test_reference_logprobs_equal_the_torch_path(vllm_engine, torch_model):
 
 def _sample(engine, seeds=(1, 2, 3)):
     sp = SamplingParams(max_new_tokens=24, temperature=TEMP, row_seeds=seeds)
-    return engine.generate(PROMPTS[: len(seeds)], sp)
+    return engine.sample(PROMPTS[: len(seeds)], sp)
 
 
 @needs_vllm
@@ -144,7 +144,7 @@ def test_row_seeds_sample_the_same_tokens_alone_or_in_a_batch(vllm_engine):
     assert [len(t) for t in both.tokens] == [24, 24] or "stop" in both.finish_reasons
     assert both.eviction_steps == [[], []]  # a full cache never evicts
     sp = SamplingParams(max_new_tokens=24, temperature=TEMP, row_seeds=(8,))
-    assert vllm_engine.generate([PROMPTS[1]], sp).tokens == [both.tokens[1]]
+    assert vllm_engine.sample([PROMPTS[1]], sp).tokens == [both.tokens[1]]
     assert alone.tokens[0] != both.tokens[1] or PROMPTS[0] == PROMPTS[1]  # its own prompt
 
 
@@ -252,7 +252,7 @@ def test_training_steps_on_vllm_rollouts_and_reference(ray_cluster, small_run, t
         assert ray.get(worker.loaded_versions.remote())[-1] == f"pte-ray-v{epoch}.{v0 + 2}"
         learner = ray.get(ctl.roles.learners.actors[0].adapter_state.remote())
         req = RolloutRequest(prompts=PROMPTS, seeds=[1, 2, 3], weights=ctl.weights)
-        out = ray.get(worker.generate.remote(req))
+        out = ray.get(worker.rollout.remote(req))
         assert out.versions == [v0 + 2] * 3
     finally:
         ctl.shutdown()

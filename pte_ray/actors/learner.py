@@ -33,6 +33,7 @@ from pte_ray.engines.torch_engine import pick_device, resolve_dtype
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.records import LearnerShard, LearnStats, PublishedWeights, SFTShard
 from pte_ray.rl.objective import GRPOObjective, Objective, SFTObjective
 from pte_ray.run.models import resolve_model
@@ -203,20 +204,15 @@ class Learner:
         steps, slots = job.record(sl)
         # a target may be longer than any rollout (SFT): a full cache must still hold it
         longest = max(len(c) for c in comps)
-        return replay(
-            self.model,
-            adapter,
-            job.prompts[sl],
-            comps,
-            cfg.cache_config(),
+        req = DecodeRequest(job.prompts[sl], cfg.cache_config(), job.pad_id)
+        spec = ReplaySpec(
             cfg.sampling.temperature,
             max(cfg.sampling.max_new_tokens, longest),
             steps,
-            loss_fn=loss_fn,
-            pad_id=job.pad_id,
-            grad_mode=cfg.replay.grad,
-            evicted_slots=slots,
+            slots,
+            cfg.replay.grad,
         )
+        return replay(self.model, adapter, req, comps, spec, loss_fn)
 
     def _logprobs(self, job: Objective) -> list[list[float]]:
         """The live adapter's log-probs of every row, no grad: the learner's own pi_old."""

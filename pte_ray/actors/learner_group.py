@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -19,6 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pte_ray.actors.errors import LearnerLost, PoolError, role_error
 from pte_ray.actors.learner import Learner
+from pte_ray.actors.pool import remote
 from pte_ray.config import Config
 from pte_ray.records import PublishedWeights
 
@@ -86,7 +88,7 @@ class LearnerGroup:
             for i in range(lc.num_learners)
         ]
         self.call_timeout_s = cfg.train.call_timeout_s
-        self.info = self.all("ready", timeout=ready_timeout_s)
+        self.info = self.all(Learner.ready, timeout=ready_timeout_s)
 
     def on(self, i: int) -> PlacementGroupSchedulingStrategy:
         """Schedule into bundle ``i % D`` of the learners' placement group."""
@@ -94,14 +96,18 @@ class LearnerGroup:
             self.pg, placement_group_bundle_index=i % len(self.pg.bundle_specs)
         )
 
-    def all(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
-        """Call every rank (collectives need all of them) and wait, naming a failing rank."""
-        refs = [getattr(a, method).remote(*args) for a in self.actors]
-        return self._get(refs, method, timeout)
+    def all(
+        self, method: Callable[..., Any], *args: Any, timeout: float | None = None
+    ) -> list[Any]:
+        """Call ``Learner.method`` on every rank (collectives need all of them) and wait,
+        naming a failing rank."""
+        refs = [remote(a, method).remote(*args) for a in self.actors]
+        return self._get(refs, method.__name__, timeout)
 
-    def each(self, method: str, per_rank: list[tuple[Any, ...]]) -> list[Any]:
-        refs = [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank)]
-        return self._get(refs, method, None)
+    def each(self, method: Callable[..., Any], per_rank: list[tuple[Any, ...]]) -> list[Any]:
+        """``Learner.method`` on every rank, each with its own arguments."""
+        refs = [remote(a, method).remote(*args) for a, args in zip(self.actors, per_rank)]
+        return self._get(refs, method.__name__, None)
 
     def _get(self, refs: list[ray.ObjectRef], method: str, timeout: float | None) -> list[Any]:
         """Every rank's result, or an error as soon as one rank fails: ``LearnerLost`` when a
@@ -141,7 +147,7 @@ class LearnerGroup:
 
     def publish(self) -> PublishedWeights:
         """Rank 0's adapter, versioned, in the object store (every rank holds the same)."""
-        w = self._get([self.actors[0].publish.remote()], "publish", None)[0]
+        w = self._get([remote(self.actors[0], Learner.publish).remote()], "publish", None)[0]
         return dataclasses.replace(w, epoch=self.epoch)
 
     def shutdown(self) -> None:

@@ -30,7 +30,12 @@ from pte_ray.actors import metrics
 from pte_ray.actors.errors import LOST, PoolError, role_error
 from pte_ray.actors.pool_health import Health, PoolEvent, Task
 
-__all__ = ["Pool", "PoolError", "PoolEvent"]
+__all__ = ["Pool", "PoolError", "PoolEvent", "remote"]
+
+
+def remote(actor: Any, method: Callable[..., Any]) -> Any:
+    """The actor handle's remote method for the class method ``method`` (same name)."""
+    return getattr(actor, method.__name__)
 
 
 class Pool(Health):
@@ -80,12 +85,14 @@ class Pool(Health):
         self.info.update(zip(refs.values(), infos))
 
     # ------------------------------------------------------------------ work
-    def map(self, method: str, shards: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``actor.method(*shard)`` for every shard, one per call; results in shard order."""
+    def map(self, method: Callable[..., Any], shards: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``actor.method(*shard)`` for every shard, one per call; results in shard order.
+        ``method`` is the actor class's own (``RewardWorker.score``): a reader and a static
+        tool follow the call to its definition."""
         results: list[Any] = [None] * len(shards)
 
         def send(actor: Any, items: list[int]) -> ray.ObjectRef:
-            return getattr(actor, method).remote(*shards[items[0]])
+            return remote(actor, method).remote(*shards[items[0]])
 
         def receive(out: Any, items: list[int]) -> None:
             results[items[0]] = out
@@ -93,7 +100,7 @@ class Pool(Health):
         self._run(len(shards), lambda queued: 1, send, receive)
         return results
 
-    def map_rows(self, method: str, requests: Sequence[Any]) -> list[Any]:
+    def map_rows(self, method: Callable[..., Any], requests: Sequence[Any]) -> list[Any]:
         """``actor.method(request)`` for row records (``records.Rows``), several per call.
 
         Requests taken together are concatenated into one call and its result cut back into
@@ -104,7 +111,7 @@ class Pool(Health):
 
         def send(actor: Any, items: list[int]) -> ray.ObjectRef:
             batch = type(requests[0]).concat([requests[i] for i in items])
-            return getattr(actor, method).remote(batch)
+            return remote(actor, method).remote(batch)
 
         def receive(out: Any, items: list[int]) -> None:
             lo = 0

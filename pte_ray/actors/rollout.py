@@ -56,13 +56,13 @@ class RolloutWorker:
         self.version, self.epoch = snap.version, weights.epoch
         metrics.gauge("weight_version", self.version, "rollout", worker=self.worker_id)
 
-    def generate(self, req: RolloutRequest) -> Rollouts:
+    def rollout(self, req: RolloutRequest) -> Rollouts:
         self._sync(req.weights)
         t0 = time.perf_counter()
         name = f"rollout-worker{self.worker_id}-{time.time_ns()}"  # a worker may take 2 calls
         with traced(req.profile, name, self.cfg.train.profile_max_mb):
             sp = self.cfg.sampling_params(row_seeds=req.seeds, greedy=req.greedy)
-            out = self.engine.generate(req.prompts, sp)
+            out = self.engine.sample(req.prompts, sp)
         wall = time.perf_counter() - t0
         n_tok = sum(len(t) for t in out.tokens)
         me = {"worker": self.worker_id}

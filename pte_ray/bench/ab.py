@@ -23,9 +23,9 @@ from typing import Any
 from pte_ray.bench.common import resolve_config, rollout_steps_fn, settings, setup
 from pte_ray.bench.speed import measure, median_run, speed
 from pte_ray.method.decode import finish
-from pte_ray.method.outputs import Rollout
+from pte_ray.method.outputs import Generation
 
-Steps = Callable[[], Generator[int, None, Rollout]]
+Steps = Callable[[], Generator[int, None, Generation]]
 
 
 def parse_ab(spec: str) -> tuple[str, list[str]]:
@@ -42,11 +42,11 @@ def parse_ab(spec: str) -> tuple[str, list[str]]:
     return key, values
 
 
-def step_pair(steps: dict[str, Steps], order: list[str]) -> dict[str, tuple[Rollout, float]]:
+def step_pair(steps: dict[str, Steps], order: list[str]) -> dict[str, tuple[Generation, float]]:
     """Two rollouts advanced one step each in turn; each one's time is the sum of its steps."""
     gens = {v: steps[v]() for v in order}
     spent = dict.fromkeys(order, 0.0)
-    done: dict[str, Rollout] = {}
+    done: dict[str, Generation] = {}
     while len(done) < len(order):
         for v in order:
             if v in done:

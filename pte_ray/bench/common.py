@@ -25,7 +25,8 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import finish, rollout_steps
-from pte_ray.method.outputs import Rollout
+from pte_ray.method.outputs import Generation
+from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
 # What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
 # the attribute it uses: the settings themselves are declared once, in ``pte_ray/config.py``.
@@ -187,12 +188,13 @@ def rollout_fn(args: argparse.Namespace, model: Any, adapter: Adapter | None, pr
 
 def rollout_steps_fn(
     args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list
-) -> Callable[[], Generator[int, None, Rollout]]:
+) -> Callable[[], Generator[int, None, Generation]]:
     """The same rollout as ``rollout_fn``, as a fresh step generator per call."""
     step_fn = torch.compile(model.forward, dynamic=False) if args.compile else None
     sp = sampling(args)
     # no EOS: every row generates max_new_tokens, the same work HF does below
-    return lambda: rollout_steps(model, adapter, prompts, sp, cache_cfg(args), step_fn=step_fn)
+    req, hooks = DecodeRequest(prompts, cache_cfg(args)), DecodeHooks(step_fn=step_fn)
+    return lambda: rollout_steps(model, adapter, req, sp, hooks)
 
 
 def sweep(args: argparse.Namespace, which: str) -> dict[str, Any]:

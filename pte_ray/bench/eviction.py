@@ -20,6 +20,7 @@ from pte_ray.method.cache import BoundedCache
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.eviction import rkv_choose
+from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=args.seed,
                         stop_token_ids=(tok.eos_token_id,))  # fmt: skip
     probe = _Probe(model.args.n_layers)
-    out = generate(model, adapter, prompts, sp, cfg, pad_id=tok.pad_token_id or 0, on_evict=probe)
+    req = DecodeRequest(prompts, cfg, tok.pad_token_id or 0)
+    out = generate(model, adapter, req, sp, DecodeHooks(on_evict=probe))
     return {
         "bench": "eviction",
         "model": str(path),

@@ -22,6 +22,7 @@ from pte_ray.method.checkpoint import load_adapter, load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -79,9 +80,8 @@ def _grads(model, adapter, prompts, out, cfg, args, mode: str, last_only: bool) 
         return -(lp * mask).sum()
 
     adapter.zero_grad(set_to_none=True)
-    replay(model, adapter, prompts, out.tokens, cfg, 1.0, args.max_new_tokens,
-           out.eviction_steps, loss_fn=loss_fn, grad_mode=mode,
-           evicted_slots=out.evicted_slots)  # fmt: skip
+    spec = ReplaySpec(1.0, args.max_new_tokens, out.eviction_steps, out.evicted_slots, mode)
+    replay(model, adapter, DecodeRequest(prompts, cfg), out.tokens, spec, loss_fn)
     flat: dict[str, list[torch.Tensor]] = {}
     for name, p in adapter.named_parameters():
         if p.grad is not None:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       rkv=args.rkv)  # fmt: skip
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=args.seed,
                         stop_token_ids=(tok.eos_token_id,))  # fmt: skip
-    out = generate(model, adapter, prompts, sp, cfg, pad_id=tok.pad_token_id or 0)
+    out = generate(model, adapter, DecodeRequest(prompts, cfg, tok.pad_token_id or 0), sp)
     res: dict[str, Any] = {"bench": "grad", "model": str(path), "adapter": args.adapter,
                            "method": adapter.cfg.method, "evictions_per_seq":
                            sum(out.evictions) / len(prompts)}  # fmt: skip

@@ -23,6 +23,7 @@ from pte_ray.bench.common import (
 )
 from pte_ray.bench.memory import PeakMemory
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 
 
 def _sequences(args: argparse.Namespace, model: Any, adapter: Any, prompts: list) -> Any:
@@ -58,20 +59,10 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
 
     def go() -> Any:
         loss = (lambda lp, ent, rows, cols: -lp.sum()) if train else None
-        return replay(
-            model,
-            adapter,
-            prompts,
-            out.tokens,
-            cfg,
-            1.0,
-            args.max_new_tokens,
-            steps,
-            loss_fn=loss,
-            grad_mode=args.replay_grad,
-            # under rkv the rollout's record says which slots each eviction freed
-            evicted_slots=out.evicted_slots if steps is not None else None,
-        )
+        # under rkv the rollout's record says which slots each eviction freed
+        slots = out.evicted_slots if steps is not None else None
+        spec = ReplaySpec(1.0, args.max_new_tokens, steps, slots, args.replay_grad)
+        return replay(model, adapter, DecodeRequest(prompts, cfg), out.tokens, spec, loss)
 
     with PeakMemory(args.device) as mem:
         res, wall = timed(go, args.device)

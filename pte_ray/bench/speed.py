@@ -9,7 +9,7 @@ from typing import Any
 
 from pte_ray.bench.common import timed
 from pte_ray.bench.memory import PeakMemory
-from pte_ray.method.outputs import Rollout
+from pte_ray.method.outputs import Generation
 
 
 def measure(args: argparse.Namespace, gen: Callable[[], Any], n_prompts: int) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def measure(args: argparse.Namespace, gen: Callable[[], Any], n_prompts: int) ->
     return speed(out, wall, n_prompts) | {peak: mem.peak_mb}
 
 
-def speed(out: Rollout, wall: float, n_prompts: int) -> dict[str, Any]:
+def speed(out: Generation, wall: float, n_prompts: int) -> dict[str, Any]:
     """Tokens/s of a rollout that took ``wall`` seconds, its evictions and their scoring cost."""
     n_tok = sum(len(t) for t in out.tokens)
     return {

@@ -125,7 +125,7 @@ def _run_bench(
         state = np.random.SeedSequence([seed, b0]).generate_state(1)[0]
         sp = cfg.sampling_params(seed=int(state), greedy=greedy)
         with torch.no_grad():
-            out = eng.gen.generate([ids[i] for i, _ in part], sp)
+            out = eng.gen.sample([ids[i] for i, _ in part], sp)
         comps = [eng.tok.decode(t, skip_special_tokens=True) for t in out.tokens]
         scored = eng.verifier.score_batch(comps, [golds[i] for i, _ in part])
         for j, ((i, s), (reward, status)) in enumerate(zip(part, scored, strict=True)):

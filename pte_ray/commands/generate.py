@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         load_adapter(engine.adapter, args.adapter)
     sp = cfg.sampling_params(seed=args.seed).model_copy(update={"greedy": args.greedy})
     ids = [engine.tokenizer(p).input_ids for p in prompts]
-    out = engine.generate(ids, sp)
+    out = engine.sample(ids, sp)
     for i, p in enumerate(prompts):
         rec = {
             "prompt": p,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pte_ray.actors.reward import RewardWorker
+from pte_ray.actors.rollout import RolloutWorker
 from pte_ray.config import Config
 from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts, ScoreRequest, Scores
 
@@ -63,12 +65,12 @@ def run_eval(roles: Any, es: EvalSet, weights: PublishedWeights | None) -> dict[
                        greedy=True)
         for i in range(0, n, CHUNK)
     ]  # fmt: skip
-    rollouts = Rollouts.concat(roles.rollout.map_rows("generate", reqs))
+    rollouts = Rollouts.concat(roles.rollout.map_rows(RolloutWorker.rollout, reqs))
     scored = [
         ScoreRequest(rollouts.texts[i : i + CHUNK], es.answers[i : i + CHUNK])
         for i in range(0, n, CHUNK)
     ]
-    statuses = Scores.concat(roles.reward.map_rows("score", scored)).statuses
+    statuses = Scores.concat(roles.reward.map_rows(RewardWorker.score, scored)).statuses
     return accuracy([s == "ok" for s in statuses], es.distances)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pte_ray.actors.errors import LearnerLost, PoolError
+from pte_ray.actors.learner import Learner
 from pte_ray.controller.batch import Batch
 from pte_ray.controller.step import Controller
 from pte_ray.progress import progress, say
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def resume(ctl: Controller, ckpt: Path) -> None:
     state = json.loads((ckpt / "controller.json").read_text())
-    ctl.roles.learners.all("load", str(ckpt))
+    ctl.roles.learners.all(Learner.load, str(ckpt))
     ctl.data.stream.restore(state["cursor"])
     ctl.cursor = state["cursor"]
     ctl.step = int(state["step"])
@@ -41,7 +42,7 @@ def checkpoint(ctl: Controller) -> None:
         "model": ctl.data.model_spec,
     }
     with ctl.run.checkpoint_dir(ctl.step) as tmp:
-        ctl.roles.learners.all("save", str(tmp), meta)
+        ctl.roles.learners.all(Learner.save, str(tmp), meta)
         (tmp / "controller.json").write_text(json.dumps({"step": ctl.step, "cursor": ctl.cursor}))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pte_ray.actors import metrics
+from pte_ray.actors.learner import Learner
 from pte_ray.controller.batch import PhaseTimer, split
 from pte_ray.controller.step import Controller
 from pte_ray.records import LearnStats, SFTShard
@@ -73,7 +74,7 @@ class SFTController(Controller):
         self.cursor = batch.cursor
         with timer("learn"):
             stats = self.roles.learners.each(
-                "sft_step", [(s,) for s in self.sft_shards(batch, self.profile(step))]
+                Learner.sft_step, [(s,) for s in self.sft_shards(batch, self.profile(step))]
             )
         last = self.published_at
         with timer("publish"):

@@ -18,6 +18,10 @@ import numpy as np
 import torch
 
 from pte_ray.actors import metrics
+from pte_ray.actors.learner import Learner
+from pte_ray.actors.reference import ReferenceWorker
+from pte_ray.actors.reward import RewardWorker
+from pte_ray.actors.rollout import RolloutWorker
 from pte_ray.config import Config
 from pte_ray.controller.batch import Batch, PhaseTimer, split
 from pte_ray.controller.evaluation import load_eval_set, run_eval
@@ -94,7 +98,7 @@ class Controller:
         ]
         pool = self.roles.rollout
         pool.retire_idle()
-        rollouts = Rollouts.concat(pool.map_rows("generate", requests))
+        rollouts = Rollouts.concat(pool.map_rows(RolloutWorker.rollout, requests))
         wall = time.perf_counter() - t0
         return Batch(examples, prompts, answers, rollouts, cursor, wall, pool.summary())
 
@@ -125,7 +129,7 @@ class Controller:
 
     def _score(self, texts: list[str], answers: list[str]) -> Scores:
         reqs = [ScoreRequest(texts[s], answers[s]) for s in self._groups(len(texts))]
-        return Scores.concat(self.roles.reward.map_rows("score", reqs))
+        return Scores.concat(self.roles.reward.map_rows(RewardWorker.score, reqs))
 
     def _reference(
         self, prompts: list[list[int]], comps: list[list[int]]
@@ -136,7 +140,7 @@ class Controller:
         d = self.cfg.distill
         k = d.topk if d.coef > 0 and d.kind == "topk_forward_kl" else 0
         reqs = [ReferenceRequest(prompts[s], comps[s], k) for s in self._groups(len(prompts))]
-        return ReferenceLogprobs.concat(pool.map_rows("logprobs", reqs))
+        return ReferenceLogprobs.concat(pool.map_rows(ReferenceWorker.logprobs, reqs))
 
     def advantages(self, scores: Scores) -> list[float]:
         g = self.cfg.grpo
@@ -181,7 +185,7 @@ class Controller:
         return shards
 
     def learn(self, shards: list[LearnerShard]) -> list[LearnStats]:
-        return self.roles.learners.each("train_step", [(s,) for s in shards])
+        return self.roles.learners.each(Learner.train_step, [(s,) for s in shards])
 
     def publish(self) -> PublishedWeights:
         self.weights = self.roles.learners.publish()

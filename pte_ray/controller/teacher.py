@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pte_ray.actors.reward import RewardWorker
+from pte_ray.actors.rollout import RolloutWorker
 from pte_ray.atomic import atomic_path
 from pte_ray.progress import say
 from pte_ray.rl.data.targets import Target
@@ -69,7 +71,7 @@ def _sample(ctl: Any, out: Path) -> None:
                            [int(x) for x in seeds[a : a + GROUP * k]], None)
             for a in range(0, len(rows), GROUP * k)
         ]  # fmt: skip
-        ro = Rollouts.concat(pool.map_rows("generate", reqs))
+        ro = Rollouts.concat(pool.map_rows(RolloutWorker.rollout, reqs))
     finally:
         pool.shutdown()
     answers = {ex.index: ex.answer for ex in data.examples}
@@ -77,7 +79,7 @@ def _sample(ctl: Any, out: Path) -> None:
         ScoreRequest(ro.texts[a : a + GROUP * k], [answers[i] for i in rows[a : a + GROUP * k]])
         for a in range(0, len(rows), GROUP * k)
     ]
-    statuses = Scores.concat(ctl.roles.reward.map_rows("score", sc)).statuses
+    statuses = Scores.concat(ctl.roles.reward.map_rows(RewardWorker.score, sc)).statuses
     _write(out, rows, ro, statuses)
 
 

@@ -10,8 +10,10 @@ import torch
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_adapter_tensors, load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
-from pte_ray.method.decode import Rollout, generate
+from pte_ray.method.decode import generate
+from pte_ray.method.outputs import Generation
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeHooks, DecodeRequest, ReplaySpec
 
 
 def pick_device(num_gpus: float) -> str:
@@ -74,18 +76,11 @@ class TorchEngine:
         a = self.adapter
         return {} if a is None else {k: v.clone() for k, v in a.state_dict().items()}
 
-    def generate(self, prompts: list[list[int]], sp: SamplingParams) -> Rollout:
-        return generate(
-            self.model,
-            self.adapter,
-            prompts,
-            sp,
-            self.cache_cfg,
-            eos_ids=self.eos_ids,
-            pad_id=self.pad_id,
-            decode=self.tokenizer.decode,
-            step_fn=self.step_fn,
-        )
+    def sample(self, prompts: list[list[int]], sp: SamplingParams) -> Generation:
+        """Completions of ``prompts`` under the engine's cache, with its adapter."""
+        req = DecodeRequest(prompts, self.cache_cfg, self.pad_id)
+        hooks = DecodeHooks(self.eos_ids, self.tokenizer.decode, self.step_fn)
+        return generate(self.model, self.adapter, req, sp, hooks)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -116,9 +111,8 @@ class TorchEngine:
         tops: list[list[list[float]]] = []
         for i in range(0, len(prompts), micro_batch):
             p, c = prompts[i : i + micro_batch], completions[i : i + micro_batch]
-            res = replay(
-                self.model, self.adapter, p, c, full, temperature, pad_id=self.pad_id, topk=k
-            )
+            spec = ReplaySpec(temperature=temperature, topk=k)
+            res = replay(self.model, self.adapter, DecodeRequest(p, full, self.pad_id), c, spec)
             for j in range(len(c)):
                 n = len(c[j])
                 lps.append(res.logprobs[j, :n].tolist())

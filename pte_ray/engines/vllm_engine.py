@@ -27,7 +27,7 @@ import torch
 
 from pte_ray.config_sections import EXTRA_HINT, VllmConfig
 from pte_ray.method.config import AdapterConfig, SamplingParams
-from pte_ray.method.decode import Rollout
+from pte_ray.method.outputs import Generation
 from pte_ray.method.peft import write_peft
 
 
@@ -148,7 +148,7 @@ class VllmEngine:
             for s in seeds
         ]  # fmt: skip
 
-    def generate(self, prompts: list[list[int]], sp: SamplingParams) -> Rollout:
+    def sample(self, prompts: list[list[int]], sp: SamplingParams) -> Generation:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
         lora = self.versions[-1] if self.versions else None
@@ -163,7 +163,7 @@ class VllmEngine:
             logprobs.append([o.logprobs[i][t].logprob for i, t in enumerate(ids)])
             reasons.append("stop" if o.finish_reason == "stop" else "length")
         stats = {"tokens": float(sum(map(len, tokens)))}
-        return Rollout(prompts, tokens, logprobs, [[] for _ in prompts], reasons, stats)
+        return Generation(prompts, tokens, logprobs, [[] for _ in prompts], reasons, stats)
 
     def full_context_logprobs(
         self,

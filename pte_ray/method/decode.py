@@ -1,4 +1,4 @@
-"""Rollout: batched generation under the bounded cache with thought-state updates.
+"""Batched generation under the bounded cache with thought-state updates.
 
 gpt-fast shaped: ``prefill`` once, then one ``decode_step`` per token for every live row (evict
 what is due, fold it into the thought state, forward, sample), dropping finished rows now and
@@ -11,15 +11,16 @@ strings. Outputs stay in preallocated device tensors until the end (``outputs.py
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 
 import torch
 
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
-from pte_ray.method.config import CacheConfig, SamplingParams
+from pte_ray.method.config import SamplingParams
 from pte_ray.method.model import Transformer
-from pte_ray.method.outputs import Live, Outputs, Rollout, read_back, stop_cut
+from pte_ray.method.outputs import Generation, Live, Outputs, read_back, stop_cut
+from pte_ray.method.requests import DecodeHooks, DecodeRequest
 from pte_ray.method.sampling import Noise, sample
 
 # The 1/8 rule: finished rows leave the batch once they are at least 1/8 of it. Dropping rows
@@ -103,16 +104,16 @@ def _choose(cache: BoundedCache, due: list[int], out: Outputs) -> torch.Tensor:
 
 
 def _still_running(
-    out: Outputs, live: Live, t: int, sp: SamplingParams, decode: Callable | None
+    out: Outputs, live: Live, t: int, sp: SamplingParams, detokenize: Callable | None
 ) -> list[bool]:
     """Per live row: no EOS and no stop string yet (one read from the device)."""
     running = (out.done_at[live.idx] == out.tok.shape[1]).tolist()
     if sp.stop_strings:
-        assert decode is not None
+        assert detokenize is not None
         rows = [i for i, ok in enumerate(running) if ok]
         toks = out.tok[live.idx[rows], : t + 1].tolist() if rows else []
         for i, seq in zip(rows, toks):
-            cut = stop_cut(seq, sp.stop_strings, decode)
+            cut = stop_cut(seq, sp.stop_strings, detokenize)
             if cut:
                 out.stop_len[live.rows[i]] = cut
                 running[i] = False
@@ -133,44 +134,41 @@ def drop_finished(cache: BoundedCache, live: Live, running: list[bool]) -> Live:
 def rollout_steps(
     model: Transformer,
     adapter: Adapter | None,
-    prompts: list[list[int]],
+    req: DecodeRequest,
     sp: SamplingParams,
-    cache_cfg: CacheConfig,
-    eos_ids: Sequence[int] = (),
-    pad_id: int = 0,
-    decode: Callable[[list[int]], str] | None = None,
-    step_fn: Callable[..., tuple[torch.Tensor, list]] | None = None,
-    on_evict: Callable | None = None,
-) -> Generator[int, None, Rollout]:
+    hooks: DecodeHooks = DecodeHooks(),
+) -> Generator[int, None, Generation]:
     """``generate`` one step at a time: yields the token index after the prefill and after
-    every decode step, returns the ``Rollout``. Lets a benchmark interleave two rollouts step
-    by step, so both run under the same machine load (``bench/ab.py``)."""
+    every decode step, returns the ``Generation``. Lets a benchmark interleave two rollouts
+    step by step, so both run under the same machine load (``bench/ab.py``)."""
+    prompts = req.prompts
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
-    if sp.stop_strings and decode is None:
-        raise ValueError("stop_strings need a decode function (the tokenizer's decode)")
+    if sp.stop_strings and hooks.detokenize is None:
+        raise ValueError("stop_strings need a detokenize function (the tokenizer's decode)")
     dev, n_new = model.device, sp.max_new_tokens
-    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, n_new)
+    cache = BoundedCache(model, [len(p) for p in prompts], req.cache, n_new)
     noise = Noise(len(prompts), sp, dev)
-    eos = torch.tensor(sorted(set(eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    live = prefill(model, adapter, cache, prompts, pad_id, sp, noise)
-    out = Outputs.empty(len(prompts), n_new, pad_id, dev)
-    out.on_evict = on_evict
+    eos = torch.tensor(sorted(set(hooks.eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
+    live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise)
+    out = Outputs.empty(len(prompts), n_new, req.pad_id, dev)
+    out.on_evict = hooks.on_evict
+    step = hooks.step_fn or model.forward
     for t in range(n_new):
         yield t
         out.record(live, t, eos)
         if t == n_new - 1:
             break
         if (t + 1) % sp.check_every == 0:
-            running = _still_running(out, live, t, sp, decode)
+            running = _still_running(out, live, t, sp, hooks.detokenize)
             if not any(running):
                 break
             live = drop_finished(cache, live, running)
-        live = decode_step(step_fn or model.forward, adapter, cache, live, out, t, sp, noise)
-    return read_back(prompts, out, eos, sp, decode)
+        live = decode_step(step, adapter, cache, live, out, t, sp, noise)
+    return read_back(prompts, out, eos, sp, hooks.detokenize)
 
 
-def finish(steps: Generator[int, None, Rollout]) -> Rollout:
+def finish(steps: Generator[int, None, Generation]) -> Generation:
     """Run a ``rollout_steps`` generator to its end."""
     while True:
         try:
@@ -182,19 +180,10 @@ def finish(steps: Generator[int, None, Rollout]) -> Rollout:
 def generate(
     model: Transformer,
     adapter: Adapter | None,
-    prompts: list[list[int]],
+    req: DecodeRequest,
     sp: SamplingParams,
-    cache_cfg: CacheConfig,
-    eos_ids: Sequence[int] = (),
-    pad_id: int = 0,
-    decode: Callable[[list[int]], str] | None = None,
-    step_fn: Callable[..., tuple[torch.Tensor, list]] | None = None,
-    on_evict: Callable | None = None,
-) -> Rollout:
-    """Sample completions for ``prompts`` (token ids). ``decode`` is needed for stop strings.
-
-    ``step_fn`` replaces ``model.forward`` for decode steps (e.g. a ``torch.compile`` of it);
-    ``on_evict(cache, due, chosen)`` sees every R-KV choice before it is applied (diagnostics).
-    """
-    args = (eos_ids, pad_id, decode, step_fn, on_evict)
-    return finish(rollout_steps(model, adapter, prompts, sp, cache_cfg, *args))
+    hooks: DecodeHooks = DecodeHooks(),
+) -> Generation:
+    """Sample completions of ``req.prompts`` under ``req.cache`` (``hooks.detokenize`` is
+    needed for stop strings)."""
+    return finish(rollout_steps(model, adapter, req, sp, hooks))

@@ -1,4 +1,5 @@
-"""What a rollout records while it decodes, and the ``Rollout`` it is read back into at the end.
+"""What a rollout records while it decodes, and the ``Generation`` it is read
+back into at the end.
 
 The decode loop writes every token, log-prob and end into preallocated device tensors
 (``Outputs``) and only reads them back once, here, where each row is cut at its end (EOS, stop
@@ -32,7 +33,7 @@ class Live:
 
 
 @dataclass
-class Rollout:
+class Generation:
     """What one generate call produced, per row (original order)."""
 
     prompts: list[list[int]]
@@ -85,14 +86,16 @@ class Outputs:
         self.done_at[live.idx] = torch.where(hit & running, t + 1, self.done_at[live.idx])
 
 
-def stop_cut(tokens: list[int], stops: Sequence[str], decode: Callable[[list[int]], str]) -> int:
+def stop_cut(
+    tokens: list[int], stops: Sequence[str], detokenize: Callable[[list[int]], str]
+) -> int:
     """Length of the shortest prefix whose text contains a stop string (0 = none)."""
-    if not any(s in decode(tokens) for s in stops):
+    if not any(s in detokenize(tokens) for s in stops):
         return 0
     lo, hi = 1, len(tokens)
     while lo < hi:
         mid = (lo + hi) // 2
-        if any(s in decode(tokens[:mid]) for s in stops):
+        if any(s in detokenize(tokens[:mid]) for s in stops):
             hi = mid
         else:
             lo = mid + 1
@@ -118,8 +121,8 @@ def read_back(
     out: Outputs,
     eos: torch.Tensor,
     sp: SamplingParams,
-    decode: Callable[[list[int]], str] | None,
-) -> Rollout:
+    detokenize: Callable[[list[int]], str] | None,
+) -> Generation:
     """Cut every row at its end (EOS, stop string or length) and read the outputs back."""
     lengths, eos_host = out.done_at.tolist(), set(eos.tolist())
     all_tok, all_lp = out.tok.tolist(), out.lp.tolist()
@@ -127,8 +130,8 @@ def read_back(
     for i in range(len(prompts)):
         n = lengths[i]
         reason = "stop" if all_tok[i][n - 1] in eos_host else "length"
-        if sp.stop_strings and decode is not None:
-            cut = out.stop_len[i] or stop_cut(all_tok[i][:n], sp.stop_strings, decode)
+        if sp.stop_strings and detokenize is not None:
+            cut = out.stop_len[i] or stop_cut(all_tok[i][:n], sp.stop_strings, detokenize)
             if cut:
                 n, reason = min(n, cut), "stop"
         res_tok.append(all_tok[i][:n])
@@ -140,4 +143,4 @@ def read_back(
     if out.score_time:
         stats |= {"evict_score_s": _score_seconds(out), "evictions_scored": len(out.score_time)}
     rec = _records(out, len(prompts), res_ev)
-    return Rollout(prompts, res_tok, res_lp, res_ev, reasons, stats, rec)
+    return Generation(prompts, res_tok, res_lp, res_ev, reasons, stats, rec)

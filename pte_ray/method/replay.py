@@ -29,6 +29,7 @@ from pte_ray.method.config import CacheConfig
 from pte_ray.method.eviction import plan_from_record
 from pte_ray.method.model import Transformer
 from pte_ray.method.replay_exact import exact_group
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.method.segments import Group, LossFn, Replayed, prefill, restart, score, segment
 
 GRAD_MODES = ("truncated", "exact")
@@ -115,49 +116,43 @@ def _empty(completions: list[list[int]], dev: torch.device, topk: int) -> Replay
 def replay(
     model: Transformer,
     adapter: Adapter | None,
-    prompts: list[list[int]],
+    req: DecodeRequest,
     completions: list[list[int]],
-    cache_cfg: CacheConfig,
-    temperature: float = 1.0,
-    max_new_tokens: int | None = None,
-    eviction_steps: list[list[int]] | None = None,
+    spec: ReplaySpec = ReplaySpec(),
     loss_fn: LossFn | None = None,
-    pad_id: int = 0,
-    grad_mode: str = "truncated",
-    evicted_slots: list[list[list[int]]] | None = None,
-    topk: int = 0,
 ) -> Replayed:
     """Teacher-forced log-probs of ``completions`` under the rollout's cache evolution.
 
     With ``loss_fn`` every segment's loss is back-propagated before the next segment runs
-    (gradients accumulate in the adapter's ``.grad``); without it, runs without grad.
-    ``eviction_steps`` (from the rollout) are checked against the schedule replay recomputes,
-    so a rollout made under another cache config fails loudly instead of training on garbage.
-    ``grad_mode``: ``truncated`` (design section 1) or ``exact`` (``replay_exact``: nothing
-    detached; the same as truncated where a row never evicts). ``evicted_slots`` (the
-    rollout's record, needed under ``cache.eviction=rkv``) says which slots each eviction
+    (gradients accumulate in the adapter's ``.grad``); without it, runs without grad. The
+    rollout's ``spec.eviction_steps`` are checked against the schedule replay recomputes, so a
+    rollout made under another cache config fails loudly instead of training on garbage.
+    ``spec.grad_mode``: ``truncated`` (design section 1) or ``exact`` (``replay_exact``:
+    nothing detached; the same as truncated where a row never evicts). ``spec.evicted_slots``
+    (the rollout's record, needed under ``cache.eviction=rkv``) says which slots each eviction
     freed, so the replayed cache is the rollout's; it is checked against the config.
-    ``topk``: also return the ``topk`` likeliest tokens per position and their log-probs.
     """
-    _check_inputs(prompts, completions, grad_mode)
+    prompts, cache_cfg = req.prompts, req.cache
+    _check_inputs(prompts, completions, spec.grad_mode)
     dev = model.device
-    out = _empty(completions, dev, topk)
-    max_new = max_new_tokens or out.mask.shape[1]
+    out = _empty(completions, dev, spec.topk)
+    max_new = spec.max_new_tokens or out.mask.shape[1]
     for (cap, e), rows in _groups(prompts, cache_cfg, max_new).items():
         t_g = max(len(completions[i]) for i in rows)
         sched = cache_cfg.schedule(len(prompts[rows[0]]), t_g - 1, max_new)
-        if eviction_steps is not None:
-            _check_schedule(rows, completions, sched, eviction_steps)
-        plan = _record_plan(rows, completions, cache_cfg, (cap, e), sched, evicted_slots)
+        if spec.eviction_steps is not None:
+            _check_schedule(rows, completions, sched, spec.eviction_steps)
+        plan = _record_plan(rows, completions, cache_cfg, (cap, e), sched, spec.evicted_slots)
         seqs = [torch.tensor(completions[i], dtype=torch.long) for i in rows]
-        toks = pad_sequence(seqs, batch_first=True, padding_value=pad_id)  # [b, t_g]
-        g = Group(toks.to(dev), torch.tensor(rows, device=dev), sched, temperature, loss_fn, out)
+        toks = pad_sequence(seqs, batch_first=True, padding_value=req.pad_id)  # [b, t_g]
+        g = Group(
+            toks.to(dev), torch.tensor(rows, device=dev), sched, spec.temperature, loss_fn, out
+        )
         if plan is not None:
             g.write, g.plan = plan[0].to(dev), plan[1].to(dev)
+        sub = DecodeRequest([prompts[i] for i in rows], cache_cfg, req.pad_id)
         with torch.set_grad_enabled(loss_fn is not None):
-            _replay_group(
-                model, adapter, [prompts[i] for i in rows], g, cache_cfg, max_new, pad_id, grad_mode
-            )
+            _replay_group(model, adapter, sub, g, max_new, spec.grad_mode)
     out.logprobs *= out.mask
     out.entropy *= out.mask
     return out
@@ -166,18 +161,19 @@ def replay(
 def _replay_group(
     model: Transformer,
     adapter: Adapter | None,
-    prompts: list[list[int]],
+    req: DecodeRequest,
     g: Group,
-    cache_cfg: CacheConfig,
     max_new: int,
-    pad_id: int,
     grad_mode: str,
 ) -> None:
     """Rows that share one eviction schedule: prefill, then one forward per segment, each
     segment's loss back-propagated before the next runs (truncated back-propagation)."""
     grad = g.loss_fn is not None
-    cache = BoundedCache(model, [len(p) for p in prompts], cache_cfg, max_new, g.write)
-    pre = prefill(model, adapter, cache, prompts, pad_id, cache.p_max + g.toks.shape[1] + 1, grad)
+    prompts = req.prompts
+    cache = BoundedCache(model, [len(p) for p in prompts], req.cache, max_new, g.write)
+    pre = prefill(
+        model, adapter, cache, prompts, req.pad_id, cache.p_max + g.toks.shape[1] + 1, grad
+    )
     if grad and g.sched and grad_mode == "exact":
         exact_group(model, adapter, cache, pre, g)
         pre.backward()

@@ -58,12 +58,14 @@ def bounded_accuracy(
     from pte_ray.method.checkpoint import load_base
     from pte_ray.method.config import CacheConfig, SamplingParams
     from pte_ray.method.decode import generate
+    from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
     model = load_base(path)
     prompts = [p.ids for p in tok.encode_batch([r["prompt"] for r in rows])]
     max_new = max(len(s.ids) for s in tok.encode_batch([r["solution"] for r in rows])) + 16
     sp = SamplingParams(max_new_tokens=max_new, seed=seed, stop_token_ids=(eos_id,))
-    out = generate(model, None, prompts, sp, CacheConfig(budget=budget), eos_ids=(eos_id,))
+    req = DecodeRequest(prompts, CacheConfig(budget=budget))
+    out = generate(model, None, req, sp, DecodeHooks(eos_ids=(eos_id,)))
     correct = 0
     for row, seq in zip(rows, out.tokens, strict=True):
         correct += _correct(tok.decode([t for t in seq if t != eos_id]), row["answer"])

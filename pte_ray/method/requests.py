@@ -1,0 +1,47 @@
+"""What a rollout and every replay of it share, as records: the prompts and the cache they run
+under (``DecodeRequest``), a rollout's engine-side extras (``DecodeHooks``) and how a replay
+scores and reproduces the rollout (``ReplaySpec``). One record per concern instead of the same
+ten arguments repeated down every call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pte_ray.method.config import CacheConfig
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """The batch: prompts (token ids), the bounded (or full) cache, the padding id."""
+
+    prompts: list[list[int]]
+    cache: CacheConfig
+    pad_id: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeHooks:
+    """A rollout's extras: EOS ids, the tokenizer's decode (stop strings), a replacement for
+    ``model.forward`` in decode steps (a compiled step), an observer of every R-KV choice."""
+
+    eos_ids: Sequence[int] = ()
+    detokenize: Callable[[list[int]], str] | None = None
+    step_fn: Callable[..., tuple[Any, list]] | None = None
+    on_evict: Callable | None = None
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """How a replay scores the completions: at the sampling ``temperature``, with the cache
+    capacity of ``max_new_tokens`` (None: the longest completion), reproducing the rollout's
+    record (``eviction_steps`` checked against the schedule; ``evicted_slots`` under R-KV),
+    with the ``grad_mode`` gradient, returning the ``topk`` likeliest tokens too."""
+
+    temperature: float = 1.0
+    max_new_tokens: int | None = None
+    eviction_steps: list[list[int]] | None = None
+    evicted_slots: list[list[list[int]]] | None = None
+    grad_mode: str = "truncated"
+    topk: int = 0
