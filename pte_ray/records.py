@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from math import isnan
 from typing import Any, Self
 
 TokenRows = list[list[int]]  # [n][P_i] or [n][T_i] token ids
@@ -174,22 +175,49 @@ class SFTShard:
         return len(self.prompts)
 
 
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class LossStats:
+    """What a loss saw over its rows: token-weighted means, and the loss itself (a sum of this
+    rank's share). A figure the stage does not make is nan (GRPO has no target NLL, SFT no
+    clip fraction)."""
+
+    loss: float = 0.0
+    entropy: float = 0.0
+    clip_frac: float = NAN  # fraction of tokens where the PPO clip bit
+    ratio: float = NAN  # mean importance ratio pi / pi_old
+    kl: float = NAN  # k3 KL to the reference (GRPO with kl_coef)
+    nll: float = NAN  # SFT: token-mean NLL of the targets
+    answer_nll: float = NAN  # SFT: of the answer's tokens
+    distill_kl: float = NAN  # top-k forward KL to the teacher
+    tis_weight: float = NAN  # mean truncated importance weight (grpo.tis_cap)
+    replay_mean_diff: float = NAN  # token-mean |replayed - rollout| log-prob
+
+    @staticmethod
+    def combine(parts: Sequence[tuple[LossStats, float]], sum_loss: bool) -> LossStats:
+        """Parts into one: every figure the weight-averaged mean of the parts that have it
+        (nan where none does); the loss summed (micro-batches of one step) or averaged."""
+        out: dict[str, float] = {}
+        for f in fields(LossStats):
+            have = [(getattr(s, f.name), w) for s, w in parts if not isnan(getattr(s, f.name))]
+            if f.name == "loss" and sum_loss:
+                out[f.name] = sum(v for v, _ in have)
+            elif have:
+                out[f.name] = sum(v * w for v, w in have) / max(sum(w for _, w in have), 1e-12)
+            else:
+                out[f.name] = NAN
+        return LossStats(**out)
+
+
 @dataclass(frozen=True)
 class LearnStats:
-    """One rank's view of one RL step (means over its ``learner.mini_batches``)."""
+    """One rank's view of one learner step (its loss statistics, means over mini-batches)."""
 
-    loss: float  # this rank's share of the global loss (ranks sum to the loss)
-    kl: float  # token-weighted k3 KL to the reference (0 without one)
-    entropy: float
-    clip_frac: float  # fraction of tokens where the PPO clip bit
-    ratio: float  # mean importance ratio pi / pi_old
+    stats: LossStats
     grad_norm: float  # global, after the all-reduce (before clipping)
     logprob_replay_diff: float  # max |replayed - rollout| log-prob, first mini-batch
-    logprob_replay_mean_diff: float  # token mean of the same (bf16: the PPO ratio's noise)
     samples: int  # rows in this rank's shard
     version: int  # adapter version after the step
     peak_mb: float  # this rank's peak memory so far
-    nll: float = float("nan")  # SFT: token-mean NLL of the targets
-    answer_nll: float = float("nan")  # SFT: token-mean NLL of the answer's tokens
-    distill_kl: float = float("nan")  # top-k forward KL to the teacher, token mean
-    tis_weight: float = float("nan")  # mean truncated importance weight (grpo.tis_cap)

@@ -30,12 +30,12 @@ def test_learner_behavior_is_on_policy_and_tis_weighs_tokens_fp64():
     loss_fn(logp, torch.zeros(1, 3), torch.tensor([0]), slice(0, 3)).backward()
     tis = torch.exp(logp.detach() - rollout).clamp(max=2.0)  # e^0.2, e^-1, 1
     assert torch.allclose(logp.grad, -0.8 * tis / 3, rtol=1e-6)
-    m = loss_fn.metrics()
-    assert m["ratio"] == pytest.approx(1.0, abs=1e-7) and m["clip_frac"] == 0.0
-    assert m["tis_weight"] == pytest.approx(float(tis.mean()), rel=1e-6)
+    m = loss_fn.stats()
+    assert m.ratio == pytest.approx(1.0, abs=1e-7) and m.clip_frac == 0.0
+    assert m.tis_weight == pytest.approx(float(tis.mean()), rel=1e-6)
     capped = GRPOLoss(None, adv, mask, GRPOConfig(tis_cap=1.1), rollout_logp=rollout)
     capped(logp, torch.zeros(1, 3), torch.tensor([0]), slice(0, 3))
-    assert capped.metrics()["tis_weight"] == pytest.approx((1.1 + float(tis[0, 1]) + 1) / 3)
+    assert capped.stats().tis_weight == pytest.approx((1.1 + float(tis[0, 1]) + 1) / 3)
 
 
 def _bf16_learner(random_ckpt):
@@ -72,7 +72,7 @@ def _learn(model, adapter, shard, behavior: str) -> tuple[dict, dict]:
     )
     grads = {n: p.grad.float().clone() for n, p in adapter.named_parameters()}
     adapter.zero_grad(set_to_none=True)
-    return loss_fn.metrics(), grads
+    return loss_fn.stats(), grads
 
 
 def test_bf16_ratio_is_off_one_on_policy_unless_pi_old_is_the_learners(random_ckpt):
@@ -88,9 +88,9 @@ def test_bf16_ratio_is_off_one_on_policy_unless_pi_old_is_the_learners(random_ck
     assert mean > 1e-4  # the mismatch this setting exists for (fp32 both sides: ~1e-7)
     as_rollout, _ = _learn(model, adapter, shard, "rollout")
     as_learner, g_learner = _learn(model, adapter, shard, "learner")
-    assert abs(as_rollout["ratio"] - 1.0) > 1e-4 or as_rollout["clip_frac"] > 0
-    assert as_learner["ratio"] == pytest.approx(1.0, abs=1e-6)
-    assert as_learner["clip_frac"] == 0.0
+    assert abs(as_rollout.ratio - 1.0) > 1e-4 or as_rollout.clip_frac > 0
+    assert as_learner.ratio == pytest.approx(1.0, abs=1e-6)
+    assert as_learner.clip_frac == 0.0
     # on policy at the learner: exactly the plain policy gradient -A * grad log pi
     w = torch.zeros(4, max(len(c) for c in shard.completions))
     for i, c in enumerate(shard.completions):

@@ -92,7 +92,7 @@ def test_loss_decomposes_over_segments():
         for a, b in [(0, 4), (4, 7), (7, 10)]
     )
     assert torch.allclose(total, whole)
-    assert 0 <= parts.metrics()["clip_frac"] <= 1
+    assert 0 <= parts.stats().clip_frac <= 1
 
 
 def test_bad_grpo_config_is_named():
@@ -197,4 +197,17 @@ def test_topk_forward_kl_gradient_is_student_minus_teacher_on_the_k_tokens_fp64(
     want *= 0.5 * (mask.double() / mask.sum())[..., None]  # coef x token-mean weight
     # GRPO's token weights are fp32 (1/5 to 1e-8): the only rounding here
     assert torch.allclose(logits.grad, want, rtol=1e-7, atol=1e-14)
-    assert loss_fn.metrics()["distill_kl"] == pytest.approx(float(kl.detach()[mask].mean()))
+    assert loss_fn.stats().distill_kl == pytest.approx(float(kl.detach()[mask].mean()))
+
+
+def test_loss_stats_combine_sums_the_loss_and_weighs_the_rest():
+    import math
+
+    from pte_ray.records import LossStats
+
+    a = LossStats(loss=1.0, entropy=2.0, ratio=1.0, nll=0.5)
+    b = LossStats(loss=3.0, entropy=4.0, ratio=3.0)  # no nll here
+    s = LossStats.combine([(a, 1.0), (b, 3.0)], sum_loss=True)
+    assert (s.loss, s.entropy, s.ratio, s.nll) == (4.0, 3.5, 2.5, 0.5)
+    assert math.isnan(s.kl)  # nobody made it
+    assert LossStats.combine([(a, 1.0), (b, 3.0)], sum_loss=False).loss == 2.5

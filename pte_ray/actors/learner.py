@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import os
 import time
+from dataclasses import replace
 from datetime import timedelta
+from math import isnan
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeRequest, ReplaySpec
-from pte_ray.records import LearnerShard, LearnStats, PublishedWeights, SFTShard
+from pte_ray.records import LearnerShard, LearnStats, LossStats, PublishedWeights, SFTShard
 from pte_ray.rl.objective import GRPOObjective, Objective, SFTObjective
 from pte_ray.run.models import resolve_model
 from pte_ray.run.profile import traced
@@ -122,40 +124,26 @@ class Learner:
         t0 = time.perf_counter()
         n = len(job.completions)
         bounds = [round(n * j / k) for j in range(k + 1)]
-        sums: dict[str, float] = {}
+        parts: list[tuple[LossStats, float]] = []
         diff = 0.0
         with traced(job.profile, f"learner-rank{self.rank}", self.cfg.train.profile_max_mb):
             for j in range(k):
                 stats, d = self._optimizer_step(job, range(bounds[j], bounds[j + 1]))
                 diff = d if j == 0 else diff  # later mini-batches see updated weights on purpose
-                for key, v in stats.items():
-                    sums[key] = sums.get(key, 0.0) + v / k
+                parts.append((stats, 1.0))
+        stats = LossStats.combine(parts, sum_loss=False)
+        stats = replace(stats, loss=stats.loss / self.world)  # ranks sum to the batch's loss
         self.version += 1
         norm = self.engine.get_global_grad_norm()
+        grad_norm = float(norm) if norm is not None else float("nan")
         me = {"worker": str(self.rank)}
         metrics.gauge("learner_step_s", time.perf_counter() - t0, "learner", **me)
-        metrics.gauge("loss", sums.get("loss", 0.0), "learner", **me)
-        metrics.gauge("kl", sums.get("kl", 0.0), "learner", **me)
-        metrics.gauge("grad_norm", float(norm) if norm is not None else 0.0, "learner", **me)
-        return LearnStats(
-            loss=sums.get("loss", 0.0) / self.world,
-            kl=sums.get("kl", 0.0),
-            entropy=sums.get("entropy", 0.0),
-            clip_frac=sums.get("clip_frac", 0.0),
-            ratio=sums.get("ratio", 1.0),
-            grad_norm=float(norm) if norm is not None else float("nan"),
-            logprob_replay_diff=diff,
-            logprob_replay_mean_diff=sums.get("logprob_replay_mean_diff", 0.0),
-            tis_weight=sums.get("tis_weight", float("nan")),
-            samples=n,
-            version=self.version,
-            peak_mb=peak_mb(self.model.device),
-            nll=sums.get("nll", float("nan")),
-            answer_nll=sums.get("answer_nll", float("nan")),
-            distill_kl=sums.get("distill_kl", float("nan")),
-        )
+        metrics.gauge("loss", stats.loss, "learner", **me)
+        metrics.gauge("kl", 0.0 if isnan(stats.kl) else stats.kl, "learner", **me)
+        metrics.gauge("grad_norm", 0.0 if isnan(grad_norm) else grad_norm, "learner", **me)
+        return LearnStats(stats, grad_norm, diff, n, self.version, peak_mb(self.model.device))
 
-    def _optimizer_step(self, job: Objective, part: range) -> tuple[dict[str, float], float]:
+    def _optimizer_step(self, job: Objective, part: range) -> tuple[LossStats, float]:
         """Replay ``part`` micro-batch by micro-batch into the shadow, then one DeepSpeed step."""
         live = list(self.engine.module.parameters())
         with torch.no_grad():
@@ -166,37 +154,30 @@ class Learner:
         # on the collective's device: NCCL serves only CUDA tensors, gloo any
         total = torch.tensor([job.size(part)], device=self.model.device)
         torch.distributed.all_reduce(total)  # this mini-batch's size over all ranks
-        sums: dict[str, float] = {}
-        diff, weight_total = 0.0, 0.0
+        parts: list[tuple[LossStats, float]] = []
+        diff = 0.0
         mb = self.cfg.learner.micro_batch
         for lo in range(part.start, part.stop, mb):
-            sl = slice(lo, min(part.stop, lo + mb))
-            stats, d, local = self._micro_batch(job, sl, float(total))
+            stats, d, local = self._micro_batch(job, slice(lo, min(part.stop, lo + mb)), total)
             diff = max(diff, d)
-            sums["loss"] = sums.get("loss", 0.0) + stats.pop("loss")
-            for key, v in stats.items():
-                sums[key] = sums.get(key, 0.0) + v * local
-            weight_total += local
-        for key in sums:
-            if key != "loss":
-                sums[key] /= max(weight_total, 1e-12)
+            parts.append((stats, local))
         # Every parameter gets a gradient, zero where replay left none (an empty part, a frozen
         # path): under ZeRO-2 every rank must reduce the same buckets, or the ranks hang.
         surrogate = sum((p * acc.to(p.dtype)).sum() for p, acc in zip(live, self.grad_acc))
         self.engine.backward(surrogate)
         self.engine.step()
-        return sums, diff
+        return LossStats.combine(parts, sum_loss=True), diff
 
     def _micro_batch(
-        self, job: Objective, sl: slice, total: float
-    ) -> tuple[dict[str, float], float, float]:
+        self, job: Objective, sl: slice, total: torch.Tensor
+    ) -> tuple[LossStats, float, float]:
         """Replay one micro-batch with its share of the loss: (stats, replay diff, weight)."""
         local = job.size(range(*sl.indices(len(job.completions))))
         # DeepSpeed averages gradients over ranks: scale by world so the sum is global.
-        loss_fn = job.loss(sl, local / max(total, 1e-12) * self.world, self.model.device)
+        loss_fn = job.loss(sl, local / max(float(total), 1e-12) * self.world, self.model.device)
         res = self._replay(job, sl, self.shadow, loss_fn)
         big, mean = job.replay_diff(sl, res.logprobs)
-        return {**loss_fn.metrics(), "logprob_replay_mean_diff": mean}, big, local
+        return replace(loss_fn.stats(), replay_mean_diff=mean), big, local
 
     def _replay(self, job: Objective, sl: slice, adapter: Any, loss_fn: Any = None) -> Any:
         """Segment replay of rows ``sl`` (with grad into ``adapter`` when given a loss)."""

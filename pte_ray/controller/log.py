@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pte_ray.controller.batch import Batch, PhaseTimer
-from pte_ray.records import LearnStats, PublishedWeights, Scores
+from pte_ray.records import LearnStats, LossStats, PublishedWeights, Scores
 from pte_ray.rl.verdict import STATUSES
 
 if TYPE_CHECKING:
@@ -35,17 +35,11 @@ def step_metrics(
     ro, n = batch.rollouts, len(batch.prompts)
     rewards = torch.tensor(scores.rewards, dtype=torch.float32)  # as the advantages see them
     tokens = sum(len(t) for t in ro.tokens)
-    k = len(stats)
     return {
         "step": step + 1,
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()) if n > 1 else 0.0,
-        "kl": sum(s.kl for s in stats) / k,
-        "loss": sum(s.loss for s in stats),
-        "entropy": sum(s.entropy for s in stats) / k,
-        "clip_frac": sum(s.clip_frac for s in stats) / k,
-        "grad_norm": stats[0].grad_norm,
-        "learner_peak_mb": max(s.peak_mb for s in stats),
+        **learner_figures(stats),
         # the phase's wall time: with several calls per worker, no one call's time is the step's
         "tokens_per_s": tokens / max(batch.rollout_s, 1e-9),
         "completion_tokens_mean": tokens / n,
@@ -55,30 +49,31 @@ def step_metrics(
         "evictions_per_seq": sum(len(e) for e in ro.eviction_steps) / n,
         "weight_version": weights.version,
         "rollout_version_min": min(ro.versions),
-        "logprob_replay_diff": max(s.logprob_replay_diff for s in stats),
-        "logprob_replay_mean_diff": sum(s.logprob_replay_mean_diff for s in stats) / k,
-        "ratio": sum(s.ratio for s in stats) / k,
         "statuses": {s: scores.counts.get(s, 0) for s in STATUSES},
         **{f"{name}_{k}": v for name, pool in pools.items() for k, v in pool.items()},
         **_overlap(ro.versions, weights.version - 1, timer.seconds, pools["rollout"]),
         **timer.seconds,  # rollout_s, reward_ref_s, learn_s, publish_s, step_s (all of them)
         **_teacher_kl(ro.logprobs, ref),
-        **(
-            {"distill_kl": sum(s.distill_kl for s in stats) / k}
-            if not math.isnan(stats[0].distill_kl)
-            else {}
-        ),
     }
 
 
-def _optional(stats: list[LearnStats], keys: tuple[str, ...]) -> dict[str, float]:
-    """Rank means of the statistics a run has (nan where its settings do not make them)."""
-    out = {}
-    for key in keys:
-        vals = [getattr(s, key) for s in stats]
-        if not any(math.isnan(v) for v in vals):
-            out[key] = sum(vals) / len(vals)
-    return out
+# LossStats field -> metrics.jsonl key, for the figures every GRPO step has
+GRPO_FIGURES = {"kl": "kl", "loss": "loss", "entropy": "entropy", "clip_frac": "clip_frac",
+                "replay_mean_diff": "logprob_replay_mean_diff", "ratio": "ratio"}  # fmt: skip
+OPTIONAL = ("distill_kl", "tis_weight")  # only where the settings make them
+
+
+def learner_figures(stats: list[LearnStats]) -> dict[str, float]:
+    """The ranks' view of the step as one: the loss summed over ranks (each holds its share),
+    every other figure their mean; the grad norm (global), the peak memory (the largest)."""
+    s = LossStats.combine([(r.stats, 1.0) for r in stats], sum_loss=True)
+    out = {key: getattr(s, f) for f, key in GRPO_FIGURES.items()}
+    out |= {f: getattr(s, f) for f in OPTIONAL if not math.isnan(getattr(s, f))}
+    return out | {
+        "grad_norm": stats[0].grad_norm,
+        "learner_peak_mb": max(r.peak_mb for r in stats),
+        "logprob_replay_diff": max(r.logprob_replay_diff for r in stats),
+    }
 
 
 def _teacher_kl(logp: list[list[float]], ref: list[list[float]] | None) -> dict[str, float]:

@@ -19,7 +19,7 @@ from pte_ray.actors import metrics
 from pte_ray.actors.learner import Learner
 from pte_ray.controller.batch import PhaseTimer, split
 from pte_ray.controller.step import Controller
-from pte_ray.records import LearnStats, SFTShard
+from pte_ray.records import LearnStats, LossStats, SFTShard
 from pte_ray.rl.data.targets import Target
 
 
@@ -92,21 +92,17 @@ def sft_metrics(
     step: int, batch: SFTBatch, stats: list[LearnStats], version: int
 ) -> dict[str, Any]:
     """One ``metrics.jsonl`` row of the SFT stage (rank means weighted by their targets)."""
-    n = sum(s.samples for s in stats) or 1
-
-    def mean(key: str) -> float:
-        return sum(getattr(s, key) * s.samples for s in stats) / n
-
+    s = LossStats.combine([(r.stats, float(r.samples)) for r in stats], sum_loss=True)
     tokens = sum(len(t.ids) for t in batch.targets)
     return {
         "step": step + 1,
         "stage": "sft",
-        "loss": sum(s.loss for s in stats),
-        "nll": mean("nll"),
-        "answer_nll": mean("answer_nll"),
-        "entropy": mean("entropy"),
+        "loss": s.loss,
+        "nll": s.nll,
+        "answer_nll": s.answer_nll,
+        "entropy": s.entropy,
         "grad_norm": stats[0].grad_norm,
-        "learner_peak_mb": max(s.peak_mb for s in stats),
+        "learner_peak_mb": max(r.peak_mb for r in stats),
         "targets": len(batch.targets),
         "completion_tokens_mean": tokens / max(len(batch.targets), 1),
         "weight_version": version,

@@ -14,10 +14,13 @@ teacher's whole context (the base model, or ``reference.adapter``). Two signals:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from pte_ray.records import LossStats
 
 
 class DistillConfig(BaseModel):
@@ -91,5 +94,5 @@ class TopKDistillLoss:
         self.kl_sum += float((w * kl).sum().detach()) / self.inner._wsum
         return loss + self.coef * (w * kl).sum()
 
-    def metrics(self) -> dict[str, float]:
-        return {**self.inner.metrics(), "distill_kl": self.kl_sum}
+    def stats(self) -> LossStats:
+        return replace(self.inner.stats(), distill_kl=self.kl_sum)

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from pte_ray.records import NAN, LossStats
+
 
 class GRPOConfig(BaseModel):
     """The ``grpo`` section of the run config, declared once (pydantic, like the method's)."""
@@ -177,5 +179,10 @@ class GRPOLoss:
                 self.sums["tis_weight"] = self.sums.get("tis_weight", 0.0) + tis
         return loss
 
-    def metrics(self) -> dict[str, float]:
-        return dict(self.sums)
+    def stats(self) -> LossStats:
+        """What this loss saw over its rows (``metrics`` of a learner step)."""
+        s = self.sums
+        return LossStats(
+            loss=s["loss"], entropy=s["entropy"], clip_frac=s["clip_frac"], ratio=s["ratio"],
+            kl=s["kl"], tis_weight=s.get("tis_weight", NAN),
+        )  # fmt: skip

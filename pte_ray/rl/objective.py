@@ -47,7 +47,7 @@ class Objective(Protocol):
         ...
 
     def loss(self, sl: slice, scale: float, device: torch.device) -> Any:
-        """The ``LossFn`` of rows ``sl`` (with ``metrics()``); ``scale`` = rank's share * world."""
+        """The ``LossFn`` of rows ``sl`` (with ``stats()``); ``scale`` = rank's share * world."""
         ...
 
     def record(self, sl: slice) -> tuple[list[list[int]] | None, list[list[list[int]]] | None]:

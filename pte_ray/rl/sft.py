@@ -15,10 +15,12 @@ batch), so it decomposes over replay's segments exactly as GRPO's does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from pte_ray.records import LossStats
 
 
 class SFTConfig(BaseModel):
@@ -82,12 +84,12 @@ class SFTLoss:
             self.sums["entropy"] += float((real * ent).sum())
         return loss
 
-    def metrics(self) -> dict[str, Any]:
+    def stats(self) -> LossStats:
         """Token means over this loss's rows (answer NLL: nan where no token is weighted up)."""
         n, na = max(self.tokens, 1.0), self.answer_tokens
-        return {
-            "loss": self.sums["loss"],
-            "nll": self.sums["nll"] / n,
-            "answer_nll": self.sums["answer_nll"] / na if na else float("nan"),
-            "entropy": self.sums["entropy"] / n,
-        }
+        return LossStats(
+            loss=self.sums["loss"],
+            nll=self.sums["nll"] / n,
+            answer_nll=self.sums["answer_nll"] / na if na else float("nan"),
+            entropy=self.sums["entropy"] / n,
+        )
