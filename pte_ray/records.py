@@ -61,6 +61,19 @@ class Rows:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """What an actor of a role says once it is ready: who and where it is, what it loaded."""
+
+    role: str  # rollout / reward / reference / learner
+    worker: str  # the pool's id, or the learner's rank
+    pid: int
+    node: str  # hostname
+    device: str = "cpu"
+    model_path: str | None = None  # the model as resolved on this node
+    engine: str | None = None  # torch / vllm (rollout, reference)
+
+
+@dataclass(frozen=True)
 class PublishedWeights:
     """A versioned adapter snapshot in Ray's object store, put there by learner rank 0.
 

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     import json, os, subprocess, sys, tempfile, time
     import ray
     from pte_ray.actors.capacity import autoscaler_request
-    from pte_ray.actors.pool import Pool
+    from pte_ray.actors.pool import Pool, PoolSpec
     from pte_ray.config import load_config
 
     tmp, port = sys.argv[1], sys.argv[2]
@@ -78,8 +78,9 @@ SCRIPT = textwrap.dedent(
             time.sleep(0.5)
             return x
     make = lambda i: ray.remote(W).options(num_cpus=2).remote()
-    pool = Pool("rollout", make, 1, min_size=1, max_size=2, scale_up_wait_s=0.2,
-                ready_timeout_s=180, on_resize=ask)
+    spec = PoolSpec("rollout", 1, min_size=1, max_size=2, scale_up_wait_s=0.2,
+                    ready_timeout_s=180)
+    pool = Pool(spec, make, on_resize=ask)
     out["pool_map"] = pool.map(W.work, [(i,) for i in range(40)])[:3]
     out["events"] = [e.kind for e in pool.events]
     out["nodes_with_pool"] = sum(1 for x in ray.nodes() if x["Alive"] and x["Resources"].get("CPU"))

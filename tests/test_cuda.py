@@ -91,7 +91,7 @@ def test_one_gpu_learner_step_publish_and_rollout(
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
-        assert ray.get(ctl.roles.learners.actors[0].ready.remote())["device"].startswith("cuda")
+        assert ray.get(ctl.roles.learners.actors[0].ready.remote()).device.startswith("cuda")
         ctl.weights = ctl.roles.learners.publish()
         m = ctl.train_step(0)
         assert m["grad_norm"] == m["grad_norm"]  # not NaN

@@ -80,7 +80,7 @@ class _Killer(threading.Thread):
                 continue
             aid = rng.choice(serving)
             try:
-                os.kill(pool.info[aid]["pid"], signal.SIGKILL)
+                os.kill(pool.info[aid].pid, signal.SIGKILL)
             except (ProcessLookupError, KeyError):
                 continue  # already dead, or gone from the pool meanwhile
             self.done.append((pool.name, aid))

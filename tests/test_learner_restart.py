@@ -40,7 +40,7 @@ def base(small_run, tmp_path):
 def _kill_learner_after(ctl: Controller, lines: int) -> threading.Thread:
     """SIGKILLs the last learner rank's process once metrics.jsonl has ``lines`` rows."""
     metrics = ctl.run.metrics_file
-    pid = ctl.roles.learners.info[-1]["pid"]
+    pid = ctl.roles.learners.info[-1].pid
 
     def kill() -> None:
         while not metrics.exists() or len(metrics.read_text().splitlines()) < lines:
@@ -106,7 +106,7 @@ def test_lost_learner_without_a_checkpoint_is_a_clear_error(ray_cluster, base, t
         with pytest.raises(PoolError, match="learner raised on train_step") as bug:
             ctl.roles.learners.each(Learner.train_step, [(None,)])
         assert not isinstance(bug.value, LearnerLost)
-        os.kill(ctl.roles.learners.info[0]["pid"], signal.SIGKILL)
+        os.kill(ctl.roles.learners.info[0].pid, signal.SIGKILL)
         with pytest.raises(PoolError, match=r"learner .*no checkpoint to restart the learners"):
             fit(ctl)
     finally:

@@ -52,7 +52,7 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tas
         ctl.train_step(0)
         # a lost rollout worker: its next call goes back to the queue, Ray restarts it
         aid, info = next(iter(ctl.roles.rollout.info.items()))
-        os.kill(info["pid"], signal.SIGKILL)
+        os.kill(info.pid, signal.SIGKILL)
         ctl.weights = ctl.roles.learners.publish()
         ctl.train_step(1)
         # read while the actors live: a gauge leaves the endpoint with its process

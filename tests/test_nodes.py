@@ -46,10 +46,10 @@ SCRIPT = textwrap.dedent(
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         paths = {"controller": ctl.data.model_path,
-                 "learner": ctl.roles.learners.info[0]["model_path"]}
+                 "learner": ctl.roles.learners.info[0].model_path}
         for role in ("rollout", "reference"):
             actor = next(iter(getattr(ctl.roles, role).actors.values()))
-            paths[role] = ray.get(actor.ready.remote())["model_path"]
+            paths[role] = ray.get(actor.ready.remote()).model_path
         ctl.weights = ctl.roles.learners.publish()
         paths["step"] = ctl.train_step(0)["weight_version"]
     finally:

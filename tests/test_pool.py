@@ -13,7 +13,7 @@ import pytest
 import ray
 from ray import cloudpickle
 
-from pte_ray.actors.pool import Pool, PoolError
+from pte_ray.actors.pool import Pool, PoolError, PoolSpec
 from pte_ray.records import Rows
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable by workers
@@ -50,7 +50,9 @@ class Echo:
 def _pool(n: int, **kw) -> Pool:
     opts = {"num_cpus": 0.01, "max_restarts": 1, "max_task_retries": 0}
     make_kw = kw.pop("make_kw", {})
-    return Pool("test", lambda i: ray.remote(Echo).options(**opts).remote(i, **make_kw), n, **kw)
+    on_resize = kw.pop("on_resize", None)
+    make = lambda i: ray.remote(Echo).options(**opts).remote(i, **make_kw)  # noqa: E731
+    return Pool(PoolSpec("test", n, **kw), make, on_resize)
 
 
 def test_map_keeps_order_and_spreads_work(ray_cluster):
@@ -152,7 +154,9 @@ class Batcher:
 
 def _batch_pool(n: int, **kw) -> Pool:
     opts = {"num_cpus": 0.01, "max_restarts": kw.pop("max_restarts", 1), "max_task_retries": 0}
-    return Pool("test", lambda i: ray.remote(Batcher).options(**opts).remote(i), n, **kw)
+    on_resize = kw.pop("on_resize", None)
+    make = lambda i: ray.remote(Batcher).options(**opts).remote(i)  # noqa: E731
+    return Pool(PoolSpec("test", n, **kw), make, on_resize)
 
 
 def test_rows_records_join_and_cut():

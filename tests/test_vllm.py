@@ -242,7 +242,7 @@ def test_training_steps_on_vllm_rollouts_and_reference(ray_cluster, small_run, t
     try:
         ctl.weights = ctl.roles.learners.publish()
         worker = next(iter(ctl.roles.rollout.actors.values()))
-        assert ray.get(worker.ready.remote())["engine"] == "vllm"
+        assert ray.get(worker.ready.remote()).engine == "vllm"
         v0 = ray.get(worker.sync.remote(ctl.weights))
         for step in range(2):
             m = ctl.train_step(step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -36,7 +37,14 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeRequest, ReplaySpec
-from pte_ray.records import LearnerShard, LearnStats, LossStats, PublishedWeights, SFTShard
+from pte_ray.records import (
+    LearnerShard,
+    LearnStats,
+    LossStats,
+    PublishedWeights,
+    SFTShard,
+    WorkerInfo,
+)
 from pte_ray.rl.objective import GRPOObjective, Objective, SFTObjective
 from pte_ray.run.models import resolve_model
 from pte_ray.run.profile import traced
@@ -44,11 +52,11 @@ from pte_ray.run.profile import traced
 
 class Learner:
     def __init__(
-        self, cfg: dict[str, Any], model_spec: str, rank: int, world: int, addr: str, port: int
+        self, cfg: Config, model_spec: str, rank: int, world: int, addr: str, port: int
     ) -> None:
         import deepspeed
 
-        self.cfg = Config.model_validate(cfg)
+        self.cfg = cfg  # validated once, by the controller
         self.rank, self.world = rank, world
         device = pick_device(self.cfg.learner.num_gpus)
         os.environ.update(
@@ -93,9 +101,11 @@ class Learner:
         )
         self.version = 0
 
-    def ready(self) -> dict[str, Any]:
-        return {"rank": self.rank, "device": str(self.model.device), "pid": os.getpid(),
-                "model_path": self.model_path}  # fmt: skip
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo(
+            "learner", str(self.rank), os.getpid(), socket.gethostname(),
+            str(self.model.device), self.model_path,
+        )  # fmt: skip
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One GRPO step on this rank's shard (all ranks call it together)."""

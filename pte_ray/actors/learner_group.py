@@ -79,12 +79,11 @@ class LearnerGroup:
 
         probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=self.on(0))
         addr, port = ray.get(probe.remote())
-        dump = cfg.model_dump(mode="json")
         cls = ray.remote(Learner)
         self.actors = [
             cls.options(
                 num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, scheduling_strategy=self.on(i)
-            ).remote(dump, model_spec, i, lc.num_learners, addr, port)
+            ).remote(cfg, model_spec, i, lc.num_learners, addr, port)
             for i in range(lc.num_learners)
         ]
         self.call_timeout_s = cfg.train.call_timeout_s

@@ -21,6 +21,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -30,7 +31,7 @@ from pte_ray.actors import metrics
 from pte_ray.actors.errors import LOST, PoolError, role_error
 from pte_ray.actors.pool_health import Health, PoolEvent, Task
 
-__all__ = ["Pool", "PoolError", "PoolEvent", "remote"]
+__all__ = ["Pool", "PoolError", "PoolEvent", "PoolSpec", "remote"]
 
 
 def remote(actor: Any, method: Callable[..., Any]) -> Any:
@@ -38,33 +39,39 @@ def remote(actor: Any, method: Callable[..., Any]) -> Any:
     return getattr(actor, method.__name__)
 
 
+@dataclass(frozen=True)
+class PoolSpec:
+    """How a pool runs: its size bounds, its patience with calls and starts, how it scales."""
+
+    name: str  # the role: rollout, reward, reference (tags its metrics)
+    size: int  # actors at start
+    min_size: int | None = None  # autoscaling floor (None: size)
+    max_size: int | None = None  # autoscaling ceiling (None: size)
+    call_timeout_s: float = 600.0  # a call running longer is killed and retried elsewhere
+    max_retries: int = 2  # per item, before the run fails
+    scale_up_wait_s: float = 30.0  # an item queued this long adds an actor
+    scale_down_idle_s: float = 120.0  # an actor idle this long retires
+    ready_timeout_s: float = 600.0  # a start (or a probe) not ready in this time fails
+    max_items_per_call: int | None = None  # cap on one call's share of the queue
+
+
 class Pool(Health):
     def __init__(
         self,
-        name: str,
+        spec: PoolSpec,
         make: Callable[[int], Any],
-        size: int,
-        min_size: int | None = None,
-        max_size: int | None = None,
-        call_timeout_s: float = 600.0,
-        max_retries: int = 2,
-        scale_up_wait_s: float = 30.0,
-        scale_down_idle_s: float = 120.0,
-        ready_timeout_s: float = 600.0,
-        max_items_per_call: int | None = None,
         on_resize: Callable[[int], None] | None = None,
     ) -> None:
-        super().__init__(name, make, ready_timeout_s, on_resize)
-        self.min_size = min_size or size
-        self.max_size = max(max_size or size, size)
-        self.call_timeout_s, self.max_retries = call_timeout_s, max_retries
-        self.scale_up_wait_s, self.scale_down_idle_s = scale_up_wait_s, scale_down_idle_s
-        self.max_items_per_call = max_items_per_call
+        super().__init__(spec.name, make, spec.ready_timeout_s, on_resize)
+        self.spec = spec
+        self.min_size = spec.min_size or spec.size
+        self.max_size = max(spec.max_size or spec.size, spec.size)
         self._last_up = float("-inf")
+        self.inflight: dict[ray.ObjectRef, tuple[int, list[Task], float]] = {}
         try:
-            for _ in range(size):
+            for _ in range(spec.size):
                 self._add()
-            self._wait_ready(list(self.actors), ready_timeout_s)
+            self._wait_ready(list(self.members), spec.ready_timeout_s)
             self.sizes = [self.size]
             metrics.gauge("pool_size", self.size, self.name)
         except BaseException:
@@ -72,7 +79,7 @@ class Pool(Health):
             raise
 
     def _wait_ready(self, ids: Sequence[int], timeout_s: float) -> None:
-        refs = {self.actors[i].ready.remote(): i for i in ids}
+        refs = {self.members[i].handle.ready.remote(): i for i in ids}
         try:
             infos = ray.get(list(refs), timeout=timeout_s)
         except (RayTaskError, *LOST) as e:
@@ -82,7 +89,8 @@ class Pool(Health):
                 f"{self.name} actors not ready after {timeout_s:.0f}s "
                 "(not enough CPUs/GPUs in the cluster for the requested num_cpus/num_gpus?)"
             ) from e
-        self.info.update(zip(refs.values(), infos))
+        for aid, info in zip(refs.values(), infos):
+            self.members[aid].info = info
 
     # ------------------------------------------------------------------ work
     def map(self, method: Callable[..., Any], shards: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -123,9 +131,9 @@ class Pool(Health):
         return results
 
     def _fair_share(self, queued: int) -> int:
-        places = max(1, self.max_size - len(self.busy))
+        places = max(1, self.max_size - sum(m.busy for m in self.members.values()))
         share = math.ceil(queued / places)
-        return max(1, min(share, self.max_items_per_call or share))
+        return max(1, min(share, self.spec.max_items_per_call or share))
 
     def _run(
         self,
@@ -135,12 +143,12 @@ class Pool(Health):
         receive: Callable[[Any, list[int]], None],
     ) -> None:
         queue: deque[Task] = deque(Task(i) for i in range(n))
-        self.inflight: dict[ray.ObjectRef, tuple[int, list[Task], float]] = {}
+        self.inflight = {}
         while queue or self.inflight:
             self._autoscale(queue)
             self._dispatch(queue, take, send)
             self._gauges(queue)
-            waiting = list(self.inflight) + list(self.starting.values())
+            waiting = list(self.inflight) + [m.asking for m in self.members.values() if m.asking]
             if not waiting:
                 self._no_actor_left(queue)
             done, _ = ray.wait(waiting, num_returns=1, timeout=0.5) if waiting else ([], [])
@@ -160,15 +168,17 @@ class Pool(Health):
             tasks = [t for t in queue if t.avoid != aid][:k] or [queue[0]]
             for t in tasks:
                 queue.remove(t)
-            ref = send(self.actors[aid], [t.item for t in tasks])
+            ref = send(self.members[aid].handle, [t.item for t in tasks])
             self.inflight[ref] = (aid, tasks, time.monotonic())
-            self.busy.add(aid)
+            self.members[aid].busy = True
 
     def _finish(self, ref: ray.ObjectRef, queue: deque[Task], receive: Callable) -> None:
         aid, tasks, started = self.inflight.pop(ref)
-        self.busy.discard(aid)
-        self.idle_since[aid] = time.monotonic()
-        self.busy_s += self.idle_since[aid] - started
+        now = time.monotonic()
+        self.busy_s += now - started
+        m = self.members.get(aid)
+        if m is not None:
+            m.busy, m.idle_since = False, now
         try:
             receive(ray.get(ref), [t.item for t in tasks])
         except RayTaskError as e:
@@ -183,12 +193,14 @@ class Pool(Health):
     def _check_timeouts(self, queue: deque[Task]) -> None:
         now = time.monotonic()
         for ref, (aid, tasks, started) in list(self.inflight.items()):
-            if now - started > self.call_timeout_s:
+            if now - started > self.spec.call_timeout_s:
                 self.inflight.pop(ref)
-                self.busy.discard(aid)
+                m = self.members[aid]
+                m.busy = False
                 self._count("timeouts")
-                ray.kill(self.actors[aid], no_restart=False)  # hung: Ray restarts it
-                self._requeue(queue, tasks, aid, f"timed out after {self.call_timeout_s:.0f}s")
+                ray.kill(m.handle, no_restart=False)  # hung: Ray restarts it
+                why = f"timed out after {self.spec.call_timeout_s:.0f}s"
+                self._requeue(queue, tasks, aid, why)
                 self._probe(aid, "hung")
 
     def _requeue(
@@ -196,7 +208,7 @@ class Pool(Health):
     ) -> None:
         for task in tasks:
             task.attempts += ran
-        failed = [t for t in tasks if t.attempts > self.max_retries]
+        failed = [t for t in tasks if t.attempts > self.spec.max_retries]
         if failed:
             items = ("shards " if len(failed) > 1 else "shard ") + ", ".join(
                 str(t.item) for t in failed
@@ -212,7 +224,7 @@ class Pool(Health):
             self._count("retries")
 
     def _no_actor_left(self, queue: deque[Task]) -> None:
-        if not self.actors:
+        if not self.members:
             raise PoolError(f"{self.name}: no actor left to run {len(queue)} queued shard(s)")
         time.sleep(0.05)
 
@@ -229,24 +241,25 @@ class Pool(Health):
         self._autoscale(deque())
 
     def _autoscale(self, queue: deque[Task]) -> None:
-        now = time.monotonic()
-        if len(self.actors) < self.min_size and not self.starting:
+        now, sp = time.monotonic(), self.spec
+        starting = any(m.asking is not None for m in self.members.values())
+        if self.size < self.min_size and not starting:
             self._start_one("below min_size")
-        elif queue and self.size < self.max_size and not self.starting:
+        elif queue and self.size < self.max_size and not starting:
             waited = now - queue[0].queued_at
-            if waited > self.scale_up_wait_s and now - self._last_up > self.scale_up_wait_s:
+            if waited > sp.scale_up_wait_s and now - self._last_up > sp.scale_up_wait_s:
                 self._last_up = now
                 self._start_one(f"a shard waited {waited:.1f}s")
         elif not queue and self.size > self.min_size:
-            # Only ready actors retire, and only while min_size ready ones stay: a starting
-            # actor was asked for by a backlog and is judged once it serves.
-            ready = [a for a in self.actors if a not in self.starting and a not in self.reprobe]
-            for aid in sorted(ready, reverse=True):
-                idle = now - self.idle_since[aid]
-                if (
-                    len(ready) > self.min_size
-                    and aid not in self.busy
-                    and (idle > self.scale_down_idle_s)
-                ):
-                    self._retire(aid, f"idle {idle:.1f}s")
-                    ready.remove(aid)
+            self._scale_down(now)
+
+    def _scale_down(self, now: float) -> None:
+        """Only ready actors retire, and only while min_size ready ones stay: a starting
+        actor was asked for by a backlog and is judged once it serves."""
+        ready = [a for a, m in self.members.items() if m.asking is None and m.reprobe_at is None]
+        for aid in sorted(ready, reverse=True):
+            m = self.members[aid]
+            idle = now - m.idle_since
+            if len(ready) > self.min_size and not m.busy and idle > self.spec.scale_down_idle_s:
+                self._retire(aid, f"idle {idle:.1f}s")
+                ready.remove(aid)

@@ -7,6 +7,9 @@ answers (it is back: Ray restarted it) or is dead for good (restarts spent: a fr
 replaces it). A new actor serves once its first ``ready`` returns; one that cannot start is
 dropped and the pool carries on. Every change is a ``PoolEvent``, logged and counted.
 
+Each actor's state is one ``Member`` record; the views ``actors``, ``info``, ``starting``,
+``reprobe`` and ``recovering`` are read from them, never kept beside them.
+
 An actor killed *between* calls loses no call, so nothing above sees it: Ray restarts it and
 the next call waits for it. ``summary`` (once per step) reads each serving actor's restart
 count from Ray's actor table, so those restarts are counted too (a fault test found half of
@@ -44,9 +47,6 @@ class PoolEvent:
     why: str
 
 
-ScaleEvent = PoolEvent  # the name before faults were events too
-
-
 @dataclass
 class Task:
     item: int
@@ -55,48 +55,75 @@ class Task:
     avoid: int | None = None
 
 
+@dataclass
+class Member:
+    """One actor of the pool and where it is in its life."""
+
+    handle: Any
+    idle_since: float = field(default_factory=time.monotonic)
+    info: Any = None  # what its last ``ready`` returned (records.WorkerInfo)
+    asking: ray.ObjectRef | None = None  # a pending ``ready``: starting, or probed
+    asked_at: float | None = None  # when that ``ready`` was first asked (its timeout)
+    recovering: bool = False  # probed after a lost or hung call
+    reprobe_at: float | None = None  # Ray is still restarting it: ask again then
+    ray_restarts: int | None = None  # Ray's restart count, as of the last look
+    busy: bool = False  # a call in flight
+
+    @property
+    def free(self) -> bool:
+        """Can take work now."""
+        return not self.busy and self.asking is None and self.reprobe_at is None
+
+
+@dataclass
 class Health:
     """Actor bookkeeping shared by the pool's work loop (``pool.Pool``)."""
 
-    def __init__(
-        self,
-        name: str,
-        make: Callable[[int], Any],
-        ready_timeout_s: float,
-        on_resize: Callable[[int], None] | None,
-    ) -> None:
-        self.name, self.make = name, make
-        self.ready_timeout_s, self.on_resize = ready_timeout_s, on_resize
-        self.actors: dict[int, Any] = {}
-        self.info: dict[int, Any] = {}  # what each actor's last ``ready`` returned (pid, ...)
-        self.idle_since: dict[int, float] = {}
-        self.starting: dict[int, ray.ObjectRef] = {}  # actor -> pending ``ready`` (new or probed)
-        self.since: dict[int, float] = {}  # when the pending ``ready`` was first asked
-        self.recovering: set[int] = set()  # probed after a lost or hung call
-        self.reprobe: dict[int, float] = {}  # restarting actor -> when to ask again
-        self.ray_restarts: dict[int, int] = {}  # Ray's restart count, as of the last look
-        self.busy: set[int] = set()
-        self.events: list[PoolEvent] = []
-        self.round: Counter[str] = Counter()  # since the last ``summary``: faults, scaling
-        self.totals: Counter[str] = Counter()  # the same over the pool's life
-        self.sizes: list[int] = []  # pool sizes since the last ``summary``
-        self.busy_s = 0.0  # actor-seconds spent in calls since the last ``summary``
-        self._next_id = 0
+    name: str
+    make: Callable[[int], Any]
+    ready_timeout_s: float
+    on_resize: Callable[[int], None] | None
+    members: dict[int, Member] = field(default_factory=dict)
+    events: list[PoolEvent] = field(default_factory=list)
+    round: Counter[str] = field(default_factory=Counter)  # since the last ``summary``
+    totals: Counter[str] = field(default_factory=Counter)  # over the pool's life
+    sizes: list[int] = field(default_factory=list)  # pool sizes since the last ``summary``
+    busy_s: float = 0.0  # actor-seconds spent in calls since the last ``summary``
+    next_id: int = 0
 
+    # views, read from the members
     @property
     def size(self) -> int:
-        return len(self.actors)
+        return len(self.members)
+
+    @property
+    def actors(self) -> dict[int, Any]:
+        return {a: m.handle for a, m in self.members.items()}
+
+    @property
+    def info(self) -> dict[int, Any]:
+        return {a: m.info for a, m in self.members.items() if m.info is not None}
+
+    @property
+    def starting(self) -> dict[int, ray.ObjectRef]:
+        return {a: m.asking for a, m in self.members.items() if m.asking is not None}
+
+    @property
+    def reprobe(self) -> dict[int, float]:
+        return {a: m.reprobe_at for a, m in self.members.items() if m.reprobe_at is not None}
+
+    @property
+    def recovering(self) -> set[int]:
+        return {a for a, m in self.members.items() if m.recovering}
 
     def free(self) -> list[int]:
         """Actors that can take work now."""
-        out = self.busy | set(self.starting) | set(self.reprobe)
-        return [a for a in self.actors if a not in out]
+        return [a for a, m in self.members.items() if m.free]
 
     def _add(self) -> int:
-        aid = self._next_id
-        self._next_id += 1
-        self.actors[aid] = self.make(aid)
-        self.idle_since[aid] = time.monotonic()
+        aid = self.next_id
+        self.next_id += 1
+        self.members[aid] = Member(self.make(aid))
         return aid
 
     def _start_one(self, why: str, kind: str = "up") -> None:
@@ -106,62 +133,58 @@ class Health:
         self._resized()
 
     def _retire(self, aid: int, why: str) -> None:
-        ray.kill(self._drop(aid))
+        ray.kill(self.members.pop(aid).handle)
         self._event("down", aid, why)
         self._resized()
 
-    def _drop(self, aid: int) -> Any:
-        kept = (self.idle_since, self.starting, self.since, self.reprobe, self.info)
-        for d in (*kept, self.ray_restarts):
-            d.pop(aid, None)
-        self.recovering.discard(aid)
-        self.busy.discard(aid)
-        return self.actors.pop(aid)
-
     def _ask_ready(self, aid: int) -> None:
-        self.starting[aid] = self.actors[aid].ready.remote()
-        self.since.setdefault(aid, time.monotonic())
+        m = self.members[aid]
+        m.asking = m.handle.ready.remote()
+        m.asked_at = m.asked_at if m.asked_at is not None else time.monotonic()
 
     def _probe(self, aid: int, kind: str) -> None:
         """Out of service until ``ready`` answers: Ray is restarting it (or it is gone)."""
-        if aid not in self.actors or aid in self.recovering:
+        m = self.members.get(aid)
+        if m is None or m.recovering:
             return
-        self.recovering.add(aid)
+        m.recovering = True
         self._ask_ready(aid)
         self._event(kind, aid, "probing until it is back")
 
     def _check_started(self) -> None:
         """Puts actors whose ``ready`` answered (back) in service; handles those that failed."""
         now = time.monotonic()
-        for aid, at in list(self.reprobe.items()):
-            if now >= at:
-                del self.reprobe[aid]
+        for aid, m in list(self.members.items()):
+            if m.reprobe_at is not None and now >= m.reprobe_at:
+                m.reprobe_at = None
                 self._ask_ready(aid)
-        if not self.starting:
+        asking = {m.asking: aid for aid, m in self.members.items() if m.asking is not None}
+        if not asking:
             return
-        done, _ = ray.wait(list(self.starting.values()), num_returns=len(self.starting), timeout=0)
-        for aid, ref in list(self.starting.items()):
+        done, _ = ray.wait(list(asking), num_returns=len(asking), timeout=0)
+        for ref, aid in asking.items():
+            m = self.members[aid]
             if ref in done:
-                del self.starting[aid]
+                m.asking = None
                 self._answered(aid, ref)
-            elif now - self.since[aid] > self.ready_timeout_s:
-                del self.starting[aid]
+            elif m.asked_at is not None and now - m.asked_at > self.ready_timeout_s:
+                m.asking = None
                 self._failed(aid, f"not ready after {self.ready_timeout_s:.0f}s")
 
     def _answered(self, aid: int, ref: ray.ObjectRef) -> None:
+        m = self.members[aid]
         try:
-            self.info[aid] = ray.get(ref)
+            m.info = ray.get(ref)
         except ActorUnavailableError:  # Ray is still restarting it: ask again shortly
-            self.reprobe[aid] = time.monotonic() + REPROBE_S
+            m.reprobe_at = time.monotonic() + REPROBE_S
             return
         except (RayTaskError, RayActorError) as e:
             self._failed(aid, f"{type(e).__name__}")
             return
-        self.since.pop(aid, None)
-        self.idle_since[aid] = time.monotonic()
+        m.asked_at, m.idle_since = None, time.monotonic()
         restarts = self._restarts_seen(aid)  # > 1: killed between calls before, too
-        if aid in self.recovering:
-            self.recovering.discard(aid)
+        if m.recovering:
+            m.recovering = False
             for _ in range(max(restarts, 1)):
                 self._event("back", aid, "restarted by Ray")
                 self._count("restarts")
@@ -170,9 +193,9 @@ class Health:
 
     def _failed(self, aid: int, why: str) -> None:
         """A new actor that could not start is dropped; a lost one dead for good is replaced."""
-        was_serving = aid in self.recovering
-        ray.kill(self._drop(aid))
-        if was_serving:
+        m = self.members.pop(aid)
+        ray.kill(m.handle)
+        if m.recovering:
             self._event("replaced", aid, f"dead for good ({why})")
             self._count("replacements")
             self._start_one(f"replaces actor {aid}", kind="up")
@@ -182,20 +205,20 @@ class Health:
 
     def _restarts_seen(self, aid: int) -> int:
         """Ray restarts of ``aid`` not seen before (0 when Ray's table cannot be read)."""
+        m = self.members[aid]
         try:
-            info = ray_state.actors(actor_id=self.actors[aid]._actor_id.hex())
+            info = ray_state.actors(actor_id=m.handle._actor_id.hex())
             n = int(info.get("NumRestarts", 0))
         except Exception as e:  # a private API: counting must never stop a run
             log.debug("%s pool: no restart count for actor %d: %s", self.name, aid, e)
             return 0
-        new = n - self.ray_restarts.get(aid, n)
-        self.ray_restarts[aid] = n
+        new = n - (m.ray_restarts if m.ray_restarts is not None else n)
+        m.ray_restarts = n
         return max(new, 0)
 
     def _sweep(self) -> None:
         """Counts restarts of serving actors that no lost call revealed (killed while idle)."""
-        out = self.busy | set(self.starting) | set(self.reprobe) | self.recovering
-        for aid in [a for a in self.actors if a not in out]:
+        for aid in [a for a, m in self.members.items() if m.free and not m.recovering]:
             for _ in range(self._restarts_seen(aid)):
                 self._event("back", aid, "restarted by Ray between calls")
                 self._count("restarts")
@@ -239,10 +262,8 @@ class Health:
             self.on_resize(self.size)
 
     def shutdown(self) -> None:
-        for a in self.actors.values():
-            ray.kill(a)
-        self.actors.clear()
-        self.starting.clear()
-        self.reprobe.clear()
+        for m in self.members.values():
+            ray.kill(m.handle)
+        self.members.clear()
         if self.on_resize is not None:
             self.on_resize(0)

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
-from typing import Any
 
 from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.engines.choose import reference_engine
 from pte_ray.engines.torch_engine import pick_device
-from pte_ray.records import ReferenceLogprobs, ReferenceRequest
+from pte_ray.records import ReferenceLogprobs, ReferenceRequest, WorkerInfo
 from pte_ray.run.models import resolve_model
 from pte_ray.run.teacher import teacher_adapter
 
 
 class ReferenceWorker:
-    def __init__(self, cfg: dict[str, Any], model_spec: str, worker_id: int) -> None:
-        self.cfg = Config.model_validate(cfg)
+    def __init__(self, cfg: Config, model_spec: str, worker_id: int) -> None:
+        self.cfg = cfg  # validated once, by the controller
         self.worker_id = str(worker_id)
         self.model_path = resolve_model(model_spec)  # on this node (run/models.py)
         device = pick_device(self.cfg.reference.num_gpus)
         teacher = teacher_adapter(self.cfg)  # reference.adapter's settings, or none
         self.engine = reference_engine(self.cfg, self.model_path, device, teacher)
 
-    def ready(self) -> dict[str, Any]:
-        info = {"worker": self.worker_id, "pid": os.getpid(), "model_path": self.model_path}
-        return {**info, **self.engine.info()}
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo(
+            "reference", self.worker_id, os.getpid(), socket.gethostname(), self.engine.device,
+            self.model_path, self.engine.name,
+        )  # fmt: skip
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
         t0 = time.perf_counter()

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import socket
 
 from pte_ray.actors import metrics
 from pte_ray.config import Config
-from pte_ray.records import ScoreRequest, Scores
+from pte_ray.records import ScoreRequest, Scores, WorkerInfo
 from pte_ray.rl.rewards import Verifier
 
 
 class RewardWorker:
-    def __init__(self, cfg: dict[str, Any], worker_id: int) -> None:
+    def __init__(self, cfg: Config, worker_id: int) -> None:
         self.worker_id = str(worker_id)
-        self.verifier = Verifier(Config.model_validate(cfg).reward)  # the section is a RewardConfig
+        self.verifier = Verifier(cfg.reward)  # the section is a RewardConfig
         self.verifier.warm_up()  # a cold verifier would make the first step's items slow
 
-    def ready(self) -> dict[str, Any]:
-        return {"worker": self.worker_id, "pid": os.getpid()}
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo("reward", self.worker_id, os.getpid(), socket.gethostname())
 
     def score(self, req: ScoreRequest) -> Scores:
         scored = self.verifier.score_batch(req.completions, req.answers)

@@ -16,7 +16,7 @@ import ray
 
 from pte_ray.actors.capacity import autoscaler_request, check_placeable
 from pte_ray.actors.learner_group import LearnerGroup
-from pte_ray.actors.pool import Pool
+from pte_ray.actors.pool import Pool, PoolSpec
 from pte_ray.actors.reference import ReferenceWorker
 from pte_ray.actors.reward import RewardWorker
 from pte_ray.actors.rollout import RolloutWorker
@@ -45,59 +45,51 @@ def _actor(cls: type, num_cpus: float, num_gpus: float = 0.0, strategy: Any = No
     return ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, **RESTARTS, **extra)
 
 
-def _common(cfg: Config) -> dict[str, float | int]:
+def _spec(cfg: Config, name: str, size: int, **scaling: Any) -> PoolSpec:
+    """A pool of ``size`` actors, patient with calls and starts as ``train.*`` says."""
     tc = cfg.train
-    return {
-        "call_timeout_s": tc.call_timeout_s,
-        "max_retries": tc.max_retries,
-        "ready_timeout_s": tc.start_timeout_s,
-    }
+    return PoolSpec(
+        name,
+        size,
+        call_timeout_s=tc.call_timeout_s,
+        max_retries=tc.max_retries,
+        ready_timeout_s=tc.start_timeout_s,
+        **scaling,
+    )
 
 
 def rollout_pool(cfg: Config, model_spec: str, on: Callable[[int], Any] = lambda i: None) -> Pool:
     """Rollout workers of ``cfg`` (the student's, or a teacher's config: ``run/teacher.py``)."""
-    dump, rc = cfg.model_dump(mode="json"), cfg.rollout
-    return Pool(
+    rc = cfg.rollout
+    spec = _spec(
+        cfg,
         "rollout",
-        lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus, on(i)).remote(
-            dump, model_spec, i
-        ),
         rc.num_workers,
         min_size=rc.min_workers,
         max_size=rc.max_workers,
         scale_up_wait_s=rc.scale_up_wait_s,
         scale_down_idle_s=rc.scale_down_idle_s,
         max_items_per_call=rc.max_groups_per_call,
-        on_resize=autoscaler_request(cfg),
-        **_common(cfg),
     )
+    make = lambda i: _actor(RolloutWorker, rc.num_cpus, rc.num_gpus, on(i)).remote(  # noqa: E731
+        cfg, model_spec, i
+    )
+    return Pool(spec, make, autoscaler_request(cfg))
 
 
-def _pools(
-    cfg: Config,
-    paths: tuple[str, str | None],
-    on: Callable[[int], Any],
-    started: list[Any],
-) -> None:
-    """Rollout, reward and (with a KL term or distillation) reference pools, appended as
-    started; ``paths``: the student's model and the reference's (teacher's)."""
-    dump = cfg.model_dump(mode="json")
-    wc, fc = cfg.reward, cfg.reference
-    started.append(rollout_pool(cfg, paths[0], on))
-    make_reward = lambda i: _actor(RewardWorker, wc.num_cpus).remote(dump, i)  # noqa: E731
-    started.append(Pool("reward", make_reward, wc.num_workers, **_common(cfg)))
-    if cfg.reference_pool:
-        ref_path = paths[1] or paths[0]
-        started.append(
-            Pool(
-                "reference",
-                lambda i: _actor(ReferenceWorker, fc.num_cpus, fc.num_gpus, on(i)).remote(
-                    dump, ref_path, i
-                ),
-                fc.num_workers,
-                **_common(cfg),
-            )
-        )
+def reward_pool(cfg: Config) -> Pool:
+    wc = cfg.reward
+    make = lambda i: _actor(RewardWorker, wc.num_cpus).remote(cfg, i)  # noqa: E731
+    return Pool(_spec(cfg, "reward", wc.num_workers), make)
+
+
+def reference_pool(cfg: Config, model_spec: str, on: Callable[[int], Any]) -> Pool:
+    """The frozen teacher with the whole context (``model_spec``: the reference's model)."""
+    fc = cfg.reference
+    make = lambda i: _actor(ReferenceWorker, fc.num_cpus, fc.num_gpus, on(i)).remote(  # noqa: E731
+        cfg, model_spec, i
+    )
+    return Pool(_spec(cfg, "reference", fc.num_workers), make)
 
 
 def start_learners(cfg: Config, model_spec: str, epoch: int) -> LearnerGroup:
@@ -106,22 +98,29 @@ def start_learners(cfg: Config, model_spec: str, epoch: int) -> LearnerGroup:
 
 
 def start_roles(
-    cfg: Config, model_spec: str, epoch: int = 0, teacher_path: str | None = None
+    cfg: Config, model_spec: str, epoch: int = 0, teacher_spec: str | None = None
 ) -> Roles:
-    """Learners first (the largest ask), then the pools; on any failure, stop what started."""
+    """Learners first (the largest ask), then the pools, each by its name; on any failure, stop
+    what started. ``teacher_spec``: the reference's model (None: ``model_spec``)."""
     check_placeable(cfg)
-    started: list[Any] = []
+    started: dict[str, Any] = {}
     try:
-        learners = start_learners(cfg, model_spec, epoch)
-        started.append(learners)
+        learners = started["learners"] = start_learners(cfg, model_spec, epoch)
 
         def on(i: int) -> Any:  # a worker's place: a learner's bundle when colocated
             return learners.on(i) if cfg.learner.colocate else None
 
-        _pools(cfg, (model_spec, teacher_path), on, started)
+        started["rollout"] = rollout_pool(cfg, model_spec, on)
+        started["reward"] = reward_pool(cfg)
+        if cfg.reference_pool:  # a KL term or distillation
+            started["reference"] = reference_pool(cfg, teacher_spec or model_spec, on)
     except BaseException:
-        for role in reversed(started):  # a role that failed to start cleaned up after itself
+        for role in reversed(list(started.values())):  # the failed one cleaned up after itself
             role.shutdown()
         raise
-    reference = started[3] if len(started) > 3 else None
-    return Roles(started[1], started[2], reference, learners)
+    return Roles(
+        rollout=started["rollout"],
+        reward=started["reward"],
+        reference=started.get("reference"),
+        learners=learners,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -13,14 +14,14 @@ from pte_ray.actors.weights import Snapshot, unpack
 from pte_ray.config import Config
 from pte_ray.engines.choose import rollout_engine
 from pte_ray.engines.torch_engine import pick_device
-from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts
+from pte_ray.records import PublishedWeights, RolloutRequest, Rollouts, WorkerInfo
 from pte_ray.run.models import resolve_model
 from pte_ray.run.profile import traced
 
 
 class RolloutWorker:
-    def __init__(self, cfg: dict[str, Any], model_spec: str, worker_id: int) -> None:
-        self.cfg = Config.model_validate(cfg)
+    def __init__(self, cfg: Config, model_spec: str, worker_id: int) -> None:
+        self.cfg = cfg  # validated once, by the controller
         self.worker_id = str(worker_id)
         self.model_path = resolve_model(model_spec)  # on this node (run/models.py)
         device = pick_device(self.cfg.rollout.num_gpus)
@@ -30,9 +31,11 @@ class RolloutWorker:
         self.version = -1
         self.epoch = -1
 
-    def ready(self) -> dict[str, Any]:
-        info = {"worker": self.worker_id, "pid": os.getpid(), "model_path": self.model_path}
-        return {**info, **self.engine.info()}
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo(
+            "rollout", self.worker_id, os.getpid(), socket.gethostname(), self.engine.device,
+            self.model_path, self.engine.name,
+        )  # fmt: skip
 
     def loaded_versions(self) -> list[str]:
         """The adapter versions the engine holds, oldest first (vLLM: names it serves)."""

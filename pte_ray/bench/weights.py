@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for size in [float(s) for s in args.size_mb.split(",")]:
         state, rank = _adapter_state(path, size)
         over = [f"model.path={path}", "adapter.method=lora_c", f"adapter.rank={rank}"]
-        cfg = load_config(None, over).model_dump(mode="json")
+        cfg = load_config(None, over)
         actor = ray.remote(RolloutWorker).options(num_cpus=0.1)
         workers = [actor.remote(cfg, path, i) for i in range(args.workers)]
         ray.get([w.ready.remote() for w in workers])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -121,5 +120,8 @@ class TorchEngine:
                     tops.append(res.topk_logprobs[j, :n].tolist())
         return lps, ids, tops
 
-    def info(self) -> dict[str, Any]:
-        return {"engine": "torch", "device": str(self.model.device), "dtype": str(self.model.dtype)}
+    name = "torch"
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device)

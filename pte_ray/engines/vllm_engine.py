@@ -205,8 +205,8 @@ class VllmEngine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def info(self) -> dict[str, Any]:
-        return {"engine": "vllm", "temperature": self.temperature}
+    name = "vllm"
+    device = "vllm"  # vLLM places itself
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
