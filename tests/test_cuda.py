@@ -92,7 +92,7 @@ def test_one_gpu_learner_step_publish_and_rollout(
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         assert ray.get(ctl.roles.learners.actors[0].ready.remote()).device.startswith("cuda")
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         m = ctl.train_step(0)
         assert m["grad_norm"] == m["grad_norm"]  # not NaN
         worker = next(iter(ctl.roles.rollout.actors.values()))
@@ -128,7 +128,7 @@ def test_sft_step_and_eval_on_cuda(ray_cluster, random_ckpt, task_file, tmp_path
     cfg = load_config(None, over)
     ctl = SFTController(cfg, RunDir.open(cfg, None))
     try:
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         m = ctl.train_step(0)
         assert m["nll"] == m["nll"] and m["grad_norm"] == m["grad_norm"]  # not NaN
         assert 0.0 <= m["eval_acc"] <= 1.0 and m["learner_peak_mb"] > 0
@@ -160,7 +160,7 @@ def test_topk_distillation_and_learner_behavior_on_cuda(
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         m = ctl.train_step(0)
         assert m["distill_kl"] >= 0 and "teacher_kl" in m
         assert m["ratio"] == pytest.approx(1.0, abs=1e-3) and m["clip_frac"] == 0.0

@@ -72,7 +72,7 @@ def test_killed_learner_resumes_and_ends_bit_identical(ray_cluster, base, tmp_pa
     group = f"learner.num_learners={learners}"
     _run(base("straight", group))
     ctl = _run(base("killed", group, "train.max_learner_restarts=1"), kill_after=3)
-    assert ctl.learner_restarts == 1 and ctl.roles.learners.epoch == 1
+    assert ctl.state.learner_restarts == 1 and ctl.roles.learners.epoch == 1
     rows = [json.loads(x) for x in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["learner_restarts"] == 1
     a = load_file(tmp_path / "straight/checkpoints/step_000006/adapter.safetensors")
@@ -90,7 +90,7 @@ def test_colocated_roles_restart_with_the_learners_and_a_prefetch_is_dropped(
     small = ("rollout.num_cpus=0.2", "learner.num_cpus=0.2", "reward.num_cpus=0.1")
     over = base("colo", "learner.colocate=true", "train.max_staleness=1", *small)
     ctl = _run([*over, "train.max_learner_restarts=1"], kill_after=3)
-    assert ctl.learner_restarts == 1 and ctl.roles.learners.epoch == 1
+    assert ctl.state.learner_restarts == 1 and ctl.roles.learners.epoch == 1
     rows = [json.loads(x) for x in (tmp_path / "colo/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]
     assert [m["learner_restarts"] for m in rows] == [0, 0, 1, 1, 1, 1]

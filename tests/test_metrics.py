@@ -48,12 +48,12 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tas
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         ctl.train_step(0)
         # a lost rollout worker: its next call goes back to the queue, Ray restarts it
         aid, info = next(iter(ctl.roles.rollout.info.items()))
         os.kill(info.pid, signal.SIGKILL)
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         ctl.train_step(1)
         # read while the actors live: a gauge leaves the endpoint with its process
         want = {n for n in prometheus_names() if n.removeprefix("ray_pte_ray_").removesuffix(

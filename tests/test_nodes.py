@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent(
         for role in ("rollout", "reference"):
             actor = next(iter(getattr(ctl.roles, role).actors.values()))
             paths[role] = ray.get(actor.ready.remote()).model_path
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         paths["step"] = ctl.train_step(0)["weight_version"]
     finally:
         ctl.shutdown()

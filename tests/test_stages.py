@@ -39,7 +39,7 @@ def test_sft_then_grpo_from_its_checkpoint(ray_cluster, small_run, task_file, tm
     ctl = Controller(ctl_cfg, RunDir.open(ctl_cfg, None))
     try:
         start = ray.get(ctl.roles.learners.actors[0].adapter_state.remote())
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         worker = next(iter(ctl.roles.rollout.actors.values()))
         ray.get(worker.sync.remote(ctl.weights))
         served = ray.get(worker.adapter_state.remote())[1]
@@ -59,7 +59,7 @@ def test_grpo_with_distillation_reads_the_teacher(ray_cluster, small_run, tmp_pa
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         assert ctl.roles.reference is not None
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         m = ctl.train_step(0)
     finally:
         ctl.shutdown()
@@ -107,7 +107,7 @@ def test_learning_rate_follows_the_schedule_on_the_learner(ray_cluster, small_ru
     try:
         learner = ctl.roles.learners.actors[0]
         assert ray.get(learner.optimizer_lrs.remote()) == pytest.approx([0.00025] * 2)  # +encoder
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         ctl.train_step(0)
         assert ray.get(learner.optimizer_lrs.remote()) == pytest.approx([0.0005] * 2)
     finally:

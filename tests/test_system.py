@@ -85,7 +85,7 @@ def test_publish_makes_rollout_weights_bit_identical(ray_cluster, base, tmp_path
         # the encoder trains at its own learning rate, as DeepSpeed's optimizer holds it
         lrs = ray.get(ctl.roles.learners.actors[0].optimizer_lrs.remote())
         assert lrs == pytest.approx([cfg.optim.lr, 10 * cfg.optim.lr])
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         worker = next(iter(ctl.roles.rollout.actors.values()))
         v0 = ray.get(worker.sync.remote(ctl.weights))
         before = ray.get(worker.adapter_state.remote())[1]
@@ -127,7 +127,7 @@ def test_two_learners_two_workers_uneven_groups(ray_cluster, base, mini_batches,
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         m = ctl.train_step(0)
         assert m["logprob_replay_diff"] <= 1e-4
         a, b = ctl.roles.learners.all(Learner.state_digest)
@@ -162,7 +162,7 @@ def test_colocated_workers_run_in_the_learners_bundles(ray_cluster, base):
         for role in ("Learner", "RolloutWorker", "ReferenceWorker"):
             assert placed[role] == pg.id.hex(), role
         assert placed["RewardWorker"] is None
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         assert ctl.train_step(0)["logprob_replay_diff"] <= 1e-4
     finally:
         ctl.shutdown()

@@ -240,7 +240,7 @@ def test_training_steps_on_vllm_rollouts_and_reference(ray_cluster, small_run, t
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
-        ctl.weights = ctl.roles.learners.publish()
+        ctl.publish()
         worker = next(iter(ctl.roles.rollout.actors.values()))
         assert ray.get(worker.ready.remote()).engine == "vllm"
         v0 = ray.get(worker.sync.remote(ctl.weights))

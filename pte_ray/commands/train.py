@@ -62,7 +62,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
         ckpt = ckpt or (run.latest_checkpoint() if resume else None)
         if ckpt is not None:
             resume_from(controller, ckpt)
-            print(f"resumed from {ckpt} at step {controller.step}", file=sys.stderr)
+            print(f"resumed from {ckpt} at step {controller.state.step}", file=sys.stderr)
         summary = fit(controller)
         f, l_ = summary["first"], summary["last"]
         key = "nll" if cfg.train.stage == "sft" else "reward_mean"

@@ -28,35 +28,35 @@ def resume(ctl: Controller, ckpt: Path) -> None:
     state = json.loads((ckpt / "controller.json").read_text())
     ctl.roles.learners.all(Learner.load, str(ckpt))
     ctl.data.stream.restore(state["cursor"])
-    ctl.cursor = state["cursor"]
-    ctl.step = int(state["step"])
-    ctl.run.truncate_metrics(ctl.step)
+    ctl.state.restore(int(state["step"]), state["cursor"])
+    ctl.run.truncate_metrics(ctl.state.step)
 
 
 def checkpoint(ctl: Controller) -> None:
-    cfg = ctl.cfg
+    cfg, s = ctl.cfg, ctl.state
     meta = {
-        "step": ctl.step,
+        "step": s.step,
         "adapter": cfg.adapter_config().model_dump(mode="json"),
         "cache": cfg.cache_config().model_dump(mode="json"),
         "model": ctl.data.model_spec,
     }
-    with ctl.run.checkpoint_dir(ctl.step) as tmp:
+    with ctl.run.checkpoint_dir(s.step) as tmp:
         ctl.roles.learners.all(Learner.save, str(tmp), meta)
-        (tmp / "controller.json").write_text(json.dumps({"step": ctl.step, "cursor": ctl.cursor}))
+        (tmp / "controller.json").write_text(json.dumps({"step": s.step, "cursor": s.cursor}))
 
 
 def _next_batch(ctl: Controller, pending: Future[Batch] | None) -> Batch:
     """The prefetched batch if it is fresh enough, else one generated now."""
     batch = pending.result() if pending is not None else None
-    assert ctl.weights is not None
-    if batch is not None and ctl.weights.version - min(batch.rollouts.versions) > (
+    s = ctl.state
+    assert s.weights is not None
+    if batch is not None and s.weights.version - min(batch.rollouts.versions) > (
         ctl.cfg.train.max_staleness
     ):
         batch = None  # older than max_staleness: drop it, generate afresh
-        ctl.dropped_stale += 1
-        ctl.data.stream.restore(ctl.cursor)
-    return batch if batch is not None else ctl.collect(ctl.step, ctl.weights)
+        s.drop_stale()
+        ctl.data.stream.restore(s.cursor)
+    return batch if batch is not None else ctl.collect(s.step, s.weights)
 
 
 def _report(m: dict[str, Any], bar: Any) -> None:
@@ -75,27 +75,24 @@ def _report(m: dict[str, Any], bar: Any) -> None:
 
 def _steps(ctl: Controller, bar: Any, ahead: ThreadPoolExecutor | None) -> dict[str, Any] | None:
     """Steps until ``train.steps``; returns the last metrics row."""
-    cfg, last = ctl.cfg, None
+    cfg, s, last = ctl.cfg, ctl.state, None
     pending: Future[Batch] | None = None
-    while ctl.step < cfg.train.steps:
-        dropped = ctl.dropped_stale
+    while s.step < cfg.train.steps:
         try:
             batch = _next_batch(ctl, pending)
             pending = None
-            if ahead is not None and ctl.step + 1 < cfg.train.steps:
+            if ahead is not None and s.step + 1 < cfg.train.steps:
                 # rollouts for the next step run while the learners train on this one
-                pending = ahead.submit(ctl.collect, ctl.step + 1, ctl.weights)
-            last = ctl.train_step(ctl.step, batch)
+                pending = ahead.submit(ctl.collect, s.step + 1, s.weights)
+            last = ctl.train_step(s.step, batch)
         except PoolError as e:  # the same kind (LearnerLost stays LearnerLost), with the step
-            raise type(e)(f"step {ctl.step + 1}: {e}") from e
-        last["dropped_stale"] = ctl.dropped_stale - dropped
-        last["learner_restarts"] = ctl.learner_restarts
-        ctl.step += 1
+            raise type(e)(f"step {s.step + 1}: {e}") from e
+        s.advance()
         ctl.run.append_metrics(last)
         if ctl.step_loggers is not None:
             ctl.step_loggers.log(last)
         _report(last, bar)
-        if ctl.step % cfg.train.save_every == 0 or ctl.step == cfg.train.steps:
+        if s.step % cfg.train.save_every == 0 or s.step == cfg.train.steps:
             checkpoint(ctl)
             ctl.run.prune_checkpoints(cfg.train.keep_last)
     return last
@@ -106,16 +103,16 @@ def _restart_learners(ctl: Controller, cause: LearnerLost, bar: Any) -> None:
     ckpt = ctl.run.latest_checkpoint()
     if ckpt is None:
         raise PoolError(f"{cause}; no checkpoint to restart the learners from yet") from cause
-    ctl.learner_restarts += 1
+    ctl.state.learners_replaced()
     msg = (
-        f"learner group lost ({cause}); restart {ctl.learner_restarts} of "
+        f"learner group lost ({cause}); restart {ctl.state.learner_restarts} of "
         f"{ctl.cfg.train.max_learner_restarts} from {ckpt.name}"
     )
     log.info(msg)  # for a configured log; ``say`` is the console line
     say(msg)
     ctl.restart_learners()
     resume(ctl, ckpt)
-    bar.n = ctl.step  # the redone steps count again (tqdm and LogProgress alike)
+    bar.n = ctl.state.step  # the redone steps count again (tqdm and LogProgress alike)
 
 
 def _run(ctl: Controller, bar: Any) -> dict[str, Any] | None:
@@ -140,7 +137,7 @@ def fit(ctl: Controller) -> dict[str, Any]:
     while it restarts spends another restart.
     """
     cfg = ctl.cfg
-    bar = progress(cfg.train.steps, "train", "step", initial=ctl.step)
+    bar = progress(cfg.train.steps, "train", "step", initial=ctl.state.step)
     first = ctl.run.read_metrics()[:1]
     lost: LearnerLost | None = None
     try:
@@ -152,7 +149,7 @@ def fit(ctl: Controller) -> dict[str, Any]:
                 last = _run(ctl, bar)
                 break
             except LearnerLost as e:
-                if ctl.learner_restarts >= cfg.train.max_learner_restarts:
+                if ctl.state.learner_restarts >= cfg.train.max_learner_restarts:
                     raise
                 lost = e
     finally:

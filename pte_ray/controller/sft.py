@@ -42,7 +42,7 @@ class SFTController(Controller):
 
             self.data.targets = teacher_targets(self)
             self.data.stream = type(self.data.stream)(self.data.targets, seed=cfg.train.seed)
-            self.cursor = self.data.stream.cursor()
+            self.state.learned_from(self.data.stream.cursor())
 
     def collect(self, step: int, weights: Any) -> SFTBatch:  # noqa: ARG002 (the loop's call)
         targets = self.data.stream.next_batch(self.cfg.train.prompts_per_step)
@@ -71,19 +71,21 @@ class SFTController(Controller):
         t0 = time.perf_counter()
         if batch is None:
             batch = self.collect(step, self.weights)
-        self.cursor = batch.cursor
+        self.state.learned_from(batch.cursor)
         with timer("learn"):
             stats = self.roles.learners.each(
                 Learner.sft_step, [(s,) for s in self.sft_shards(batch, self.profile(step))]
             )
-        last = self.published_at
         with timer("publish"):
-            weights = self.publish()
-        timer.seconds["wall_s"] = self.published_at - last
-        row = sft_metrics(step, batch, stats, weights.version)
-        row |= self.evaluate_due(step, timer)
+            weights, timer.seconds["wall_s"] = self.publish()
+        evaluated = self.evaluate_due(step, timer)
         timer.seconds["step_s"] = time.perf_counter() - t0
-        row |= timer.seconds
+        row = {
+            **sft_metrics(step, batch, stats, weights.version),
+            **evaluated,
+            **timer.seconds,
+            **self.faults(),
+        }
         metrics.export_step(row)
         return row
 

@@ -27,6 +27,7 @@ from pte_ray.controller.batch import Batch, PhaseTimer, split
 from pte_ray.controller.evaluation import load_eval_set, run_eval
 from pte_ray.controller.log import step_metrics, step_rows
 from pte_ray.controller.refill import Scored, refill
+from pte_ray.controller.state import RunState
 from pte_ray.progress import say
 from pte_ray.records import (
     LearnerShard,
@@ -62,13 +63,13 @@ class Controller:
         t0 = time.perf_counter()
         self.roles = start_roles(cfg, self.data.model_spec, 0, self.data.teacher_spec)
         say(f"roles ready in {time.perf_counter() - t0:.0f} s")
-        self.step = 0
-        self.weights: PublishedWeights | None = None  # the newest published version
-        self.published_at = time.perf_counter()
-        self.cursor = self.data.stream.cursor()  # after the last batch that was learned from
-        self.dropped_stale = 0  # prefetched batches dropped as too stale, over the run
-        self.learner_restarts = 0  # learner groups replaced in this job
+        self.state = RunState(self.data.stream.cursor())  # the run's progress: step, cursor, ...
         self.step_loggers: Any = None  # run/loggers.StepLoggers when train.loggers names any
+
+    @property
+    def weights(self) -> PublishedWeights | None:
+        """The newest published version (``state.weights``)."""
+        return self.state.weights
 
     # ------------------------------------------------------------------ phases
     def collect(
@@ -187,10 +188,10 @@ class Controller:
     def learn(self, shards: list[LearnerShard]) -> list[LearnStats]:
         return self.roles.learners.each(Learner.train_step, [(s,) for s in shards])
 
-    def publish(self) -> PublishedWeights:
-        self.weights = self.roles.learners.publish()
-        self.published_at = time.perf_counter()  # a step's wall time runs publish to publish
-        return self.weights
+    def publish(self) -> tuple[PublishedWeights, float]:
+        """Rank 0's adapter out as the next version; and the seconds since the last one."""
+        weights = self.roles.learners.publish()
+        return weights, self.state.published(weights)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, step: int, batch: Batch | None = None) -> dict[str, Any]:
@@ -200,32 +201,41 @@ class Controller:
             batch = self.collect(step, self.weights)
         t0 = time.perf_counter()
         timer.seconds["rollout_s"] = batch.rollout_s  # timed where it ran (maybe ahead)
-        self.cursor = batch.cursor
+        self.state.learned_from(batch.cursor)
         with timer("reward_ref"):
             scores, ref = self.score_and_reference(batch)
         learners = len(self.roles.learners.actors)
         more = lambda n, draw: self._more(step, n, draw, timer)  # noqa: E731
         (batch, scores, ref), fill = refill(self.cfg, (batch, scores, ref), more, learners)
-        self.cursor = batch.cursor  # after any refill's draws
+        self.state.learned_from(batch.cursor)  # after any refill's draws
         adv = self.advantages(scores)
         with timer("learn"):
             stats = self.learn(self.learner_shards(batch, adv, ref, self.profile(step)))
-        last = self.published_at
         with timer("publish"):
-            weights = self.publish()
+            weights, wall = self.publish()
         timer.seconds["step_s"] = batch.rollout_s + time.perf_counter() - t0
         # publish to publish: what a step costs when the next rollouts overlap this learning
-        timer.seconds["wall_s"] = self.published_at - last
+        timer.seconds["wall_s"] = wall
         self.run.write_rollouts(step + 1, step_rows(step, batch, scores, adv, self.data))
         pools = {"rollout": batch.pool, "reward": self.roles.reward.summary()}
         if self.roles.reference is not None:
             pools["reference"] = self.roles.reference.summary()
         ref_rows = ref.logprobs if ref is not None else None
-        row = step_metrics(step, batch, scores, stats, weights, pools, timer, ref_rows)
-        row |= fill | self.evaluate_due(step, timer)
-        row["eval_s"] = timer.seconds.get("eval_s", 0.0)
+        evaluated = self.evaluate_due(step, timer)
+        timer.seconds.setdefault("eval_s", 0.0)
+        row = {
+            **step_metrics(step, batch, scores, stats, weights, pools, timer, ref_rows),
+            **fill,
+            **evaluated,
+            **self.faults(),
+        }
         metrics.export_step(row)
         return row
+
+    def faults(self) -> dict[str, int]:
+        """The run's recoveries, as a step's row reports them."""
+        s = self.state
+        return {"dropped_stale": s.dropped_now, "learner_restarts": s.learner_restarts}
 
     def evaluate_due(self, step: int, timer: PhaseTimer) -> dict[str, float]:
         """Held-out greedy accuracy of the weights just published, every ``train.eval_every``
