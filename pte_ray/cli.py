@@ -1,6 +1,8 @@
 """`pte-ray` entry points: train, sft, eval, compare, generate, bench, config, plot,
 prepare-data."""
 
+# size: one parser per command, side by side, so `pte-ray --help` and this file read alike
+
 from __future__ import annotations
 
 import argparse
@@ -8,6 +10,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from pte_ray.env import apply_defaults
 
@@ -81,6 +84,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import ray
 
+    from pte_ray.commands.compare import Setup
     from pte_ray.commands.compare_report import compare, print_table
     from pte_ray.config import load_config
 
@@ -90,18 +94,17 @@ def _compare(args: argparse.Namespace) -> int:
         ray.init(address=cfg.train.ray_address or os.environ.get("RAY_ADDRESS"))
     try:
         out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = compare(
+        setup = Setup(
             args.config,
-            args.overrides,
-            [m for m in args.methods.split(",") if m],
-            [int(s) for s in args.seeds.split(",") if s.strip()],
-            args.bench or ["tiny"],
-            out,
-            args.samples,
-            sft_config=args.sft_config,
-            distill_coef=args.distill_coef,
-            ablate_fold=args.ablate_fold,
+            args.sft_config,
+            list(args.overrides),
+            Path(out),
+            args.distill_coef,
+            args.ablate_fold,
         )
+        methods = [m for m in args.methods.split(",") if m]
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        summary = compare(setup, methods, seeds, args.bench or ["tiny"], args.samples)
     finally:
         if started:
             ray.shutdown()
@@ -259,8 +262,10 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
     rep = prepare_data(args.source, args.out, args.format, args.test_size, args.seed)
     print(json.dumps(rep))
-    print(f"wrote {args.out}/train.parquet ({rep['train']} rows), test.parquet ({rep['test']})",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"wrote {args.out}/train.parquet ({rep['train']} rows), test.parquet ({rep['test']})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -275,8 +280,16 @@ def _add_prepare_data(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pte-ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_compare, _add_generate, _add_bench, _add_config,
-                _add_plot, _add_prepare_data):  # fmt: skip
+    for add in (
+        _add_train,
+        _add_eval,
+        _add_compare,
+        _add_generate,
+        _add_bench,
+        _add_config,
+        _add_plot,
+        _add_prepare_data,
+    ):
         add(sub)
     return p
 

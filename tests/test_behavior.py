@@ -54,8 +54,16 @@ def _bf16_learner(random_ckpt):
         DecodeRequest(PROMPTS, CacheConfig(budget=8)),
         SamplingParams(max_new_tokens=40, seed=0),
     )
-    shard = LearnerShard(PROMPTS, out.tokens, out.logprobs, out.eviction_steps,
-                         [[] for _ in PROMPTS], [1.0, -1.0, 0.5, -0.5], None, 0)  # fmt: skip
+    shard = LearnerShard(
+        PROMPTS,
+        out.tokens,
+        out.logprobs,
+        out.eviction_steps,
+        [[] for _ in PROMPTS],
+        [1.0, -1.0, 0.5, -0.5],
+        None,
+        0,
+    )
     return load_base(random_ckpt("qwen2"), dtype=torch.bfloat16), adapter.bfloat16(), shard
 
 

@@ -187,9 +187,13 @@ def _reference_rkv(hf, prompt, completion, record, cfg: CacheConfig, temp: float
                     layer.values = layer.values[:, :, kept]
                 held = [h for j, h in enumerate(held) if j not in pick]
             n = cache.layers[0].keys.shape[2]
-            out = hf(torch.tensor([[tok]]), past_key_values=cache, output_hidden_states=True,
-                     position_ids=torch.tensor([[p + t]]),
-                     attention_mask=torch.ones(1, n + 1, dtype=torch.long))  # fmt: skip
+            out = hf(
+                torch.tensor([[tok]]),
+                past_key_values=cache,
+                output_hidden_states=True,
+                position_ids=torch.tensor([[p + t]]),
+                attention_mask=torch.ones(1, n + 1, dtype=torch.long),
+            )
             held.append(t)
             queries.append(_hf_queries(hf, out.hidden_states, p + t))
             lps.append(torch.log_softmax(out.logits[0, -1] / temp, -1)[completion[t + 1]].item())

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from pte_ray.commands.compare import parse_spec
+from pte_ray.commands.compare import Setup, parse_spec
 from pte_ray.commands.compare_report import compare, print_table
 from pte_ray.run.rollout_log import read_rollouts
 
@@ -17,8 +17,17 @@ def test_spec_names_parse_and_bad_ones_are_named():
     assert (s.method, s.stages, s.grad, s.eviction) == ("pte", ("sft", "grpo"), "exact", "rkv")
     assert parse_spec("lora_c").stages == ("grpo",) and parse_spec("base").stages == ()
     assert parse_spec("pte+distill").stages == ("distill",)
-    for bad in ("lora-c", "pte:exactly", "lora@rkv", "pte@lru", "base:exact", "base+sft",
-                "pte+grpo+sft", "pte+sft+sft", "pte+rl"):  # fmt: skip
+    for bad in (
+        "lora-c",
+        "pte:exactly",
+        "lora@rkv",
+        "pte@lru",
+        "base:exact",
+        "base+sft",
+        "pte+grpo+sft",
+        "pte+sft+sft",
+        "pte+rl",
+    ):
         with pytest.raises(ValueError, match="unknown"):
             parse_spec(bad)
 
@@ -43,9 +52,14 @@ def test_compare_trains_stages_evaluates_and_tabulates(
     ]
     out = tmp_path / "cmp"
     methods = ["lora_c", "pte:exact@rkv", "pte+sft", "pte+sft+grpo", "base"]
-    summary = compare(None, over, methods, [0], [str(task_file)], str(out), ablate_fold=True)
-    assert set(summary) == {*methods, "pte+sft/fold-off", "pte+sft+grpo/fold-off",
-                            "pte:exact@rkv/fold-off"}  # fmt: skip
+    setup = Setup(None, None, over, out, 1.0, ablate_fold=True)
+    summary = compare(setup, methods, [0], [str(task_file)])
+    assert set(summary) == {
+        *methods,
+        "pte+sft/fold-off",
+        "pte+sft+grpo/fold-off",
+        "pte:exact@rkv/fold-off",
+    }
     # the SFT stage ran once, and GRPO started from its final checkpoint
     sft = yaml.safe_load((out / "pte+sft-seed0" / "config.yaml").read_text())
     assert sft["train"]["stage"] == "sft" and sft["train"]["steps"] == 3
@@ -69,6 +83,6 @@ def test_compare_trains_stages_evaluates_and_tabulates(
     assert "| pte+sft+grpo/fold-off |" in table and "greedy accuracy" in table
     # a second call reuses every finished run and evaluation instead of training again
     mtime = (out / "pte+sft-seed0" / "metrics.jsonl").stat().st_mtime
-    again = compare(None, over, ["pte+sft"], [0], [str(task_file)], str(out), ablate_fold=True)
+    again = compare(setup, ["pte+sft"], [0], [str(task_file)])
     assert again["pte+sft"][acc] == summary["pte+sft"][acc]
     assert (out / "pte+sft-seed0" / "metrics.jsonl").stat().st_mtime == mtime

@@ -37,14 +37,16 @@ def test_rkv_rollout_and_replay_on_cuda(random_ckpt):
     res = replay(
         model,
         None,
-        DecodeRequest(prompts, cfg),
-        out.tokens,
-        ReplaySpec(
-            temperature=1.0,
-            max_new_tokens=48,
-            eviction_steps=out.eviction_steps,
-            evicted_slots=out.evicted_slots,
+        DecodeRequest(
+            DecodeRequest(prompts, cfg),
+            ReplaySpec(
+                temperature=1.0,
+                max_new_tokens=48,
+                eviction_steps=out.eviction_steps,
+                evicted_slots=out.evicted_slots,
+            ),
         ),
+        out.tokens,
     )
     for i, lp in enumerate(out.logprobs):
         got = res.logprobs[i, : len(lp)].cpu()

@@ -25,9 +25,12 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 @pytest.mark.parametrize(
     ("name", "gold"),
-    [("gsm8k-sample", "18"), ("math500-sample", "\\left( 3, \\frac{\\pi}{2} \\right)"),
-     ("aime-sample", "204")],
-)  # fmt: skip
+    [
+        ("gsm8k-sample", "18"),
+        ("math500-sample", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("aime-sample", "204"),
+    ],
+)
 def test_bundled_benchmarks_load_in_their_own_formats(name, gold):
     cfg = load_config(None)
     bench = resolve_bench(name, cfg)

@@ -149,8 +149,9 @@ def test_distillation_is_a_per_token_advantage_fp64():
     gen = torch.Generator().manual_seed(0)
     old = [[-1.0, -2.0, -0.5], [-3.0, -0.1]]
     ref = [[-1.5, -0.2, -0.5], [-0.3, -4.0]]
-    shard = LearnerShard([[1], [2]], [[5, 6, 7], [8, 9]], old, [[], []], [[], []], [0.7, -1.1],
-                         ref, 0)  # fmt: skip
+    shard = LearnerShard(
+        [[1], [2]], [[5, 6, 7], [8, 9]], old, [[], []], [[], []], [0.7, -1.1], ref, 0
+    )
     job = GRPOObjective(shard, GRPOConfig(), DistillConfig(coef=0.5))
     loss_fn = job.loss(slice(0, 2), 1.0, "cpu")
     logp = torch.tensor([r + [0.0] * (3 - len(r)) for r in old], dtype=torch.float64)
@@ -167,9 +168,10 @@ def test_distillation_is_a_per_token_advantage_fp64():
     assert plain.adv.dim() == 1  # no teacher term unless asked for
     with pytest.raises(ValueError, match="teacher's log-probs"):
         GRPOObjective(
-            LearnerShard(**{**shard.__dict__, "ref_logprobs": None}), GRPOConfig(),
+            LearnerShard(**{**shard.__dict__, "ref_logprobs": None}),
+            GRPOConfig(),
             DistillConfig(coef=0.5),
-        ).loss(slice(0, 2), 1.0, "cpu")  # fmt: skip
+        ).loss(slice(0, 2), 1.0, "cpu")
 
 
 def test_topk_forward_kl_gradient_is_student_minus_teacher_on_the_k_tokens_fp64():

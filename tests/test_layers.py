@@ -12,17 +12,25 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "pte_ray"
 LAYERS = {  # first dotted part under pte_ray -> layer
-    "records": 0, "atomic": 0, "env": 0, "progress": 0,
+    "records": 0,
+    "atomic": 0,
+    "env": 0,
+    "progress": 0,
     "method": 1,
-    "rl": 2, "tiny": 2,
-    "config": 3, "config_sections": 3,
+    "rl": 2,
+    "tiny": 2,
+    "config": 3,
+    "config_sections": 3,
     "engines": 4,
-    "run": 5, "evalsets": 5,
+    "run": 5,
+    "evalsets": 5,
     "actors": 6,
     "controller": 7,
-    "commands": 8, "bench": 8,
-    "cli": 9, "__init__": 9,
-}  # fmt: skip
+    "commands": 8,
+    "bench": 8,
+    "cli": 9,
+    "__init__": 9,
+}
 
 
 def _graph() -> dict[str, set[str]]:

@@ -42,9 +42,16 @@ def _series(url: str) -> dict[str, list[dict[str, str]]]:
 
 
 def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, task_file, tmp_path):
-    over = [*small_run, "grpo.kl_coef=0.05", "train.steps=3", f"output_dir={tmp_path / 'run'}",
-            "train.profile_steps=[2]", "train.eval_every=1", f"train.eval_bench={task_file}",
-            "train.eval_limit=4"]  # fmt: skip
+    over = [
+        *small_run,
+        "grpo.kl_coef=0.05",
+        "train.steps=3",
+        f"output_dir={tmp_path / 'run'}",
+        "train.profile_steps=[2]",
+        "train.eval_every=1",
+        f"train.eval_bench={task_file}",
+        "train.eval_limit=4",
+    ]
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
@@ -56,8 +63,12 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tas
         ctl.publish()
         ctl.train_step(1)
         # read while the actors live: a gauge leaves the endpoint with its process
-        want = {n for n in prometheus_names() if n.removeprefix("ray_pte_ray_").removesuffix(
-            "_total") not in NEEDS_OTHER_FAULTS | NEEDS_OTHER_STAGE}  # fmt: skip
+        want = {
+            n
+            for n in prometheus_names()
+            if n.removeprefix("ray_pte_ray_").removesuffix("_total")
+            not in NEEDS_OTHER_FAULTS | NEEDS_OTHER_STAGE
+        }
         deadline, got = time.monotonic() + 60, {}
         while time.monotonic() < deadline:  # the agent exports each second (conftest)
             got = _series(ray_cluster["metrics"])

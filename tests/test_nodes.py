@@ -81,10 +81,15 @@ def test_each_actor_resolves_the_model_on_its_own_node(random_ckpt, task_file, t
     _hub_entry(homes["controller"], random_ckpt("qwen2"), weights=False)  # tokenizer only
     env = {**os.environ, "HF_HOME": str(homes["controller"]), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    args = [json.dumps({k: str(v) for k, v in homes.items()}), str(task_file),
-            str(tmp_path / "run"), REPO]  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    args = [
+        json.dumps({k: str(v) for k, v in homes.items()}),
+        str(task_file),
+        str(tmp_path / "run"),
+        REPO,
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     paths = json.loads(done.stdout.split("PATHS ", 1)[1])
     assert paths["controller"].startswith(str(homes["controller"]))
@@ -102,8 +107,9 @@ def test_bad_data_stops_before_ray_and_leaves_no_run_dir(tmp_path, random_ckpt):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "answer": "1"}\n{"prompt": "", "answer": "2"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: row 2: empty prompt"):
-        train.main(None, [f"model.path={random_ckpt('qwen2')}", f"data.train={bad}",
-                          f"output_dir={out}"])  # fmt: skip
+        train.main(
+            None, [f"model.path={random_ckpt('qwen2')}", f"data.train={bad}", f"output_dir={out}"]
+        )
     assert not out.exists()
 
 

@@ -17,9 +17,16 @@ def _math_copy(root):
         topic = root / "train" / ("algebra" if i % 2 else "geometry")
         topic.mkdir(parents=True, exist_ok=True)
         sol = f"We add. The answer is $\\boxed{{\\frac{{{i}}}{{2}}}}$." if i != 5 else "No box."
-        (topic / f"{i}.json").write_text(json.dumps(
-            {"problem": f"What is {i}/2?", "level": "Level 1", "type": "Algebra", "solution": sol}
-        ))  # fmt: skip
+        (topic / f"{i}.json").write_text(
+            json.dumps(
+                {
+                    "problem": f"What is {i}/2?",
+                    "level": "Level 1",
+                    "type": "Algebra",
+                    "solution": sol,
+                }
+            )
+        )
 
 
 def test_math_folders_become_train_and_test_parquet(tmp_path, capsys):
@@ -41,8 +48,10 @@ def test_math_folders_become_train_and_test_parquet(tmp_path, capsys):
 
 def test_gsm8k_jsonl_answers_after_the_marker(tmp_path, capsys):
     src = tmp_path / "gsm8k.jsonl"
-    rows = [{"question": f"Q{i}?", "answer": f"It is <<{i}*1000={i}000>>.\n#### {i},000"}
-            for i in range(4)] + [{"question": "Q?", "answer": "no marker"}]  # fmt: skip
+    rows = [
+        {"question": f"Q{i}?", "answer": f"It is <<{i}*1000={i}000>>.\n#### {i},000"}
+        for i in range(4)
+    ] + [{"question": "Q?", "answer": "no marker"}]
     src.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "data"
     assert cli(["prepare-data", str(src), "--out", str(out), "--test-size", "1"]) == 0

@@ -79,8 +79,11 @@ def test_readme_is_a_front_page_not_a_notebook():
 def test_the_gpu_table_is_what_the_configs_ask_for():
     from pte_ray.config import load_config
 
-    rows = re.findall(r"^\| `(launch/configs/[\w.-]+\.yaml)` \| (\d+) \| (\d+) \|$",
-                      (ROOT / "README.md").read_text(), re.M)  # fmt: skip
+    rows = re.findall(
+        r"^\| `(launch/configs/[\w.-]+\.yaml)` \| (\d+) \| (\d+) \|$",
+        (ROOT / "README.md").read_text(),
+        re.M,
+    )
     assert len(rows) == 3
     for path, lo, hi in rows:
         cfg = load_config(ROOT / path)

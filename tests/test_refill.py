@@ -17,8 +17,16 @@ from pte_ray.run.rollout_log import read_rollouts
 def _scored(rewards: list[float], g: int, tag: int) -> tuple[Batch, Scores, ReferenceLogprobs]:
     n = len(rewards)
     ex = [Example(f"p{tag}-{k}", "1", tag * 10 + k, "f:1") for k in range(n // g)]
-    ro = Rollouts([[tag, i] for i in range(n)], [[-1.0, -2.0]] * n, [[]] * n, [[]] * n,
-                  ["stop"] * n, [f"t{tag}-{i}" for i in range(n)], [0] * n, 1.0)  # fmt: skip
+    ro = Rollouts(
+        [[tag, i] for i in range(n)],
+        [[-1.0, -2.0]] * n,
+        [[]] * n,
+        [[]] * n,
+        ["stop"] * n,
+        [f"t{tag}-{i}" for i in range(n)],
+        [0] * n,
+        1.0,
+    )
     batch = Batch(ex, [[tag]] * n, ["1"] * n, ro, {"epoch": 0, "index": tag}, 1.0, {})
     ref = ReferenceLogprobs([[-0.5, float(i)] for i in range(n)])
     return batch, Scores(rewards, ["ok"] * n), ref
@@ -40,8 +48,13 @@ def test_groups_with_signal_are_taken_and_joined_in_order():
 @pytest.mark.slow  # the tiny model (built once) and three steps
 def test_drop_zero_adv_learns_only_groups_with_signal(ray_cluster, tmp_path):
     out = tmp_path / "run"
-    over = ["train.steps=3", "train.save_every=3", "grpo.drop_zero_adv=true",
-            "grpo.max_refill=3", f"output_dir={out}"]  # fmt: skip
+    over = [
+        "train.steps=3",
+        "train.save_every=3",
+        "grpo.drop_zero_adv=true",
+        "grpo.max_refill=3",
+        f"output_dir={out}",
+    ]
     assert train.main(None, over) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= m["zero_adv_groups"] <= 1.0 and "refill_rounds" in m for m in rows)

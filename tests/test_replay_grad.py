@@ -121,10 +121,12 @@ def _token_by_token_grads(
             if due and truncate:
                 pm = cache.p_max  # earlier thought tokens leave the graph; the prompt stays
                 cache.kv = [
-                    (torch.cat([k[:, :, :pm], k[:, :, pm:].detach()], 2),
-                     torch.cat([v[:, :, :pm], v[:, :, pm:].detach()], 2))
+                    (
+                        torch.cat([k[:, :, :pm], k[:, :, pm:].detach()], 2),
+                        torch.cat([v[:, :, :pm], v[:, :, pm:].detach()], 2),
+                    )
                     for k, v in cache.kv
-                ]  # fmt: skip
+                ]
             if due:
                 pick = torch.tensor([next(chosen)]) if chosen is not None else None
                 ev = cache.evict(due, pick)

@@ -148,8 +148,11 @@ def test_sft_without_a_solution_column_names_the_file_and_columns(small_run, tmp
     rows = tmp_path / "no_solutions.jsonl"
     rows.write_text(json.dumps({"prompt": "Start at 3 and add 2, 2 times.\n", "answer": "7"}))
     cfg = load_config(None, [*small_run, "train.stage=sft", f"data.train={rows}"])
-    with pytest.raises(ValueError, match=r"no_solutions.jsonl has no 'solution' column.*"
-                       r"\['answer', 'prompt'\].*sft.source=teacher"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"no_solutions.jsonl has no 'solution' column.*"
+        r"\['answer', 'prompt'\].*sft.source=teacher",
+    ):
         prepare(cfg)
 
 
@@ -190,8 +193,11 @@ def test_teacher_with_another_vocabulary_is_refused_before_compute(
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (other / "tokenizer.json").write_text(json.dumps(tj))
     over = [*small_run, "grpo.kl_coef=0.1", f"reference.model={other}"]
-    prepare(load_config(None, [*small_run, "grpo.kl_coef=0.1",
-                               f"reference.model={random_ckpt('qwen2')}"]))  # fmt: skip
+    prepare(
+        load_config(
+            None, [*small_run, "grpo.kl_coef=0.1", f"reference.model={random_ckpt('qwen2')}"]
+        )
+    )
     with pytest.raises(ValueError, match="another vocabulary than the student"):
         prepare(load_config(None, over))
 

@@ -23,9 +23,17 @@ def _metrics(run) -> list[dict]:
 @pytest.mark.slow  # three short trainings
 def test_sft_then_grpo_from_its_checkpoint(ray_cluster, small_run, task_file, tmp_path):
     sft_run, grpo_run = tmp_path / "sft", tmp_path / "grpo"
-    sft = [*small_run, "train.stage=sft", "train.steps=4", "train.save_every=2",
-           "train.eval_every=2", "train.eval_limit=6", f"train.eval_bench={task_file}",
-           "sft.answer_weight=5.0", "train.prompts_per_step=3"]  # fmt: skip
+    sft = [
+        *small_run,
+        "train.stage=sft",
+        "train.steps=4",
+        "train.save_every=2",
+        "train.eval_every=2",
+        "train.eval_limit=6",
+        f"train.eval_bench={task_file}",
+        "sft.answer_weight=5.0",
+        "train.prompts_per_step=3",
+    ]
     assert train.main(None, [*sft, "train.steps=2", f"output_dir={sft_run}"]) == 0
     assert train.main(None, [*sft, f"output_dir={sft_run}"], resume="auto") == 0  # resumed
     rows = _metrics(sft_run)
@@ -52,8 +60,13 @@ def test_sft_then_grpo_from_its_checkpoint(ray_cluster, small_run, task_file, tm
 
 @pytest.mark.parametrize("kind", ["reverse_kl", "topk_forward_kl"])
 def test_grpo_with_distillation_reads_the_teacher(ray_cluster, small_run, tmp_path, kind):
-    over = [*small_run, "distill.coef=0.5", f"distill.kind={kind}", "distill.topk=4",
-            f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    over = [
+        *small_run,
+        "distill.coef=0.5",
+        f"distill.kind={kind}",
+        "distill.topk=4",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
     cfg = load_config(None, over)
     assert cfg.reference_pool
     ctl = Controller(cfg, RunDir.open(cfg, None))
@@ -78,9 +91,16 @@ def test_sft_on_verified_teacher_traces(ray_cluster, tmp_path):
     from pte_ray.run.prepare import resolve_data
 
     out = tmp_path / "run"
-    over = ["train.stage=sft", "sft.source=teacher", "sft.teacher_prompts=12",
-            "sft.teacher_samples=2", "sft.answer_weight=3.0", "train.steps=2",
-            "train.prompts_per_step=4", f"output_dir={out}"]  # fmt: skip
+    over = [
+        "train.stage=sft",
+        "sft.source=teacher",
+        "sft.teacher_prompts=12",
+        "sft.teacher_samples=2",
+        "sft.answer_weight=3.0",
+        "train.steps=2",
+        "train.prompts_per_step=4",
+        f"output_dir={out}",
+    ]
     assert train.main(None, over) == 0
     summary = json.loads((out / "teacher" / "summary.json").read_text())
     assert summary["samples"] == 24 and 0 < summary["kept"] <= 24
@@ -100,8 +120,14 @@ def test_sft_on_verified_teacher_traces(ray_cluster, tmp_path):
 
 
 def test_learning_rate_follows_the_schedule_on_the_learner(ray_cluster, small_run, tmp_path):
-    over = [*small_run, "optim.lr=0.001", "optim.warmup_steps=4", "optim.schedule=cosine",
-            "train.steps=6", f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    over = [
+        *small_run,
+        "optim.lr=0.001",
+        "optim.warmup_steps=4",
+        "optim.schedule=cosine",
+        "train.steps=6",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:

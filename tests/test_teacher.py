@@ -73,8 +73,14 @@ def test_reference_applies_the_teacher_adapter_and_returns_its_topk(random_ckpt,
 def test_teacher_config_runs_the_teacher_with_the_full_cache(random_ckpt, tmp_path):
     model_dir = random_ckpt("qwen2")
     path, _, _ = _teacher_dir(tmp_path, model_dir, method="lora_c")
-    over = [f"model.path={model_dir}", f"reference.adapter={path}", "train.stage=sft",
-            "sft.source=teacher", "adapter.method=pte", "cache.budget=8"]  # fmt: skip
+    over = [
+        f"model.path={model_dir}",
+        f"reference.adapter={path}",
+        "train.stage=sft",
+        "sft.source=teacher",
+        "adapter.method=pte",
+        "cache.budget=8",
+    ]
     t = teacher_config(load_config(None, over), str(model_dir))
     assert t.adapter.method == "lora" and t.cache_config().budget is None  # plain -> full cache
     assert t.adapter.rank == 4 and t.train.init_adapter == str(path)

@@ -17,6 +17,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.peft import HF_MODULES, peft_tensors
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(
@@ -39,7 +40,13 @@ def _torch_logprobs(model, state, prompts, comps, temperature=TEMP) -> list[list
         ad = Adapter(model.args, LORA, torch.float32, "cpu")
         ad.load_state_dict(state)
     with torch.no_grad():
-        res = replay(model, ad, prompts, comps, CacheConfig(budget=None), temperature)
+        res = replay(
+            model,
+            ad,
+            DecodeRequest(prompts, CacheConfig(budget=None)),
+            comps,
+            ReplaySpec(temperature=temperature),
+        )
     return [res.logprobs[i, : len(c)].tolist() for i, c in enumerate(comps)]
 
 
@@ -190,8 +197,11 @@ def test_eval_engine_vllm_gives_the_torch_engines_completions(random_ckpt, task_
     env = {**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     done = subprocess.run(
         [*run, "--out", str(tmp_path / "v"), *over, "vllm.enforce_eager=true"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = eval_config(None, over, str(ckpt))
     opts = EvalOptions(limit=4, batch=4, out_dir=str(tmp_path / "t"))
@@ -233,10 +243,19 @@ def test_training_steps_on_vllm_rollouts_and_reference(ray_cluster, small_run, t
     from pte_ray.records import RolloutRequest
     from pte_ray.run.run_dir import RunDir
 
-    over = [*small_run, "adapter.method=lora", "adapter.rank=4", "rollout.engine=vllm",
-            "reference.engine=vllm", "grpo.kl_coef=0.05", "vllm.enforce_eager=true",
-            "vllm.max_model_len=256", "sampling.temperature=0.8", "train.steps=2",
-            f"train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    over = [
+        *small_run,
+        "adapter.method=lora",
+        "adapter.rank=4",
+        "rollout.engine=vllm",
+        "reference.engine=vllm",
+        "grpo.kl_coef=0.05",
+        "vllm.enforce_eager=true",
+        "vllm.max_model_len=256",
+        "sampling.temperature=0.8",
+        "train.steps=2",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
@@ -260,7 +279,13 @@ def test_training_steps_on_vllm_rollouts_and_reference(ray_cluster, small_run, t
     ad = Adapter(model.args, cfg.adapter_config(), torch.float32, "cpu")
     ad.load_state_dict({k: v.float() for k, v in learner.items()})
     with torch.no_grad():
-        res = replay(model, ad, PROMPTS, out.tokens, CacheConfig(budget=None), 0.8)
+        res = replay(
+            model,
+            ad,
+            DecodeRequest(PROMPTS, CacheConfig(budget=None)),
+            out.tokens,
+            ReplaySpec(temperature=0.8),
+        )
     for i, lp in enumerate(out.logprobs):
         assert lp == pytest.approx(res.logprobs[i, : len(lp)].tolist(), abs=1e-3)
 

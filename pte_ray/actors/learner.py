@@ -103,9 +103,13 @@ class Learner:
 
     def ready(self) -> WorkerInfo:
         return WorkerInfo(
-            "learner", str(self.rank), os.getpid(), socket.gethostname(),
-            str(self.model.device), self.model_path,
-        )  # fmt: skip
+            "learner",
+            str(self.rank),
+            os.getpid(),
+            socket.gethostname(),
+            str(self.model.device),
+            self.model_path,
+        )
 
     def train_step(self, shard: LearnerShard) -> LearnStats:
         """One GRPO step on this rank's shard (all ranks call it together)."""
@@ -216,10 +220,11 @@ class Learner:
                 out += [res.logprobs[i, : len(c)].tolist() for i, c in enumerate(comps)]
         return out
 
-    def publish(self) -> PublishedWeights:
-        """Rank 0: put a versioned snapshot of the adapter in the object store."""
+    def publish(self, epoch: int) -> PublishedWeights:
+        """Rank 0: put a versioned snapshot of the adapter in the object store, tagged with
+        the learner group's ``epoch`` (groups started before it in the job)."""
         snap = pack(self.engine.module.state_dict(), self.version)
-        return PublishedWeights(self.version, ray.put(snap))
+        return PublishedWeights(self.version, ray.put(snap), epoch)
 
     def optimizer_lrs(self) -> list[float]:
         """Each optimizer parameter group's learning rate, as DeepSpeed's optimizer holds it."""

@@ -7,7 +7,6 @@ node and a free port found *there* become the rendezvous address.
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -146,8 +145,8 @@ class LearnerGroup:
 
     def publish(self) -> PublishedWeights:
         """Rank 0's adapter, versioned, in the object store (every rank holds the same)."""
-        w = self._get([remote(self.actors[0], Learner.publish).remote()], "publish", None)[0]
-        return dataclasses.replace(w, epoch=self.epoch)
+        ref = remote(self.actors[0], Learner.publish).remote(self.epoch)
+        return self._get([ref], "publish", None)[0]
 
     def shutdown(self) -> None:
         for a in self.actors:

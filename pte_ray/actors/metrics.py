@@ -125,8 +125,15 @@ PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "eval_s", "step_s
 
 def export_step(row: dict[str, float]) -> None:
     """The controller's per-step figures from its ``metrics.jsonl`` row."""
-    plain = ("reward_mean", "staleness_mean", "tokens_per_s", "weight_version", "nll",
-             "zero_adv_groups", "truncated_frac")  # fmt: skip
+    plain = (
+        "reward_mean",
+        "staleness_mean",
+        "tokens_per_s",
+        "weight_version",
+        "nll",
+        "zero_adv_groups",
+        "truncated_frac",
+    )
     for key in plain:
         if key in row:  # the SFT stage has no rewards or rollouts, GRPO no target NLL
             gauge(key, row[key], "controller")

@@ -26,16 +26,24 @@ class ReferenceWorker:
 
     def ready(self) -> WorkerInfo:
         return WorkerInfo(
-            "reference", self.worker_id, os.getpid(), socket.gethostname(), self.engine.device,
-            self.model_path, self.engine.name,
-        )  # fmt: skip
+            "reference",
+            self.worker_id,
+            os.getpid(),
+            socket.gethostname(),
+            self.engine.device,
+            self.model_path,
+            self.engine.name,
+        )
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:
         t0 = time.perf_counter()
         out, ids, tops = self.engine.full_context_topk(
-            req.prompts, req.completions, self.cfg.sampling.temperature,
-            self.cfg.reference.micro_batch, req.topk,
-        )  # fmt: skip
+            req.prompts,
+            req.completions,
+            self.cfg.sampling.temperature,
+            self.cfg.reference.micro_batch,
+            req.topk,
+        )
         wall = time.perf_counter() - t0
         metrics.gauge("reference_latency_s", wall, "reference", worker=self.worker_id)
         return ReferenceLogprobs(out, ids, tops)

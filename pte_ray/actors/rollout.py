@@ -33,9 +33,14 @@ class RolloutWorker:
 
     def ready(self) -> WorkerInfo:
         return WorkerInfo(
-            "rollout", self.worker_id, os.getpid(), socket.gethostname(), self.engine.device,
-            self.model_path, self.engine.name,
-        )  # fmt: skip
+            "rollout",
+            self.worker_id,
+            os.getpid(),
+            socket.gethostname(),
+            self.engine.device,
+            self.model_path,
+            self.engine.name,
+        )
 
     def loaded_versions(self) -> list[str]:
         """The adapter versions the engine holds, oldest first (vLLM: names it serves)."""

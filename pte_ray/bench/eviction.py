@@ -97,10 +97,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [tok(t).input_ids for t in texts]
     model = load_base(path, dtype=torch.float64)
     adapter = _adapter(args, model)
-    cfg = CacheConfig(budget=args.budget, evict_ratio=args.evict_ratio, eviction="rkv",
-                      rkv=args.rkv)  # fmt: skip
-    sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=args.seed,
-                        stop_token_ids=(tok.eos_token_id,))  # fmt: skip
+    cfg = CacheConfig(
+        budget=args.budget, evict_ratio=args.evict_ratio, eviction="rkv", rkv=args.rkv
+    )
+    sp = SamplingParams(
+        max_new_tokens=args.max_new_tokens, seed=args.seed, stop_token_ids=(tok.eos_token_id,)
+    )
     probe = _Probe(model.args.n_layers)
     req = DecodeRequest(prompts, cfg, tok.pad_token_id or 0)
     out = generate(model, adapter, req, sp, DecodeHooks(on_evict=probe))

@@ -97,14 +97,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [tok(t).input_ids for t in texts]
     model = load_base(path, dtype=torch.float64)
     adapter = _adapter(args, model)
-    cfg = CacheConfig(budget=args.budget, evict_ratio=args.evict_ratio, eviction=args.eviction,
-                      rkv=args.rkv)  # fmt: skip
-    sp = SamplingParams(max_new_tokens=args.max_new_tokens, seed=args.seed,
-                        stop_token_ids=(tok.eos_token_id,))  # fmt: skip
+    cfg = CacheConfig(
+        budget=args.budget, evict_ratio=args.evict_ratio, eviction=args.eviction, rkv=args.rkv
+    )
+    sp = SamplingParams(
+        max_new_tokens=args.max_new_tokens, seed=args.seed, stop_token_ids=(tok.eos_token_id,)
+    )
     out = generate(model, adapter, DecodeRequest(prompts, cfg, tok.pad_token_id or 0), sp)
-    res: dict[str, Any] = {"bench": "grad", "model": str(path), "adapter": args.adapter,
-                           "method": adapter.cfg.method, "evictions_per_seq":
-                           sum(out.evictions) / len(prompts)}  # fmt: skip
+    res: dict[str, Any] = {
+        "bench": "grad",
+        "model": str(path),
+        "adapter": args.adapter,
+        "method": adapter.cfg.method,
+        "evictions_per_seq": sum(out.evictions) / len(prompts),
+    }
     for loss in ("every_token", "last_segment"):
         t = _grads(model, adapter, prompts, out, cfg, args, "truncated", loss == "last_segment")
         e = _grads(model, adapter, prompts, out, cfg, args, "exact", loss == "last_segment")

@@ -69,9 +69,15 @@ def _generate(eng: Any, prompts: list[list[int]], n: int, seed: int) -> int:
     from vllm import SamplingParams
 
     sps = [
-        SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0,
-                       seed=seed * 1_000_003 + i, detokenize=False)
+        SamplingParams(
+            max_tokens=n,
+            min_tokens=n,
+            ignore_eos=True,
+            temperature=1.0,
+            seed=seed * 1_000_003 + i,
+            detokenize=False,
+        )
         for i in range(len(prompts))
-    ]  # fmt: skip
+    ]
     outs = eng.llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
     return sum(len(o.outputs[0].token_ids) for o in outs)

@@ -77,9 +77,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.repeats):
                 version += 1
                 walls.append(_point(workers[:n], state, version))
-            points.append({"size_mb": round(mb, 2), "workers": n, "rank": rank,
-                           "median_ms": 1e3 * statistics.median(walls),
-                           "min_ms": 1e3 * min(walls), "max_ms": 1e3 * max(walls)})  # fmt: skip
+            points.append(
+                {
+                    "size_mb": round(mb, 2),
+                    "workers": n,
+                    "rank": rank,
+                    "median_ms": 1e3 * statistics.median(walls),
+                    "min_ms": 1e3 * min(walls),
+                    "max_ms": 1e3 * max(walls),
+                }
+            )
         for w in workers:
             ray.kill(w)
     return {"bench": "weights", "model": args.model, "repeats": args.repeats, "points": points}

@@ -44,32 +44,28 @@ def _cached_eval(cfg, adapter, benches, samples, seed, where: Path, how) -> dict
         return json.loads((where / "results.json").read_text())
     mode, ablate = how
     greedy = mode == "greedy"
-    opts = EvalOptions(samples=1 if greedy else samples, seeds=(seed,), out_dir=str(where),
-                       ablate=ablate, greedy=greedy)  # fmt: skip
+    opts = EvalOptions(
+        samples=1 if greedy else samples,
+        seeds=(seed,),
+        out_dir=str(where),
+        ablate=ablate,
+        greedy=greedy,
+    )
     return evaluate(cfg, adapter, benches, opts)
 
 
 def compare(
-    config: str | None,
-    overrides: list[str],
-    methods: list[str],
-    seeds: list[int],
-    benches: list[str],
-    out_dir: str,
-    samples: int = 1,
-    sft_config: str | None = None,
-    distill_coef: float = 1.0,
-    ablate_fold: bool = False,
+    setup: Setup, methods: list[str], seeds: list[int], benches: list[str], samples: int = 1
 ) -> dict[str, Any]:
     """Trains and evaluates every spec under every seed; returns (and writes) the summary."""
     specs = [parse_spec(m) for m in methods]  # a bad name or config fails before any run
-    load_config(config, [o.removeprefix("grpo:") for o in overrides if not o.startswith("sft:")])
+    over = setup.overrides
+    load_config(setup.config, [o.removeprefix("grpo:") for o in over if not o.startswith("sft:")])
     if any("sft" in s.stages for s in specs):
-        sft_over = [o.removeprefix("sft:") for o in overrides if not o.startswith("grpo:")]
-        load_config(sft_config or config, [*sft_over, "train.stage=sft"])
-    out = Path(out_dir)
+        sft_over = [o.removeprefix("sft:") for o in over if not o.startswith("grpo:")]
+        load_config(setup.sft_config or setup.config, [*sft_over, "train.stage=sft"])
+    out = setup.out
     out.mkdir(parents=True, exist_ok=True)
-    setup = Setup(config, sft_config, list(overrides), out, distill_coef, ablate_fold)
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         for spec in specs:

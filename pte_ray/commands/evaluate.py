@@ -130,12 +130,22 @@ def _run_bench(
         scored = eng.verifier.score_batch(comps, [golds[i] for i, _ in part])
         for j, ((i, s), (reward, status)) in enumerate(zip(part, scored, strict=True)):
             rows.append(
-                {"benchmark": bench.name, "seed": seed, "problem": i, "sample": s,
-                 "prompt": texts[i], "answer": golds[i], "completion": comps[j],
-                 "correct": status == "ok", "reward": reward, "status": status,
-                 "num_tokens": len(out.tokens[j]), "evictions": len(out.eviction_steps[j]),
-                 "distance": dist[i] if dist else None}
-            )  # fmt: skip
+                {
+                    "benchmark": bench.name,
+                    "seed": seed,
+                    "problem": i,
+                    "sample": s,
+                    "prompt": texts[i],
+                    "answer": golds[i],
+                    "completion": comps[j],
+                    "correct": status == "ok",
+                    "reward": reward,
+                    "status": status,
+                    "num_tokens": len(out.tokens[j]),
+                    "evictions": len(out.eviction_steps[j]),
+                    "distance": dist[i] if dist else None,
+                }
+            )
         bar.update(len(part))
     return rows
 
@@ -197,13 +207,18 @@ def evaluate(
     bar.close()
     eng.verifier.close()
     results = {
-        "method": cfg.adapter.method, "engine": o.engine, "ablate": o.ablate,
-        "greedy": o.greedy, "adapter": adapter_dir,
-        "cache": cfg.cache_config().model_dump(mode="json"), "samples": o.samples,
-        "seeds": list(o.seeds), "seconds": time.perf_counter() - t0,
+        "method": cfg.adapter.method,
+        "engine": o.engine,
+        "ablate": o.ablate,
+        "greedy": o.greedy,
+        "adapter": adapter_dir,
+        "cache": cfg.cache_config().model_dump(mode="json"),
+        "samples": o.samples,
+        "seeds": list(o.seeds),
+        "seconds": time.perf_counter() - t0,
         "benchmarks": {name: _mean_std(v) for name, v in per_seed.items()},
         "problems": counts,  # a sample of 5 problems is a smoke test, not a benchmark
-    }  # fmt: skip
+    }
     _write(out, results, rows)
     results["out_dir"] = str(out)
     return results
@@ -219,10 +234,12 @@ def _check_counts(ks: list[int], samples: int, batch: int) -> list[int]:
 
 def _mean_std(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {
-        k: {"mean": float(np.mean([d[k] for d in per_seed])),
-            "std": float(np.std([d[k] for d in per_seed]))}
+        k: {
+            "mean": float(np.mean([d[k] for d in per_seed])),
+            "std": float(np.std([d[k] for d in per_seed])),
+        }
         for k in per_seed[0]
-    }  # fmt: skip
+    }
 
 
 def _write(out: Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> None:

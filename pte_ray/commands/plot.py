@@ -47,13 +47,21 @@ VIEWS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
             for k in ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "step_s", "wall_s")
         ],
         "seconds",
-    ),  # fmt: skip
+    ),
 }
 # Per-step series that are noise around a trend: drawn faint, with their running mean on top.
 SMOOTHED = {
-    "reward_mean", "reward_std", "nll", "answer_nll", "tokens_per_s", "kl", "teacher_kl",
-    "zero_adv_groups", "truncated_frac", "completion_tokens_mean",
-}  # fmt: skip
+    "reward_mean",
+    "reward_std",
+    "nll",
+    "answer_nll",
+    "tokens_per_s",
+    "kl",
+    "teacher_kl",
+    "zero_adv_groups",
+    "truncated_frac",
+    "completion_tokens_mean",
+}
 # Fractions live on [0, 1]; memory, lengths and times start at 0, so a 2% rise looks like 2%.
 UNIT_AXIS = {"diagnostics", "eval"}
 ZERO_AXIS = {"memory", "length", "throughput", "evictions", "phases", "staleness"}
@@ -158,8 +166,12 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
 
 def summary_md(run: Path, rows: list[dict[str, Any]]) -> str:
     keys = [k for _, series, _ in VIEWS.values() for k, _ in series]
-    lines = [f"# {run.name}: {len(rows)} steps", "", "| metric | first | last | min | max |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# {run.name}: {len(rows)} steps",
+        "",
+        "| metric | first | last | min | max |",
+        "|---|---|---|---|---|",
+    ]
     for k in keys:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
         if vals:

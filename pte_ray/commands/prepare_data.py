@@ -124,7 +124,12 @@ def prepare_data(src: str, out: str, fmt: str = "auto", test_size: int = 500, se
     _write(dest / "train.parquet", train)
     if test:
         _write(dest / "test.parquet", test)
-    report = {"source": src, "train": len(train), "test": len(test), "dropped": dropped,
-              "dropped_why": dict(why)}  # fmt: skip
+    report = {
+        "source": src,
+        "train": len(train),
+        "test": len(test),
+        "dropped": dropped,
+        "dropped_why": dict(why),
+    }
     (dest / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -61,10 +61,11 @@ def run_eval(roles: Any, es: EvalSet, weights: PublishedWeights | None) -> dict[
     """Greedy accuracy of ``weights`` on the set: overall, per distance and for d >= 2."""
     n = len(es.prompts)
     reqs = [
-        RolloutRequest(es.prompts[i : i + CHUNK], [0] * len(es.prompts[i : i + CHUNK]), weights,
-                       greedy=True)
+        RolloutRequest(
+            es.prompts[i : i + CHUNK], [0] * len(es.prompts[i : i + CHUNK]), weights, greedy=True
+        )
         for i in range(0, n, CHUNK)
-    ]  # fmt: skip
+    ]
     rollouts = Rollouts.concat(roles.rollout.map_rows(RolloutWorker.rollout, reqs))
     scored = [
         ScoreRequest(rollouts.texts[i : i + CHUNK], es.answers[i : i + CHUNK])

@@ -58,8 +58,14 @@ def step_metrics(
 
 
 # LossStats field -> metrics.jsonl key, for the figures every GRPO step has
-GRPO_FIGURES = {"kl": "kl", "loss": "loss", "entropy": "entropy", "clip_frac": "clip_frac",
-                "replay_mean_diff": "logprob_replay_mean_diff", "ratio": "ratio"}  # fmt: skip
+GRPO_FIGURES = {
+    "kl": "kl",
+    "loss": "loss",
+    "entropy": "entropy",
+    "clip_frac": "clip_frac",
+    "replay_mean_diff": "logprob_replay_mean_diff",
+    "ratio": "ratio",
+}
 OPTIONAL = ("distill_kl", "tis_weight")  # only where the settings make them
 
 

@@ -67,10 +67,13 @@ def _sample(ctl: Any, out: Path) -> None:
         rows = [i for i in idx for _ in range(k)]
         seeds = np.random.SeedSequence([cfg.train.seed, 11]).generate_state(len(rows)).tolist()
         reqs = [
-            RolloutRequest([data.prompt_ids[i] for i in rows[a : a + GROUP * k]],
-                           [int(x) for x in seeds[a : a + GROUP * k]], None)
+            RolloutRequest(
+                [data.prompt_ids[i] for i in rows[a : a + GROUP * k]],
+                [int(x) for x in seeds[a : a + GROUP * k]],
+                None,
+            )
             for a in range(0, len(rows), GROUP * k)
-        ]  # fmt: skip
+        ]
         ro = Rollouts.concat(pool.map_rows(RolloutWorker.rollout, reqs))
     finally:
         pool.shutdown()
@@ -91,11 +94,19 @@ def _write(out: Path, rows: list[int], ro: Any, statuses: list[str]) -> None:
     )
     keep = [j for j, s in enumerate(statuses) if s == "ok" and ro.finish_reasons[j] == "stop"]
     table = pa.Table.from_pylist(
-        [{"prompt_index": rows[j], "sample": j, "tokens": ro.tokens[j], "text": ro.texts[j]}
-         for j in keep],
-        schema=pa.schema([("prompt_index", pa.int64()), ("sample", pa.int64()),
-                          ("tokens", pa.list_(pa.int64())), ("text", pa.string())]),
-    )  # fmt: skip
+        [
+            {"prompt_index": rows[j], "sample": j, "tokens": ro.tokens[j], "text": ro.texts[j]}
+            for j in keep
+        ],
+        schema=pa.schema(
+            [
+                ("prompt_index", pa.int64()),
+                ("sample", pa.int64()),
+                ("tokens", pa.list_(pa.int64())),
+                ("text", pa.string()),
+            ]
+        ),
+    )
     out.mkdir(parents=True, exist_ok=True)
     summary = {"samples": len(rows), "kept": len(keep), "statuses": dict(counts)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

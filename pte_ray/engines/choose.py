@@ -52,9 +52,14 @@ def reference_engine(
         from pte_ray.engines.vllm_engine import VllmEngine
 
         eng: Any = VllmEngine(
-            model_path, acfg if acfg.has_adapter else None, cfg.sampling.temperature, cfg.vllm,
-            cfg.model.dtype, device, seed=cfg.train.seed,
-        )  # fmt: skip
+            model_path,
+            acfg if acfg.has_adapter else None,
+            cfg.sampling.temperature,
+            cfg.vllm,
+            cfg.model.dtype,
+            device,
+            seed=cfg.train.seed,
+        )
     else:
         eng = TorchEngine(model_path, acfg, CacheConfig(budget=None), cfg.model.dtype, device)
     if cfg.reference.adapter is not None and acfg.has_adapter:

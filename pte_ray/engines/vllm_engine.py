@@ -67,8 +67,11 @@ class VllmEngine:
         self.adapter_cfg = adapter_cfg if adapter_cfg and adapter_cfg.has_adapter else None
         lora = {}
         if self.adapter_cfg is not None:
-            lora = {"enable_lora": True, "max_lora_rank": max(8, self.adapter_cfg.rank),
-                    "max_loras": keep_versions}  # fmt: skip
+            lora = {
+                "enable_lora": True,
+                "max_lora_rank": max(8, self.adapter_cfg.rank),
+                "max_loras": keep_versions,
+            }
         try:
             self.llm = vllm.LLM(
                 model=model_path,
@@ -142,20 +145,29 @@ class VllmEngine:
         if len(seeds) != n_rows:
             raise ValueError(f"{len(seeds)} row_seeds for {n_rows} prompts")
         return [
-            VSP(max_tokens=sp.max_new_tokens, temperature=0.0 if sp.greedy else 1.0,
-                top_p=sp.top_p, top_k=sp.top_k if sp.top_k > 0 else -1, seed=s, logprobs=0,
-                stop=list(sp.stop_strings) or None, stop_token_ids=list(sp.stop_token_ids))
+            VSP(
+                max_tokens=sp.max_new_tokens,
+                temperature=0.0 if sp.greedy else 1.0,
+                top_p=sp.top_p,
+                top_k=sp.top_k if sp.top_k > 0 else -1,
+                seed=s,
+                logprobs=0,
+                stop=list(sp.stop_strings) or None,
+                stop_token_ids=list(sp.stop_token_ids),
+            )
             for s in seeds
-        ]  # fmt: skip
+        ]
 
     def sample(self, prompts: list[list[int]], sp: SamplingParams) -> Generation:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
         lora = self.versions[-1] if self.versions else None
         outs = self.llm.generate(
-            [{"prompt_token_ids": p} for p in prompts], self._params(sp, len(prompts)),
-            lora_request=lora, use_tqdm=False,
-        )  # fmt: skip
+            [{"prompt_token_ids": p} for p in prompts],
+            self._params(sp, len(prompts)),
+            lora_request=lora,
+            use_tqdm=False,
+        )
         tokens, logprobs, reasons = [], [], []
         for o in (r.outputs[0] for r in outs):
             ids = list(o.token_ids)
@@ -196,8 +208,12 @@ class VllmEngine:
             pl = o.prompt_logprobs  # [None, {id: Logprob}, ...] per prompt position
             res.append([pl[len(p) + i][t].logprob for i, t in enumerate(c)])
             if k:  # each position's dict: the k likeliest (ranked 1..k) plus the actual token
-                top = [sorted(((x.rank, t, x.logprob) for t, x in pl[len(p) + i].items()
-                               if x.rank <= k))[:k] for i in range(len(c))]  # fmt: skip
+                top = [
+                    sorted(
+                        ((x.rank, t, x.logprob) for t, x in pl[len(p) + i].items() if x.rank <= k)
+                    )[:k]
+                    for i in range(len(c))
+                ]
                 ids.append([[t for _, t, _ in row] for row in top])
                 tops.append([[lp for _, _, lp in row] for row in top])
         return res, ids, tops

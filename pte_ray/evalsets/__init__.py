@@ -77,9 +77,13 @@ def first_row(path: Path) -> dict[str, Any]:
 
 def problems(bench: Bench, cfg: Config, limit: int | None) -> tuple[list, list[str], DataConfig]:
     dcfg = cfg.data.loader(bench.path).model_copy(
-        update={"prompt_key": bench.prompt_key, "answer_key": bench.answer_key,
-                "messages_key": None, "skip_bad_rows": False}
-    )  # fmt: skip
+        update={
+            "prompt_key": bench.prompt_key,
+            "answer_key": bench.answer_key,
+            "messages_key": None,
+            "skip_bad_rows": False,
+        }
+    )
     examples = load_dataset(dcfg)[0][:limit]  # GSM8K's answers end in "#### 72"
     return examples, [e.answer.split("####")[-1].strip() for e in examples], dcfg
 

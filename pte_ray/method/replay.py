@@ -182,7 +182,7 @@ def _replay_group(
     if grad:
         restart(cache, pre.kv)
     for a, z in g.bounds:
-        logits, state = segment(model, adapter, cache, state, g, a, z, carry_state=False)
+        logits, state = segment(model, adapter, cache, state, g, (a, z), carry_state=False)
         loss = score(g, pre.first, logits, a, z)
         if loss is not None and loss.requires_grad:
             loss.backward()

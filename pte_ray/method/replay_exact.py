@@ -95,7 +95,7 @@ def _forward_pass(
         for a, z in g.bounds:
             starts.append(_Start(cache.t, list(cache.count), cache.valid.clone(), state))
             # only what the segment writes into the cache is kept: no logits (no LM head)
-            _, state = segment(model, adapter, cache, state, g, a, z, True, logits=False)
+            _, state = segment(model, adapter, cache, state, g, (a, z), True, logits=False)
             store.take(cache, a, z)
     return starts, store
 
@@ -120,7 +120,7 @@ def exact_group(
             s_in = st.state.detach().requires_grad_(
                 pre.state is not None and pre.state.requires_grad
             )
-        logits, s_out = segment(model, adapter, cache, s_in, g, a, z, carry_state=True)
+        logits, s_out = segment(model, adapter, cache, s_in, g, (a, z), carry_state=True)
         outs, grads = [], []
         loss = score(g, pre.first, logits, a, z)
         if loss is not None and loss.requires_grad:

@@ -100,14 +100,14 @@ def segment(
     cache: BoundedCache,
     state: torch.Tensor | None,
     g: Group,
-    a: int,
-    z: int,
+    span: tuple[int, int],
     carry_state: bool,
     logits: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Eviction and fold due before token a (S detached unless ``carry_state``), then one
-    forward of tokens [a, z). Returns their logits [b, z - a, V] (None if none, or if not
-    ``logits``: only the cache is updated) and S."""
+    forward of tokens [a, z) (``span``). Returns their logits [b, z - a, V] (None if none, or
+    if not ``logits``: only the cache is updated) and S."""
+    a, z = span
     if a in g.sched:
         chosen = g.plan[:, g.sched.index(a)] if g.plan is not None else None
         ev = cache.evict(cache.due(), chosen)

@@ -183,6 +183,10 @@ class GRPOLoss:
         """What this loss saw over its rows (``metrics`` of a learner step)."""
         s = self.sums
         return LossStats(
-            loss=s["loss"], entropy=s["entropy"], clip_frac=s["clip_frac"], ratio=s["ratio"],
-            kl=s["kl"], tis_weight=s.get("tis_weight", NAN),
-        )  # fmt: skip
+            loss=s["loss"],
+            entropy=s["entropy"],
+            clip_frac=s["clip_frac"],
+            ratio=s["ratio"],
+            kl=s["kl"],
+            tis_weight=s.get("tis_weight", NAN),
+        )

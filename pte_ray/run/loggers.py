@@ -64,9 +64,13 @@ class StepLoggers:
             check_wandb(mode)
             (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
             self.wandb = wandb.init(
-                mode=mode, dir=str(run_dir), project=train.get("wandb_project", "pte-ray"),
-                name=run_dir.name, config=config, reinit="finish_previous",
-            )  # fmt: skip
+                mode=mode,
+                dir=str(run_dir),
+                project=train.get("wandb_project", "pte-ray"),
+                name=run_dir.name,
+                config=config,
+                reinit="finish_previous",
+            )
 
     def log(self, row: dict[str, Any]) -> None:
         step, values = int(row["step"]), flat(row)

@@ -119,6 +119,16 @@ def prepare(cfg: Config) -> Prepared:
     stream = PromptStream(targets or examples, seed=cfg.train.seed)
     teacher_spec = (cfg.reference.model or cfg.model.path) if teacher_path else None
     return Prepared(
-        model_path, tok, examples, ids, texts, stream, pad, eos, teacher_path, targets,
-        cfg.model.path, teacher_spec,
-    )  # fmt: skip
+        model_path,
+        tok,
+        examples,
+        ids,
+        texts,
+        stream,
+        pad,
+        eos,
+        teacher_path,
+        targets,
+        cfg.model.path,
+        teacher_spec,
+    )

@@ -84,8 +84,10 @@ class RecallSpec:
 
 def _count_lines(start: int, add: int, steps: int) -> list[str]:
     """``left: total+add=new`` counting down, as in the counting task's solutions."""
-    return [f"{left}: {start + add * (steps - left)}+{add}={start + add * (steps - left + 1)}"
-            for left in range(steps, 0, -1)]  # fmt: skip
+    return [
+        f"{left}: {start + add * (steps - left)}+{add}={start + add * (steps - left + 1)}"
+        for left in range(steps, 0, -1)
+    ]
 
 
 def format_recall(s1: int, a1: int, k: int, s2: int, a2: int, n: int) -> tuple[str, str, str]:
