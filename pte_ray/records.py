@@ -72,6 +72,14 @@ class WorkerInfo:
     model_path: str | None = None  # the model as resolved on this node
     engine: str | None = None  # torch / vllm (rollout, reference)
 
+    @classmethod
+    def here(cls, role: str, worker: str, **loaded: Any) -> WorkerInfo:
+        """This process's info (pid, host) with what it ``loaded`` (device, model, engine)."""
+        import os
+        import socket
+
+        return cls(role, worker, os.getpid(), socket.gethostname(), **loaded)
+
 
 @dataclass(frozen=True)
 class PublishedWeights:

@@ -67,17 +67,16 @@ def _bf16_learner(random_ckpt):
     return load_base(random_ckpt("qwen2"), dtype=torch.bfloat16), adapter.bfloat16(), shard
 
 
+def _replay(model, adapter, shard, loss_fn=None):
+    spec = ReplaySpec(max_new_tokens=40, eviction_steps=shard.eviction_steps)
+    req = DecodeRequest(shard.prompts, CacheConfig(budget=8))
+    return replay(model, adapter, req, shard.completions, spec, loss_fn)
+
+
 def _learn(model, adapter, shard, behavior: str) -> tuple[dict, dict]:
     job = GRPOObjective(shard, GRPOConfig(), behavior=behavior)
     loss_fn = job.loss(slice(0, len(shard)), 1.0, "cpu")
-    replay(
-        model,
-        adapter,
-        DecodeRequest(shard.prompts, CacheConfig(budget=8)),
-        shard.completions,
-        ReplaySpec(temperature=1.0, max_new_tokens=40, eviction_steps=shard.eviction_steps),
-        loss_fn,
-    )
+    _replay(model, adapter, shard, loss_fn)
     grads = {n: p.grad.float().clone() for n, p in adapter.named_parameters()}
     adapter.zero_grad(set_to_none=True)
     return loss_fn.stats(), grads
@@ -85,13 +84,7 @@ def _learn(model, adapter, shard, behavior: str) -> tuple[dict, dict]:
 
 def test_bf16_ratio_is_off_one_on_policy_unless_pi_old_is_the_learners(random_ckpt):
     model, adapter, shard = _bf16_learner(random_ckpt)
-    res = replay(
-        model,
-        adapter,
-        DecodeRequest(shard.prompts, CacheConfig(budget=8)),
-        shard.completions,
-        ReplaySpec(temperature=1.0, max_new_tokens=40, eviction_steps=shard.eviction_steps),
-    )
+    res = _replay(model, adapter, shard)
     _, mean = GRPOObjective(shard, GRPOConfig()).replay_diff(slice(0, 4), res.logprobs)
     assert mean > 1e-4  # the mismatch this setting exists for (fp32 both sides: ~1e-7)
     as_rollout, _ = _learn(model, adapter, shard, "rollout")
@@ -107,13 +100,6 @@ def test_bf16_ratio_is_off_one_on_policy_unless_pi_old_is_the_learners(random_ck
     def plain(lp, ent, rows, cols):
         return -(w[rows][:, cols].to(lp.dtype) * lp).sum()
 
-    replay(
-        model,
-        adapter,
-        DecodeRequest(shard.prompts, CacheConfig(budget=8)),
-        shard.completions,
-        ReplaySpec(temperature=1.0, max_new_tokens=40, eviction_steps=shard.eviction_steps),
-        plain,
-    )
+    _replay(model, adapter, shard, plain)
     for n, p in adapter.named_parameters():
         assert torch.allclose(p.grad.float(), g_learner[n], rtol=1e-2, atol=1e-6), n

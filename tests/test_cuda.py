@@ -39,12 +39,7 @@ def test_rkv_rollout_and_replay_on_cuda(random_ckpt):
         None,
         DecodeRequest(
             DecodeRequest(prompts, cfg),
-            ReplaySpec(
-                temperature=1.0,
-                max_new_tokens=48,
-                eviction_steps=out.eviction_steps,
-                evicted_slots=out.evicted_slots,
-            ),
+            ReplaySpec.of(out, 48),
         ),
         out.tokens,
     )

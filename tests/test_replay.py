@@ -146,12 +146,7 @@ def test_replay_is_exact_in_float64(random_ckpt, eviction):
         adapter,
         DecodeRequest(PROMPTS, cfg),
         out.tokens,
-        ReplaySpec(
-            temperature=1.0,
-            max_new_tokens=48,
-            eviction_steps=out.eviction_steps,
-            evicted_slots=out.evicted_slots,
-        ),
+        ReplaySpec.of(out, 48),
     )
     for i, toks in enumerate(out.tokens):
         got = res.logprobs[i, : len(toks)].double()
@@ -169,12 +164,7 @@ def test_replay_rejects_a_record_of_another_eviction_policy(random_ckpt):
             None,
             DecodeRequest(PROMPTS, CacheConfig(budget=8)),
             rkv.tokens,
-            ReplaySpec(
-                temperature=1.0,
-                max_new_tokens=30,
-                eviction_steps=rkv.eviction_steps,
-                evicted_slots=rkv.evicted_slots,
-            ),
+            ReplaySpec.of(rkv, 30),
         )
     with pytest.raises(ValueError, match="row 0: replayed under cache.eviction=rkv"):
         replay(
@@ -182,12 +172,7 @@ def test_replay_rejects_a_record_of_another_eviction_policy(random_ckpt):
             None,
             DecodeRequest(PROMPTS, RKV),
             window.tokens,
-            ReplaySpec(
-                temperature=1.0,
-                max_new_tokens=30,
-                eviction_steps=window.eviction_steps,
-                evicted_slots=window.evicted_slots,
-            ),
+            ReplaySpec.of(window, 30),
         )
     bad = [[list(r) for r in row] for row in rkv.evicted_slots]
     bad[2][1] = [bad[2][1][0]] * len(bad[2][1])

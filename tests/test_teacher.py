@@ -66,7 +66,7 @@ def test_reference_applies_the_teacher_adapter_and_returns_its_topk(random_ckpt,
         assert torch.allclose(torch.tensor(tops[i]), w_top, atol=1e-5)
         assert not torch.allclose(w_lp, base[i][0], atol=1e-3)  # the adapter matters here
     plain = reference_engine(load_config(None, [f"model.path={model_dir}"]), str(model_dir), "cpu")
-    got = plain.full_context_logprobs(PROMPTS, COMPLETIONS, TEMP, 2)
+    got = plain.full_context_topk(PROMPTS, COMPLETIONS, TEMP, 2, 0)[0]
     assert all(torch.allclose(torch.tensor(g), b[0], atol=1e-5) for g, b in zip(got, base))
 
 

@@ -106,13 +106,13 @@ PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [40, 41, 42, 43, 44, 45, 46, 47]]
 @needs_vllm
 def test_reference_logprobs_equal_the_torch_path(vllm_engine, torch_model):
     comps = [[20, 21, 22, 23], [30, 31, 32, 33, 34, 35], [50]]
-    got = vllm_engine.full_context_logprobs(PROMPTS, comps, TEMP)
+    got = vllm_engine.full_context_topk(PROMPTS, comps, TEMP, 0, 0)[0]
     want = _torch_logprobs(torch_model, None, PROMPTS, comps)
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-3)
     assert any(abs(x) > 0.5 for row in want for x in row)  # not a flat distribution
     with pytest.raises(ValueError, match="temperature 0.7"):
-        vllm_engine.full_context_logprobs(PROMPTS, comps, 1.0)
+        vllm_engine.full_context_topk(PROMPTS, comps, 1.0, 0, 0)
 
 
 def _sample(engine, seeds=(1, 2, 3)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -102,13 +101,8 @@ class Learner:
         self.version = 0
 
     def ready(self) -> WorkerInfo:
-        return WorkerInfo(
-            "learner",
-            str(self.rank),
-            os.getpid(),
-            socket.gethostname(),
-            str(self.model.device),
-            self.model_path,
+        return WorkerInfo.here(
+            "learner", str(self.rank), device=str(self.model.device), model_path=self.model_path
         )
 
     def train_step(self, shard: LearnerShard) -> LearnStats:

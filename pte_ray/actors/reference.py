@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 
 from pte_ray.actors import metrics
@@ -25,14 +23,9 @@ class ReferenceWorker:
         self.engine = reference_engine(self.cfg, self.model_path, device, teacher)
 
     def ready(self) -> WorkerInfo:
-        return WorkerInfo(
-            "reference",
-            self.worker_id,
-            os.getpid(),
-            socket.gethostname(),
-            self.engine.device,
-            self.model_path,
-            self.engine.name,
+        e = self.engine
+        return WorkerInfo.here(
+            "reference", self.worker_id, device=e.device, model_path=self.model_path, engine=e.name
         )
 
     def logprobs(self, req: ReferenceRequest) -> ReferenceLogprobs:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.records import ScoreRequest, Scores, WorkerInfo
@@ -18,7 +15,7 @@ class RewardWorker:
         self.verifier.warm_up()  # a cold verifier would make the first step's items slow
 
     def ready(self) -> WorkerInfo:
-        return WorkerInfo("reward", self.worker_id, os.getpid(), socket.gethostname())
+        return WorkerInfo.here("reward", self.worker_id)
 
     def score(self, req: ScoreRequest) -> Scores:
         scored = self.verifier.score_batch(req.completions, req.answers)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from typing import Any
 
@@ -32,14 +30,9 @@ class RolloutWorker:
         self.epoch = -1
 
     def ready(self) -> WorkerInfo:
-        return WorkerInfo(
-            "rollout",
-            self.worker_id,
-            os.getpid(),
-            socket.gethostname(),
-            self.engine.device,
-            self.model_path,
-            self.engine.name,
+        e = self.engine
+        return WorkerInfo.here(
+            "rollout", self.worker_id, device=e.device, model_path=self.model_path, engine=e.name
         )
 
     def loaded_versions(self) -> list[str]:

@@ -84,16 +84,6 @@ class TorchEngine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def full_context_logprobs(
-        self,
-        prompts: list[list[int]],
-        completions: list[list[int]],
-        temperature: float,
-        micro_batch: int,
-    ) -> list[list[float]]:
-        """The whole context, with the engine's adapter if it has one (a teacher's)."""
-        return self.full_context_topk(prompts, completions, temperature, micro_batch, 0)[0]
-
     def full_context_topk(
         self,
         prompts: list[list[int]],

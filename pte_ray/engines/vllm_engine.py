@@ -1,6 +1,6 @@
 """The vLLM engine: full-cache rollouts (``base``, ``lora``) and reference log-probs.
 
-Same surface as ``TorchEngine`` (generate, full_context_logprobs, load_state, decode), so a
+Same surface as ``TorchEngine`` (sample, full_context_topk, load_state, decode), so a
 worker picks its engine by config. Two things vLLM does differently, handled here:
 
 * **Temperature.** Our log-probs are those of softmax(logits / T) over the whole vocabulary,
@@ -176,16 +176,6 @@ class VllmEngine:
             reasons.append("stop" if o.finish_reason == "stop" else "length")
         stats = {"tokens": float(sum(map(len, tokens)))}
         return Generation(prompts, tokens, logprobs, [[] for _ in prompts], reasons, stats)
-
-    def full_context_logprobs(
-        self,
-        prompts: list[list[int]],
-        completions: list[list[int]],
-        temperature: float,
-        micro_batch: int = 0,
-    ) -> list[list[float]]:
-        """log p(completion | prompt) per token, as vLLM's prompt log-probs of the joined ids."""
-        return self.full_context_topk(prompts, completions, temperature, micro_batch, 0)[0]
 
     def full_context_topk(
         self,

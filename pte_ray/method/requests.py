@@ -45,3 +45,12 @@ class ReplaySpec:
     evicted_slots: list[list[list[int]]] | None = None
     grad_mode: str = "truncated"
     topk: int = 0
+
+    @classmethod
+    def of(cls, rollout: Any, max_new_tokens: int, **how: Any) -> ReplaySpec:
+        """Replaying a ``Generation`` as it was recorded (its evictions and, under R-KV, the
+        slots they freed); ``how``: temperature, grad_mode, topk."""
+        rec = rollout.eviction_steps, rollout.evicted_slots
+        return cls(
+            max_new_tokens=max_new_tokens, eviction_steps=rec[0], evicted_slots=rec[1], **how
+        )
