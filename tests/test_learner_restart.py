@@ -37,27 +37,31 @@ def base(small_run, tmp_path):
     return make
 
 
-def _kill_learner_after(ctl: Controller, lines: int) -> threading.Thread:
-    """SIGKILLs the last learner rank's process once metrics.jsonl has ``lines`` rows."""
+def _kill_learner_after(ctl: Controller, lines: int, node: bool = False) -> threading.Thread:
+    """SIGKILLs the last learner rank's process once metrics.jsonl has ``lines`` rows; with
+    ``node``, every rollout worker's too, in the same instant (what losing a GPU node does)."""
     metrics = ctl.run.metrics_file
-    pid = ctl.roles.learners.info[-1].pid
+    pids = [ctl.roles.learners.info[-1].pid]
+    if node:
+        pids += [i.pid for i in ctl.roles.rollout.info.values()]
 
     def kill() -> None:
         while not metrics.exists() or len(metrics.read_text().splitlines()) < lines:
             time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
 
     t = threading.Thread(target=kill, daemon=True)
     t.start()
     return t
 
 
-def _run(over: list[str], kill_after: int | None = None) -> Controller:
+def _run(over: list[str], kill_after: int | None = None, node: bool = False) -> Controller:
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
     try:
         if kill_after is not None:
-            _kill_learner_after(ctl, kill_after)
+            _kill_learner_after(ctl, kill_after, node)
         fit(ctl)
     finally:
         ctl.shutdown()
@@ -77,6 +81,24 @@ def test_killed_learner_resumes_and_ends_bit_identical(ray_cluster, base, tmp_pa
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["learner_restarts"] == 1
     a = load_file(tmp_path / "straight/checkpoints/step_000006/adapter.safetensors")
     b = load_file(tmp_path / "killed/checkpoints/step_000006/adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # two 6-step runs, a learner restart and every rollout worker's
+def test_learner_and_rollout_workers_killed_together_resume_bit_identical(
+    ray_cluster, base, tmp_path
+):
+    """The weights a restarted rollout worker must load outlive the learner that made them
+    (the controller owns each published version), so losing both at once is one learner loss:
+    the group is replaced, resumes from its checkpoint, re-publishes, and the step is redone."""
+    two = "rollout.num_workers=2"
+    _run(base("straight", two))
+    ctl = _run(base("node", two, "train.max_learner_restarts=1"), kill_after=3, node=True)
+    assert ctl.state.learner_restarts == 1
+    rows = [json.loads(x) for x in (tmp_path / "node/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]
+    a = load_file(tmp_path / "straight/checkpoints/step_000006/adapter.safetensors")
+    b = load_file(tmp_path / "node/checkpoints/step_000006/adapter.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

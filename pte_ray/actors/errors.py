@@ -21,6 +21,11 @@ class LearnerLost(PoolError):
     """A learner rank died or hung: the group cannot go on, but a new one can resume."""
 
 
+class WeightsLost(RuntimeError):
+    """A published version can no longer be fetched (its object is gone): what a lost learner
+    group means to a rollout worker. The controller treats it as the learner loss it is."""
+
+
 def start_failure(e: RayActorError) -> str:
     """The error an actor's constructor raised, from the traceback Ray wraps it in."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -34,7 +39,8 @@ def role_error(role: str, call: str, e: BaseException, timeout_s: float | None =
     """
     if isinstance(e, RayTaskError):
         what = "failed to start" if call == "ready" else f"raised on {call}"
-        return PoolError(f"{role} {what}: {e.cause!r}")
+        kind = LearnerLost if isinstance(e.cause, WeightsLost) else PoolError
+        return kind(f"{role} {what}: {e.cause!r}")
     if isinstance(e, LOST):
         if call == "ready":
             return PoolError(f"{role} failed to start: {start_failure(e)}")

@@ -18,7 +18,6 @@ from math import isnan
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 
 from pte_ray.actors import metrics
@@ -29,7 +28,7 @@ from pte_ray.actors.learner_setup import (
     param_groups,
     peak_mb,
 )
-from pte_ray.actors.weights import pack
+from pte_ray.actors.weights import Snapshot, pack
 from pte_ray.config import Config
 from pte_ray.engines.torch_engine import pick_device, resolve_dtype
 from pte_ray.method.adapter import Adapter
@@ -40,7 +39,6 @@ from pte_ray.records import (
     LearnerShard,
     LearnStats,
     LossStats,
-    PublishedWeights,
     SFTShard,
     WorkerInfo,
 )
@@ -214,11 +212,10 @@ class Learner:
                 out += [res.logprobs[i, : len(c)].tolist() for i, c in enumerate(comps)]
         return out
 
-    def publish(self, epoch: int) -> PublishedWeights:
-        """Rank 0: put a versioned snapshot of the adapter in the object store, tagged with
-        the learner group's ``epoch`` (groups started before it in the job)."""
-        snap = pack(self.engine.module.state_dict(), self.version)
-        return PublishedWeights(self.version, ray.put(snap), epoch)
+    def snapshot(self) -> Snapshot:
+        """Rank 0: the adapter, versioned and packed (``LearnerGroup.publish`` puts it in the
+        object store from the controller, so a version outlives the learner that made it)."""
+        return pack(self.engine.module.state_dict(), self.version)
 
     def optimizer_lrs(self) -> list[float]:
         """Each optimizer parameter group's learning rate, as DeepSpeed's optimizer holds it."""

@@ -144,9 +144,12 @@ class LearnerGroup:
         return None
 
     def publish(self) -> PublishedWeights:
-        """Rank 0's adapter, versioned, in the object store (every rank holds the same)."""
-        ref = remote(self.actors[0], Learner.publish).remote(self.epoch)
-        return self._get([ref], "publish", None)[0]
+        """Rank 0's adapter (every rank holds the same), versioned, put in the object store by
+        the controller: the controller owns it, so rollout workers restarted after a learner
+        (or its node) died still load the version they must serve."""
+        ref = remote(self.actors[0], Learner.snapshot).remote()
+        snap = self._get([ref], "snapshot", None)[0]
+        return PublishedWeights(snap.version, ray.put(snap), self.epoch)
 
     def shutdown(self) -> None:
         for a in self.actors:

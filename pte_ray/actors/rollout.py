@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 import ray
+from ray.exceptions import ObjectLostError, ObjectReconstructionFailedError, OwnerDiedError
 
 from pte_ray.actors import metrics
+from pte_ray.actors.errors import WeightsLost
 from pte_ray.actors.weights import Snapshot, unpack
 from pte_ray.config import Config
 from pte_ray.engines.choose import rollout_engine
@@ -52,7 +54,10 @@ class RolloutWorker:
         a learner restart (a new epoch) so does one holding a newer, lost version."""
         if weights is None or (weights.epoch, weights.version) <= (self.epoch, self.version):
             return
-        snap: Snapshot = ray.get(weights.ref)
+        try:
+            snap: Snapshot = ray.get(weights.ref, timeout=self.cfg.train.call_timeout_s)
+        except (ObjectLostError, OwnerDiedError, ObjectReconstructionFailedError) as e:
+            raise WeightsLost(f"version {weights.epoch}.{weights.version}: {e}") from e
         self.engine.load_state(unpack(snap), tag=f"{weights.epoch}.{snap.version}")
         self.version, self.epoch = snap.version, weights.epoch
         metrics.gauge("weight_version", self.version, "rollout", worker=self.worker_id)
