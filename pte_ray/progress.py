@@ -80,3 +80,19 @@ def progress(
 def say(message: str) -> None:
     """One status line on stderr (where progress goes), flushed at once."""
     print(message, file=sys.stderr, flush=True)
+
+
+def log_events_to_stderr() -> None:
+    """The package's INFO lines (pool events: a worker lost, back, replaced, added, retired; a
+    learner group restarted) to stderr, which is the job log under ``ray job submit``. Once."""
+    import logging
+
+    pkg = logging.getLogger("pte_ray")
+    if any(getattr(h, "_pte_ray", False) for h in pkg.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler._pte_ray = True  # type: ignore[attr-defined]
+    pkg.addHandler(handler)
+    pkg.setLevel(logging.INFO)
+    pkg.propagate = False

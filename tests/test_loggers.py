@@ -9,7 +9,7 @@ import pytest
 from pte_ray.commands.train import main as train_main
 
 
-def test_tensorboard_and_wandb_get_every_step(ray_cluster, small_run, tmp_path):
+def test_tensorboard_and_wandb_get_every_step(ray_cluster, small_run, tmp_path, capfd):
     pytest.importorskip("tensorboard", reason="the loggers extra is not installed")
     pytest.importorskip("wandb", reason="the loggers extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -22,6 +22,7 @@ def test_tensorboard_and_wandb_get_every_step(ray_cluster, small_run, tmp_path):
         'train.loggers=["tensorboard","wandb"]',
     ]
     assert train_main(None, over) == 0
+    assert "rollout pool: 1 actor(s) ready" in capfd.readouterr().err  # events reach the log
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()

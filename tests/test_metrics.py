@@ -21,11 +21,8 @@ from pte_ray.controller.step import Controller
 from pte_ray.run.run_dir import RunDir
 
 BOARD = Path(__file__).parent.parent / "cluster" / "grafana" / "pte-ray.json"
-# Raised only by a fault this test does not cause: a call past its timeout, an actor replaced
-# for good, a learner group restarted, a verifier item timing out (tests/test_faults.py and
-# tests/test_learner_restart.py cause them and read them back from metrics.jsonl).
-NEEDS_OTHER_FAULTS = {"pool_timeouts", "pool_replacements", "learner_restarts", "timeouts"}
-# The SFT stage's (tests/test_stages.py reads it from metrics.jsonl).
+# Every counter is exported at 0 from the start, so every series is there; but the SFT stage's
+# (tests/test_stages.py reads it from metrics.jsonl).
 NEEDS_OTHER_STAGE = {"nll"}
 
 
@@ -66,8 +63,7 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tas
         want = {
             n
             for n in prometheus_names()
-            if n.removeprefix("ray_pte_ray_").removesuffix("_total")
-            not in NEEDS_OTHER_FAULTS | NEEDS_OTHER_STAGE
+            if n.removeprefix("ray_pte_ray_").removesuffix("_total") not in NEEDS_OTHER_STAGE
         }
         deadline, got = time.monotonic() + 60, {}
         while time.monotonic() < deadline:  # the agent exports each second (conftest)
@@ -78,6 +74,7 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tas
     finally:
         ctl.shutdown()
     assert want <= set(got), f"missing in Prometheus: {sorted(want - set(got))}"
+    _every_panel_has_data(got)
     roles = {lab.get("role") for samples in got.values() for lab in samples}
     assert {"rollout", "reward", "reference", "learner", "controller"} <= roles
     for name in ("ray_pte_ray_tokens_per_s", "ray_pte_ray_loss", "ray_pte_ray_reference_latency_s"):
@@ -96,6 +93,20 @@ def test_every_role_exports_its_series_to_prometheus(ray_cluster, small_run, tas
     for f in (tmp_path / "run" / "profiles").rglob("*.gz"):
         events = json.loads(gzip.decompress(f.read_bytes()))["traceEvents"]
         assert len(events) > 10, f
+
+
+def _every_panel_has_data(got: dict[str, list[dict[str, str]]]) -> None:
+    """Each query of the board names series with label matchers; a sample with those labels
+    must be in the scrape (``nll`` only in an SFT run)."""
+    board = json.loads(BOARD.read_text())
+    for panel in board["panels"]:
+        for t in panel["targets"]:
+            for name, labels in re.findall(r"(ray_pte_ray_\w+)(?:\{([^}]*)\})?", t["expr"]):
+                if name.removeprefix("ray_pte_ray_") in NEEDS_OTHER_STAGE:
+                    continue
+                want = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                have = got.get(name, [])
+                assert any(want.items() <= lab.items() for lab in have), (panel["title"], name)
 
 
 def test_a_trace_over_its_cap_is_dropped(tmp_path, caplog):
@@ -118,8 +129,21 @@ def test_grafana_board_loads_and_uses_only_exported_series():
     used = {m for e in exprs for m in re.findall(r"\b(ray_pte_ray_\w+)", e)}
     assert used and used <= prometheus_names(), sorted(used - prometheus_names())
     titles = " ".join(p["title"].lower() for p in board["panels"])
-    for what in ("throughput", "reward", "staleness", "pool size", "phase"):
+    for what in (
+        "throughput",
+        "reward",
+        "staleness",
+        "pool size",
+        "phase",
+        "pool events",
+        "verifier timeouts",
+    ):
         assert what in titles, what
+    for p in board["panels"]:  # a title that names a window names the query's window
+        m = re.search(r"per (\d+) min", p["title"])
+        for t in p["targets"]:
+            if "[" in t["expr"] and m:
+                assert f"[{m.group(1)}m]" in t["expr"], p["title"]
 
 
 def test_an_undeclared_metric_is_an_error():

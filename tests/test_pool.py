@@ -212,6 +212,9 @@ def test_killed_actor_process_loses_nothing_and_comes_back(ray_cluster):
         kinds = [e.kind for e in pool.events]
         assert kinds.count("lost") == 2 and "back" in kinds and "replaced" in kinds, kinds
         assert pool.size == 2 and pool.totals["restarts"] == 1
+        # the replacement's start is a respawn, not a scale-up: the pool never grew
+        assert "respawn" in kinds and "up" not in kinds
+        assert pool.totals["replacements"] == 1 and pool.totals["event_up"] == 0
     finally:
         pool.shutdown()
 

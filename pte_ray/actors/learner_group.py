@@ -77,7 +77,7 @@ class LearnerGroup:
             ) from e
 
         probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=self.on(0))
-        addr, port = ray.get(probe.remote())
+        addr, port = ray.get(probe.remote(), timeout=ready_timeout_s)
         cls = ray.remote(Learner)
         self.actors = [
             cls.options(
@@ -118,7 +118,7 @@ class LearnerGroup:
             if not done:
                 raise LearnerLost(f"learner {method} timed out ({limit:.0f}s): a rank hung")
             try:
-                ray.get(done[0])
+                ray.get(done[0])  # bounded: ray.wait returned it
             except RayActorError as e:
                 if e.actor_init_failed:  # the constructor raised: a bug or bad input, not a loss
                     raise role_error("learner", method, e) from e
@@ -128,7 +128,7 @@ class LearnerGroup:
                 if lost is not None:  # the collective failed because a peer died
                     raise LearnerLost(str(role_error("learner", method, lost))) from lost
                 raise role_error("learner", method, e) from e
-        return ray.get(list(refs))
+        return ray.get(list(refs))  # bounded: every ref is done (the loop above)
 
     @staticmethod
     def _lost_peer(refs: list[ray.ObjectRef], grace_s: float = 10.0) -> RayActorError | None:
@@ -136,7 +136,7 @@ class LearnerGroup:
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=grace_s) if refs else ([], [])
         for ref in done:
             try:
-                ray.get(ref)
+                ray.get(ref)  # bounded: ray.wait returned it
             except RayActorError as e:
                 return e
             except RayTaskError:

@@ -9,10 +9,12 @@ Ray exports them on each node's metrics port as ``ray_pte_ray_<name>`` (counters
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from ray.util import metrics as ray_metrics
 
+log = logging.getLogger(__name__)
 _GAUGES: dict[str, ray_metrics.Gauge] = {}
 _COUNTERS: dict[str, ray_metrics.Counter] = {}
 # Ray (2.60, OpenTelemetry) exports a gauge only in the report interval it was set in: a value
@@ -70,7 +72,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "pool_timeouts": (C, "calls that ran past train.call_timeout_s"),
     "pool_restarts": (C, "actors back in service after Ray restarted them"),
     "pool_replacements": (C, "actors dead for good, replaced by fresh ones"),
-    "pool_events": (C, "pool decisions by kind (up, ready, down, failed, lost, hung, back, ...)"),
+    "pool_events": (
+        C,
+        "pool decisions by kind (up, ready, down, failed, lost, hung, back, replaced, respawn)",
+    ),
 }
 
 
@@ -109,15 +114,30 @@ def gauge(name: str, value: float, role: str, **tags: str) -> None:
             _refresher.start()
 
 
-def count(name: str, value: float, role: str, **tags: str) -> None:
-    full = _tags(role, tags)
+def _counter(name: str, full: dict[str, str]) -> ray_metrics.Counter:
     c = _COUNTERS.get(name)
     if c is None:
         c = _COUNTERS[name] = ray_metrics.Counter(
             f"pte_ray_{name}_total", description=_declared(name, C), tag_keys=tuple(sorted(full))
         )
+    return c
+
+
+def count(name: str, value: float, role: str, **tags: str) -> None:
+    full = _tags(role, tags)
+    c = _counter(name, full)
     if value > 0:
         c.inc(float(value), tags=full)
+
+
+def zero(name: str, role: str, **tags: str) -> None:
+    """Export counter ``name`` at 0 now, so its first event is a visible step from 0 (a series
+    that appears at 1 reads as no increase to Prometheus' ``increase``/``rate``)."""
+    full = _tags(role, tags)
+    try:
+        _counter(name, full)._record(0.0, tags=full)  # ``inc`` refuses 0; a private door
+    except Exception as e:  # a metric must never stop a run
+        log.debug("could not export %s at 0: %s", name, e)
 
 
 PHASES = ("rollout_s", "reward_ref_s", "learn_s", "publish_s", "eval_s", "step_s", "wall_s")

@@ -29,7 +29,7 @@ from ray.exceptions import ActorUnavailableError, RayTaskError
 
 from pte_ray.actors import metrics
 from pte_ray.actors.errors import LOST, PoolError, role_error
-from pte_ray.actors.pool_health import Health, PoolEvent, Task
+from pte_ray.actors.pool_health import Health, PoolEvent, Task, log
 
 __all__ = ["Pool", "PoolError", "PoolEvent", "PoolSpec", "remote"]
 
@@ -74,6 +74,8 @@ class Pool(Health):
             self._wait_ready(list(self.members), spec.ready_timeout_s)
             self.sizes = [self.size]
             metrics.gauge("pool_size", self.size, self.name)
+            self.zero_counters()
+            log.info("%s pool: %d actor(s) ready", self.name, self.size)
         except BaseException:
             self.shutdown()  # no half-started pool holds cluster resources
             raise
@@ -180,7 +182,7 @@ class Pool(Health):
         if m is not None:
             m.busy, m.idle_since = False, now
         try:
-            receive(ray.get(ref), [t.item for t in tasks])
+            receive(ray.get(ref), [t.item for t in tasks])  # bounded: ray.wait returned it
         except RayTaskError as e:
             items = ", ".join(str(t.item) for t in tasks)
             raise role_error(f"{self.name} actor {aid}", f"shard {items}", e) from e

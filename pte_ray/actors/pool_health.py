@@ -34,6 +34,9 @@ from pte_ray.actors import metrics
 log = logging.getLogger("pte_ray.actors.pool")
 
 REPROBE_S = 0.5  # between ``ready`` probes of an actor Ray is still restarting
+COUNTED = ("retries", "timeouts", "restarts", "replacements")
+# up / down: scaling; respawn: the start of a replacement (counted apart from scaling)
+EVENTS = ("up", "ready", "down", "failed", "lost", "hung", "back", "replaced", "respawn")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,13 @@ class Health:
         self.members[aid] = Member(self.make(aid))
         return aid
 
+    def zero_counters(self) -> None:
+        """Every counter of this pool exported at 0 from its start."""
+        for what in COUNTED:
+            metrics.zero(f"pool_{what}", self.name)
+        for kind in EVENTS:
+            metrics.zero("pool_events", self.name, kind=kind)
+
     def _start_one(self, why: str, kind: str = "up") -> None:
         aid = self._add()  # Ray places it; it takes work once ``ready`` returns
         self._ask_ready(aid)
@@ -174,7 +184,7 @@ class Health:
     def _answered(self, aid: int, ref: ray.ObjectRef) -> None:
         m = self.members[aid]
         try:
-            m.info = ray.get(ref)
+            m.info = ray.get(ref)  # bounded: ray.wait returned it
         except ActorUnavailableError:  # Ray is still restarting it: ask again shortly
             m.reprobe_at = time.monotonic() + REPROBE_S
             return
@@ -198,7 +208,7 @@ class Health:
         if m.recovering:
             self._event("replaced", aid, f"dead for good ({why})")
             self._count("replacements")
-            self._start_one(f"replaces actor {aid}", kind="up")
+            self._start_one(f"replaces actor {aid}", kind="respawn")  # not a scale-up
         else:
             self._event("failed", aid, f"could not start: {why}")
             self._resized()

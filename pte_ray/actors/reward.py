@@ -6,6 +6,7 @@ from pte_ray.actors import metrics
 from pte_ray.config import Config
 from pte_ray.records import ScoreRequest, Scores, WorkerInfo
 from pte_ray.rl.rewards import Verifier
+from pte_ray.rl.verdict import STATUSES
 
 
 class RewardWorker:
@@ -13,6 +14,9 @@ class RewardWorker:
         self.worker_id = str(worker_id)
         self.verifier = Verifier(cfg.reward)  # the section is a RewardConfig
         self.verifier.warm_up()  # a cold verifier would make the first step's items slow
+        metrics.zero("timeouts", "reward", worker=self.worker_id)  # exported from the start
+        for status in STATUSES:
+            metrics.zero("verifier_status", "reward", worker=self.worker_id, status=status)
 
     def ready(self) -> WorkerInfo:
         return WorkerInfo.here("reward", self.worker_id)

@@ -46,7 +46,7 @@ def _point(workers: list[Any], state: dict[str, torch.Tensor], version: int) -> 
 
     t0 = time.perf_counter()
     w = PublishedWeights(version, ray.put(pack(state, version)))
-    got = ray.get([x.sync.remote(w) for x in workers])
+    got = ray.get([x.sync.remote(w) for x in workers], timeout=600)
     wall = time.perf_counter() - t0
     if got != [version] * len(workers):
         raise RuntimeError(f"workers serve versions {got}, expected {version}")
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg = load_config(None, over)
         actor = ray.remote(RolloutWorker).options(num_cpus=0.1)
         workers = [actor.remote(cfg, path, i) for i in range(args.workers)]
-        ray.get([w.ready.remote() for w in workers])
+        ray.get([w.ready.remote() for w in workers], timeout=600)
         mb = sum(v.numel() * v.element_size() for v in state.values()) / 2**20
         for n in range(1, args.workers + 1):
             walls = []

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pte_ray.config import Config, dump_config, load_config
+from pte_ray.progress import log_events_to_stderr
 from pte_ray.run.prepare import prepare
 from pte_ray.run.run_dir import RunDir
 
@@ -38,6 +39,7 @@ def main(config: str | None, overrides: list[str], resume: str | None = None) ->
     from pte_ray.controller.step import Controller
     from pte_ray.run.loggers import StepLoggers, check_wandb
 
+    log_events_to_stderr()  # pool events and restarts in the job's log
     cfg = load_config(config, overrides)  # conflicting settings: an error here
     _check_output_dir(cfg, resume)
     if "wandb" in cfg.train.loggers:

@@ -64,6 +64,7 @@ class Controller:
         self.roles = start_roles(cfg, self.data.model_spec, 0, self.data.teacher_spec)
         say(f"roles ready in {time.perf_counter() - t0:.0f} s")
         self.state = RunState(self.data.stream.cursor())  # the run's progress: step, cursor, ...
+        metrics.zero("learner_restarts", "controller")  # exported from the start
         self.step_loggers: Any = None  # run/loggers.StepLoggers when train.loggers names any
 
     @property
