@@ -300,3 +300,44 @@ def test_rollout_writer_rejects_bad_rows(tmp_path: Path, change, match: str):
 def test_integer_answers_are_read_as_text(tmp_path: Path):
     path = write_jsonl(tmp_path / "aime.jsonl", [{"prompt": "p", "answer": 204}])
     assert load_prompts(DataConfig(path=str(path)))[0].answer == "204"
+
+
+def _corrupt_row_group(path, rg: int) -> None:
+    """Overwrites the first data page header of row group ``rg`` with garbage."""
+    import pyarrow.parquet as pq
+
+    off = pq.ParquetFile(path).metadata.row_group(rg).column(0).data_page_offset
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(b"\xff" * 16)
+
+
+def test_a_corrupt_parquet_row_group_is_named_or_skipped_and_counted(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"q{i}", "answer": str(i)} for i in range(12)]
+    path = tmp_path / "shard.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4)
+    _corrupt_row_group(path, 1)
+    with pytest.raises(
+        DataError, match=r"shard.parquet: row 5: row group 1 \(rows 5-8\) unreadable"
+    ):
+        load_dataset(DataConfig(path=str(path)))
+    examples, report = load_dataset(DataConfig(path=str(path), skip_bad_rows=True))
+    assert [e.answer for e in examples] == ["0", "1", "2", "3", "8", "9", "10", "11"]
+    assert (report.rows, report.skipped, report.kept) == (12, 4, 8)
+
+
+def test_an_unverifiable_gold_answer_is_named_counted_and_its_prompt_skipped(tmp_path, caplog):
+    path = tmp_path / "gold.jsonl"
+    rows = [
+        {"prompt": "q1", "answer": "7"},
+        {"prompt": "q2", "answer": "9^{9^{9^9}}"},
+        {"prompt": "q3", "answer": "3"},
+    ]  # fmt: skip (three rows, one line each)
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    examples, report = load_dataset(DataConfig(path=str(path)))
+    assert [e.answer for e in examples] == ["7", "3"]
+    assert report.unverifiable == [f"{path}:2"]
+    assert "gold answer" in caplog.text and "power tower" in caplog.text

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pte_ray.config import Config
+from pte_ray.progress import say
 from pte_ray.rl.data import Example, PromptStream, filter_by_length, load_dataset
 from pte_ray.rl.data import render_prompt as render
 from pte_ray.rl.data.read import resolve_files
@@ -97,6 +98,11 @@ def prepare(cfg: Config) -> Prepared:
     teacher_path = _teacher(cfg, model_path)
     if report.skipped:
         log.warning("skipped %d bad rows: %s", report.skipped, report)
+    if report.unverifiable:
+        say(
+            f"{len(report.unverifiable)} prompt(s) skipped: their gold answers cannot be verified "
+            f"safely (first: {report.unverifiable[0]})"
+        )
     tok = AutoTokenizer.from_pretrained(model_path)
     limit = d.max_prompt_tokens
     cache = cfg.cache_config()

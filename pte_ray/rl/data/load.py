@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pte_ray.rl.answers.screen import screen_answer
 from pte_ray.rl.data.read import Bad, read_rows, resolve_files
 from pte_ray.rl.data.schema import DataConfig, DataError, Example
 
@@ -31,6 +32,7 @@ class LoadReport:
     skipped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)  # the first few, as "file: row N: why"
+    unverifiable: list[str] = field(default_factory=list)  # gold answers the verifier refuses
 
 
 def _chat_prompt(rec: dict, key: str) -> tuple[str | None, list[dict[str, str]]] | Bad:
@@ -108,6 +110,20 @@ def _validate(rec: Any, cfg: DataConfig, solutions: bool = False) -> Row | Bad:
     return prompt, messages, answer, solution
 
 
+def _unverifiable(answer: str, src: str, report: LoadReport) -> bool:
+    """A gold answer goes through the completions' screen: one that could stall the verifier
+    (a power tower, a 10^6-digit number) would score every sample of its group 0 after
+    minutes of work. Named once, counted, and its prompt left out."""
+    why = screen_answer(answer)
+    if why is None:
+        return False
+    report.unverifiable.append(src)
+    log.warning(
+        "%s: gold answer %.40r cannot be verified safely (%s): prompt skipped", src, answer, why
+    )
+    return True
+
+
 def _check(report: LoadReport, cfg: DataConfig) -> None:
     """Raises on bad rows unless they are to be skipped (then warns), and on no rows at all."""
     if report.skipped and not cfg.skip_bad_rows:
@@ -134,16 +150,18 @@ def load_dataset(cfg: DataConfig, solutions: bool = False) -> tuple[list[Example
     for path in resolve_files(cfg.path):
         report.files.append(str(path))
         for row, rec in read_rows(path, keys):
-            report.rows += 1
+            report.rows += rec.rows if isinstance(rec, Bad) else 1
             got = _validate(rec, cfg, solutions)
             if isinstance(got, Bad):
-                report.skipped += 1
+                report.skipped += got.rows
                 report.reasons[got.reason.split(" (")[0]] += 1
                 if len(report.errors) < _MAX_LISTED:
                     report.errors.append(f"{path}: row {row}: {got.reason}")
                 continue
             prompt, messages, answer, solution = got
             src = f"{path}:{row}"
+            if _unverifiable(answer, src, report):
+                continue
             examples.append(Example(prompt, answer, len(examples), src, messages, solution))
     report.kept = len(examples)
     _check(report, cfg)

@@ -26,9 +26,10 @@ SUFFIXES = {
 
 @dataclass
 class Bad:
-    """A row that cannot be used, and why."""
+    """A row (or ``rows`` rows: an unreadable Parquet row group) that cannot be used, and why."""
 
     reason: str
+    rows: int = 1
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -88,8 +89,16 @@ def _rows_parquet(path: Path, columns: list[str]) -> Iterator[tuple[int, Any]]:
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the file has {names}")
     row = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=8192):
-        for rec in batch.to_pylist():
+    for rg in range(pf.num_row_groups):  # a corrupt page spoils its row group, not the file
+        n = pf.metadata.row_group(rg).num_rows
+        try:
+            recs = pf.read_row_group(rg, columns=columns).to_pylist()
+        except Exception as e:  # pyarrow raises several types for corrupt pages
+            why = f"row group {rg} (rows {row + 1}-{row + n}) unreadable: {type(e).__name__}: {e}"
+            yield row + 1, Bad(why, rows=n)
+            row += n
+            continue
+        for rec in recs:
             row += 1
             yield row, rec
 
