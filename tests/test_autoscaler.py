@@ -85,6 +85,23 @@ SCRIPT = textwrap.dedent(
     out["events"] = [e.kind for e in pool.events]
     out["nodes_with_pool"] = sum(1 for x in ray.nodes() if x["Alive"] and x["Resources"].get("CPU"))
     pool.shutdown()
+    workers(0, timeout=180)
+
+    # A busy cluster: the learner and the reward worker already fill a node. The request must
+    # count them, or the autoscaler sees room that is taken and adds no node for the pool.
+    busy = load_config(None, ["rollout.num_cpus=2", "rollout.max_workers=2",
+                              "learner.num_cpus=1", "reward.num_cpus=1"])
+    ask = autoscaler_request(busy)
+    fixed = [ray.remote(W).options(num_cpus=1).remote() for _ in range(2)]
+    ray.get([f.ready.remote() for f in fixed], timeout=180)  # placed on a node of their own
+    out["busy_nodes_before"] = workers(1)
+    ask(2)  # the run at 2 rollout workers: their 2 nodes beside the busy one, asked up front
+    out["busy_up_s"] = workers(3)
+    pool = Pool(spec, make, on_resize=ask)  # grows onto the nodes that are already there
+    out["busy_pool_map"] = pool.map(W.work, [(i,) for i in range(40)])[:3]
+    out["busy_events"] = [e.kind for e in pool.events]
+    pool.shutdown()  # the request is released: the rollout nodes go, the busy one stays
+    out["busy_down_s"] = workers(1, timeout=180)
     print("RESULT " + json.dumps(out))
     """
 )
@@ -112,4 +129,8 @@ def test_request_resources_scales_the_cluster():
     print(out)
     assert out["up_2_s"] is not None and out["down_0_s"] >= 0
     assert out["pool_map"] == [0, 1, 2]
-    assert out["events"][:2] == ["up", "ready"] and out["nodes_with_pool"] == 2
+    assert out["busy_up_s"] is not None and out["busy_pool_map"] == [0, 1, 2]
+    assert "up" in out["busy_events"] and out["busy_down_s"] >= 0
+    assert (
+        out["events"][:2] == ["up", "ready"] and out["nodes_with_pool"] == 3
+    )  # the pool's 2 + the other roles' bundles

@@ -24,6 +24,21 @@ def rollout_bundle(cfg: Config) -> dict[str, float]:
     return {k: v for k, v in {"CPU": rc.num_cpus, "GPU": rc.num_gpus}.items() if v > 0}
 
 
+def _bundle(cpu: float, gpu: float) -> dict[str, float]:
+    return {k: v for k, v in {"CPU": cpu, "GPU": gpu}.items() if v > 0}
+
+
+def fixed_bundles(cfg: Config) -> list[dict[str, float]]:
+    """One bundle per actor of every other role (learners, reward, reference): the autoscaler
+    weighs a request against the whole cluster's load, so it must see what they take too."""
+    lc, wc, fc = cfg.learner, cfg.reward, cfg.reference
+    out = [_bundle(lc.num_cpus, lc.num_gpus) for _ in range(lc.num_learners)]
+    out += [_bundle(wc.num_cpus, 0.0) for _ in range(wc.num_workers)]
+    if cfg.reference_pool:
+        out += [_bundle(fc.num_cpus, fc.num_gpus) for _ in range(fc.num_workers)]
+    return out
+
+
 def _fixed_ask(cfg: Config) -> dict[str, float]:
     """Everything but the rollout pool, at its start size."""
     ask = {"CPU": 0.0, "GPU": 0.0}
@@ -57,15 +72,22 @@ def check_placeable(cfg: Config) -> None:
 
 
 def autoscaler_request(cfg: Config) -> Callable[[int], None] | None:
-    """``on_resize(n)``: ask the autoscaler for n rollout bundles (0 releases the request)."""
+    """``on_resize(n)``: ask the autoscaler for the run at n rollout workers: n rollout bundles
+    beside every other role's (0: the pool is gone, the request is released)."""
     if not cfg.rollout.request_resources or not (cfg.rollout.max_workers or 0) > 1:
         return None
-    bundle = rollout_bundle(cfg)
+    bundle, fixed = rollout_bundle(cfg), fixed_bundles(cfg)
 
     def on_resize(n: int) -> None:
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=[dict(bundle) for _ in range(n)])
-        log.info("asked Ray's autoscaler for %d rollout bundle(s) of %s", n, bundle)
+        bundles = [*fixed, *(dict(bundle) for _ in range(n))] if n else []
+        request_resources(bundles=bundles)
+        log.info(
+            "asked Ray's autoscaler for %d rollout bundle(s) of %s beside %d of the other roles",
+            n,
+            bundle,
+            len(fixed),
+        )
 
     return on_resize
