@@ -18,7 +18,7 @@ apply_defaults()
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench not in ("reward", "train", "weights"):  # the others read the run config
+    if args.bench not in ("reward", "train", "weights", "chaos"):  # the others read the config
         from pte_ray.bench.common import resolve_config
 
         resolve_config(args)
@@ -38,6 +38,10 @@ def _bench(args: argparse.Namespace) -> int:
         from pte_ray.bench import weights
 
         result = weights.run(args)
+    elif args.bench == "chaos":
+        from pte_ray.bench import chaos
+
+        result = chaos.run(args)
     elif args.bench == "eviction":
         from pte_ray.bench import eviction
 
@@ -215,7 +219,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks, one JSON object on stdout")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from pte_ray.bench import common, eviction, grad, reward, train, weights
+    from pte_ray.bench import chaos, common, eviction, grad, reward, train, weights
 
     for name, help_ in [("rollout", "bounded-cache generation"), ("replay", "segment replay")]:
         bp = bsub.add_parser(name, help=help_)
@@ -225,6 +229,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     eviction.add_args(bsub.add_parser("eviction", help="R-KV: per-layer vs shared choice"))
     train.add_args(bsub.add_parser("train", help="synchronous vs asynchronous rollouts"))
     weights.add_args(bsub.add_parser("weights", help="publish to every rollout worker serving"))
+    chaos.add_args(bsub.add_parser("chaos", help="SIGKILLs of every role vs an undisturbed run"))
     b.set_defaults(func=_bench)
 
 

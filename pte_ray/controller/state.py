@@ -24,6 +24,7 @@ class RunState:
     dropped_stale: int = 0  # prefetched batches dropped as too stale, over the run
     dropped_now: int = 0  # ... while preparing the current step
     learner_restarts: int = 0  # learner groups replaced in this job
+    steps_redone: int = 0  # steps thrown away by a restore (resumed from an older checkpoint)
 
     def published(self, weights: PublishedWeights) -> float:
         """A new version is out; returns the seconds since the previous one (a step's wall
@@ -46,6 +47,7 @@ class RunState:
 
     def restore(self, step: int, cursor: Any) -> None:
         """Back to a checkpoint's step and cursor (resume, or a replaced learner group)."""
+        self.steps_redone += max(self.step - step, 0)
         self.step, self.cursor, self.dropped_now = step, cursor, 0
 
     def learners_replaced(self) -> None:

@@ -1,0 +1,243 @@
+"""``pte-ray bench chaos``: a seeded killer SIGKILLs processes of every role while a run trains;
+the run must finish with the adapter an undisturbed run of the same seed ends with.
+
+Two runs of one config and seed: undisturbed, then under chaos. The killer draws a schedule up
+front (seeded): kills of rollout, reward and reference workers and of learner ranks at random
+steps and delays, one of a learner rank *together with every rollout worker* (what losing a GPU
+node does) and one of a learner rank while a checkpoint is being written. It reads the pids it
+needs when it strikes (restarted actors have new ones). Then: every step's rows are in the
+rollout files whole and once, on the step's weights, and the final adapters are equal
+(``torch.equal``), in synchronous mode. With ``train.max_staleness >= 1`` a prefetched batch a
+loss throws away is drawn again with the newest weights, so the runs part ways: then only the
+row checks apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROLES = ("rollout", "reward", "reference", "learner")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=40, help="steps of each run")
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs in the chaos run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run and of the killer")
+    p.add_argument("--out", default=None, help="directory of both runs (default a temp dir)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the runs' config")
+
+
+def schedule(kills: int, steps: int, seed: int) -> list[tuple[int, float, str]]:
+    """Per kill: (steps done since the previous kill, fraction of a step to wait then, target).
+    Kills fall on distinct steps in ``1..steps-2`` and count redone steps too, so each lands
+    in a run that is making progress and all land before it ends. Targets cycle through the
+    roles; one is ``node`` (a learner rank and every rollout worker at once), one
+    ``checkpoint`` (a learner rank while a checkpoint is written)."""
+    if not 2 <= kills <= steps - 2:
+        raise ValueError(f"chaos needs 2 <= kills <= steps - 2, got {kills} kills, {steps} steps")
+    rng = random.Random(seed)
+    at = sorted(rng.sample(range(1, steps - 1), kills))
+    targets = [ROLES[i % len(ROLES)] for i in range(kills)]
+    node, ckpt = rng.sample(range(kills), 2)
+    targets[node], targets[ckpt] = "node", "checkpoint"
+    gaps = [b - a for a, b in zip([0, *at], at)]
+    return [(g, rng.random(), t) for g, t in zip(gaps, targets)]
+
+
+class Killer(threading.Thread):
+    """Carries out a schedule against a running controller's roles (same process: it reads
+    the controller's step and its roles' pids when it strikes; restarted actors have new ones)."""
+
+    def __init__(self, ctl: Any, plan: list[tuple[int, float, str]]) -> None:
+        super().__init__(daemon=True)
+        self.ctl, self.plan = ctl, list(plan)
+        self.done: list[tuple[int, str, int]] = []  # (step, target, processes killed)
+        self.stop = threading.Event()
+        self.progress, self.step_s = 0, 1.0  # steps done (redone ones too); the last one's s
+        self._seen, self._seen_at = ctl.state.step, time.monotonic()
+
+    def _watch(self) -> None:
+        step, now = self.ctl.state.step, time.monotonic()
+        if step == self._seen + 1:
+            self.step_s = now - self._seen_at
+        if step > self._seen:
+            self.progress += step - self._seen
+        if step != self._seen:
+            self._seen, self._seen_at = step, now
+
+    def _wait(self, steps: int, until: Any = None) -> bool:
+        """Until ``steps`` more steps are done (or ``until()`` holds); False once stopped."""
+        goal = self.progress + steps
+        while self.progress < goal and not (until is not None and until()):
+            if self.stop.wait(0.002):
+                return False
+            self._watch()
+        return True
+
+    def _writing(self) -> bool:
+        return any(self.ctl.run.ckpt_root.glob(".step_*"))
+
+    def _pids(self, target: str) -> list[int]:
+        roles = self.ctl.roles
+        if target in ("learner", "checkpoint"):
+            return [roles.learners.info[-1].pid]
+        if target == "node":
+            return [roles.learners.info[0].pid, *(i.pid for i in roles.rollout.info.values())]
+        pool = getattr(roles, target)
+        if pool is None:  # a role this config does not start
+            return []
+        busy = sorted(pool.info, key=lambda a: not pool.members[a].busy)  # mid-call first
+        return [pool.info[a].pid for a in busy[:1]]
+
+    def _strike(self, target: str) -> None:
+        if target == "checkpoint":  # a checkpoint being written: a rank dies mid-save
+            if not self._wait(4, self._writing) or not self._writing():
+                self.done.append((self.ctl.state.step, "checkpoint_missed", 0))
+                return
+        pids, n = [], 0
+        try:
+            pids = self._pids(target)
+        except (RuntimeError, KeyError, AttributeError, IndexError):  # changed under us
+            pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                n += 1
+            except ProcessLookupError:
+                continue
+        self.done.append((self.ctl.state.step, target, n))
+
+    def run(self) -> None:
+        for gap, frac, target in self.plan:
+            if not self._wait(gap) or self.stop.wait(frac * self.step_s):
+                return
+            self._strike(target)
+
+
+def _train(cfg_over: list[str], out: Path, plan: list | None) -> tuple[dict, list]:
+    from pte_ray.config import load_config
+    from pte_ray.controller.loop import fit
+    from pte_ray.controller.step import Controller
+    from pte_ray.run.run_dir import RunDir
+
+    cfg = load_config(None, [*cfg_over, f"train.output_dir={out}"])
+    ctl = Controller(cfg, RunDir.open(cfg, None))
+    killer = Killer(ctl, plan) if plan else None
+    t0 = time.perf_counter()
+    try:
+        if killer is not None:
+            killer.start()
+        fit(ctl)
+    finally:
+        if killer is not None:
+            killer.stop.set()
+        ctl.shutdown()
+    s = ctl.state
+    totals = {
+        "learner_restarts": s.learner_restarts,
+        "steps_redone": s.steps_redone,
+        "wall_s": time.perf_counter() - t0,
+    }
+    return totals, (killer.done if killer else [])
+
+
+# Every role twice (a killed worker's items go to its twin), two learner ranks, a checkpoint
+# every 2 steps (a lost group redoes at most 2), and calls that fail fast on this small model.
+DEFAULTS = [
+    "learner.num_learners=2",
+    "learner.num_cpus=0.2",
+    "grpo.kl_coef=0.05",
+    "rollout.num_workers=2",
+    "reward.num_workers=2",
+    "reference.num_workers=2",
+    "rollout.num_cpus=0.2",
+    "reward.num_cpus=0.1",
+    "reference.num_cpus=0.1",
+    "train.save_every=2",
+    "train.max_retries=4",
+    "train.call_timeout_s=120",
+    "train.prompts_per_step=4",
+    "grpo.group_size=4",
+    "sampling.max_new_tokens=96",
+]
+
+
+def check_rows(run: Path, steps: int, groups: int, g: int) -> int:
+    """Every step's rows whole (each group once, all its samples) and on the step's weights;
+    returns the rows checked. Raises naming the step otherwise."""
+    from pte_ray.run.rollout_log import read_rollouts
+
+    rows = read_rollouts(run).to_pylist()
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    if sorted(by_step) != list(range(1, steps + 1)):
+        raise ValueError(f"{run}: steps with rows {sorted(by_step)}, want 1..{steps}")
+    for step, rs in by_step.items():
+        sizes = Counter((r["group"], r["prompt_index"]) for r in rs)
+        if len(rs) != groups * g or len(sizes) != groups or set(sizes.values()) != {g}:
+            raise ValueError(f"{run}: step {step} holds {len(rs)} rows in groups {sizes}")
+        if {r["version"] for r in rs} != {step - 1}:
+            raise ValueError(
+                f"{run}: step {step} rows on versions { ({r['version'] for r in rs}) }"
+            )
+    return len(rows)
+
+
+def same_adapter(a: Path, b: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a / "adapter.safetensors")), load_file(str(b / "adapter.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    import ray
+
+    from pte_ray.config import load_config
+
+    over = [*DEFAULTS, f"train.steps={args.steps}", f"train.seed={args.seed}", *args.overrides]
+    over.append(f"train.max_learner_restarts={args.kills}")
+    cfg = load_config(None, over)
+    out = Path(args.out or tempfile.mkdtemp(prefix="pte-chaos-"))
+    plan = schedule(args.kills, args.steps, args.seed)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    calm, _ = _train(over, out / "undisturbed", None)
+    stormy, done = _train(over, out / "chaos", plan)
+    g, groups = cfg.grpo.group_size, cfg.train.prompts_per_step
+    rows = check_rows(out / "chaos", args.steps, groups, g)
+    metrics = [json.loads(x) for x in (out / "chaos" / "metrics.jsonl").read_text().splitlines()]
+    last = f"checkpoints/step_{args.steps:06d}"
+    pools = ("rollout", "reward", "reference")
+    return {
+        "bench": "chaos",
+        "steps": args.steps,
+        "seed": args.seed,
+        "kills_planned": len(plan),
+        "kills": sum(t != "checkpoint_missed" for _, t, _ in done),
+        "processes_killed": sum(n for _, _, n in done),
+        "kills_by_target": dict(Counter(t for _, t, _ in done)),
+        "learner_restarts": stormy["learner_restarts"],
+        "steps_redone": stormy["steps_redone"],
+        "retries": {p: sum(m[f"{p}_retries"] for m in metrics) for p in pools},
+        "worker_restarts": {p: sum(m[f"{p}_restarts"] for m in metrics) for p in pools},
+        "rows_checked": rows,
+        "adapter_bit_identical": same_adapter(out / "undisturbed" / last, out / "chaos" / last),
+        "wall_s_undisturbed": calm["wall_s"],
+        "wall_s_chaos": stormy["wall_s"],
+        "strikes": [{"step": st, "target": t, "processes": n} for st, t, n in done],
+        "out": str(out),
+    }
