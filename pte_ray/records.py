@@ -71,19 +71,25 @@ class WorkerInfo:
     device: str = "cpu"
     model_path: str | None = None  # the model as resolved on this node
     engine: str | None = None  # torch / vllm (rollout, reference)
+    node_id: str | None = None  # Ray's node id (hosts can hold several nodes; the dashboard's)
 
     @classmethod
     def here(cls, role: str, worker: str, **loaded: Any) -> WorkerInfo:
-        """This process's info (pid, host) with what it ``loaded`` (device, model, engine)."""
+        """This process's info (pid, host, Ray node) with what it ``loaded`` (device, model,
+        engine)."""
         import os
         import socket
 
-        return cls(role, worker, os.getpid(), socket.gethostname(), **loaded)
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return cls(role, worker, os.getpid(), socket.gethostname(), node_id=node, **loaded)
 
 
 @dataclass(frozen=True)
 class PublishedWeights:
-    """A versioned adapter snapshot in Ray's object store, put there by learner rank 0.
+    """A versioned adapter snapshot in Ray's object store, put there by the controller (it
+    outlives any learner: a version stays loadable after the rank that made it dies).
 
     ``ref`` travels *inside* this record on purpose: Ray resolves an ``ObjectRef`` passed as a
     top-level call argument before the call starts, but not one nested in another object, so
