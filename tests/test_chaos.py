@@ -73,3 +73,10 @@ def test_chaos_run_ends_bit_identical(ray_cluster, small_run, tmp_path):
     assert r["learner_restarts"] >= 2, r  # the node kill and the learner kills at least
     assert r["rows_checked"] == 8 * 2 * 4
     assert r["adapter_bit_identical"], r
+
+
+def test_check_rows_allows_the_staleness_bound_and_no_more(tmp_path):
+    _rows(tmp_path, [(s, gr, p, max(s - 2, 0)) for s, gr, p, _ in _whole(3)])
+    assert chaos.check_rows(tmp_path, 3, groups=2, g=3, staleness=1) == 18
+    with pytest.raises(ValueError, match=r"step 2 rows on versions \[0\]"):
+        chaos.check_rows(tmp_path, 3, groups=2, g=3, staleness=0)
