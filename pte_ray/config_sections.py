@@ -102,7 +102,7 @@ class RolloutSection(Section):
     scale_up_wait_s: float = _f(30.0, "queue wait that adds a worker", gt=0.0)
     scale_down_idle_s: float = _f(120.0, "idle time that retires a worker", gt=0.0)
     max_groups_per_call: int | None = _f(
-        None, "cap on groups one call takes (None: a fair share of the queue)", ge=1
+        None, "cap on groups per call (None: a step's groups cut evenly over max_workers)", ge=1
     )
     compile: bool = _f(
         False, "torch.compile the decode step (each batch size compiles once per worker)"

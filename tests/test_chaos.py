@@ -72,6 +72,7 @@ def test_chaos_run_ends_bit_identical(ray_cluster, small_run, tmp_path):
     assert r["kills"] == 6 and all(s["processes"] for s in r["strikes"]), r
     assert r["learner_restarts"] >= 2, r  # the node kill and the learner kills at least
     assert r["rows_checked"] == 8 * 2 * 4
+    assert r["grad_norm_min"] > 0, r  # it trained every step
     assert r["adapter_bit_identical"], r
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from safetensors.torch import load_file
 
@@ -25,16 +26,32 @@ from pte_ray.run.run_dir import RunDir
 
 @pytest.fixture
 def base(small_run, tmp_path):
+    """A 6-step run whose adapter moves every step: the random model earns no reward, so the
+    KL term (bounded-cache policy vs full-cache reference) gives the gradient; without it the
+    adapter would stand still and any two runs would end equal."""
+
     def make(out: str, *extra: str) -> list[str]:
         return [
             *small_run,
             "train.steps=6",
             "train.save_every=2",
+            "grpo.kl_coef=0.05",
+            *("learner.num_cpus=0.3", "rollout.num_cpus=0.2"),
+            *("reward.num_cpus=0.1", "reference.num_cpus=0.1"),
             f"train.output_dir={tmp_path / out}",
             *extra,
         ]
 
     return make
+
+
+def _same_trained_adapter(tmp_path: Path, a: str, b: str) -> None:
+    """The two runs' final adapters are equal, and the first run's moved at every step."""
+    rows = [json.loads(x) for x in (tmp_path / a / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["grad_norm"] > 0 for m in rows), [m["grad_norm"] for m in rows]
+    x = load_file(tmp_path / a / "checkpoints/step_000006/adapter.safetensors")
+    y = load_file(tmp_path / b / "checkpoints/step_000006/adapter.safetensors")
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 def _kill_learner_after(ctl: Controller, lines: int, node: bool = False) -> threading.Thread:
@@ -79,9 +96,7 @@ def test_killed_learner_resumes_and_ends_bit_identical(ray_cluster, base, tmp_pa
     assert ctl.state.learner_restarts == 1 and ctl.roles.learners.epoch == 1
     rows = [json.loads(x) for x in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["learner_restarts"] == 1
-    a = load_file(tmp_path / "straight/checkpoints/step_000006/adapter.safetensors")
-    b = load_file(tmp_path / "killed/checkpoints/step_000006/adapter.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _same_trained_adapter(tmp_path, "straight", "killed")
 
 
 @pytest.mark.slow  # two 6-step runs, a learner restart and every rollout worker's
@@ -97,9 +112,7 @@ def test_learner_and_rollout_workers_killed_together_resume_bit_identical(
     assert ctl.state.learner_restarts == 1
     rows = [json.loads(x) for x in (tmp_path / "node/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]
-    a = load_file(tmp_path / "straight/checkpoints/step_000006/adapter.safetensors")
-    b = load_file(tmp_path / "node/checkpoints/step_000006/adapter.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _same_trained_adapter(tmp_path, "straight", "node")
 
 
 @pytest.mark.slow  # a 6-step run and a restart of every role
@@ -188,3 +201,15 @@ def test_keep_last_prunes_and_broken_checkpoints_are_skipped(tmp_path, caplog):
 def test_restart_settings_are_checked_in_the_config(over, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, over)
+
+
+def test_an_unplaceable_learner_group_is_said_then_a_clear_error(ray_cluster, small_run, capfd):
+    """A group that cannot be placed (no room yet: a lost node's replacement still coming up)
+    is reported while it waits, and fails at the bound naming the bundles."""
+    from pte_ray.actors.learner_group import LearnerGroup
+
+    cfg = load_config(None, [*small_run, "learner.num_cpus=64"])
+    with pytest.raises(PoolError, match=r"not placeable in 2s: the cluster lacks"):
+        LearnerGroup(cfg, cfg.model.path, ready_timeout_s=2.0)
+    assert "waiting up to 2s for room" in capfd.readouterr().err
+    assert not [p for p in ray.util.placement_group_table().values() if p["state"] != "REMOVED"]

@@ -73,6 +73,8 @@ def test_learner_node_lost_run_finishes_on_the_other_node_bit_identical(
     finally:
         ctl.shutdown()
     assert check_rows(tmp_path / "lost", 6, groups=2, g=4) == 6 * 2 * 4
+    rows = (tmp_path / "lost" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(m)["grad_norm"] > 0 for m in rows)  # equal by training, not by rest
     last = "checkpoints/step_000006/adapter.safetensors"
     x, y = load_file(tmp_path / "calm" / last), load_file(tmp_path / "lost" / last)
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

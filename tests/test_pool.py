@@ -138,6 +138,7 @@ class Out(Rows):
     ys: list[int]
     aid: int  # shared by every row of one call: who served it
     n_call: int  # rows the call held
+    first: int  # the call's first item: with n_call, who its batch mates were
 
 
 class Batcher:
@@ -149,7 +150,7 @@ class Batcher:
 
     def work(self, req: Req) -> Out:
         time.sleep(req.sleep_s)
-        return Out([x * x for x in req.xs], self.aid, len(req.xs))
+        return Out([x * x for x in req.xs], self.aid, len(req.xs), req.xs[0])
 
 
 def _batch_pool(n: int, **kw) -> Pool:
@@ -185,9 +186,33 @@ def test_room_to_grow_leaves_work_queued_and_the_pool_grows(ray_cluster):
     try:
         out = pool.map_rows(Batcher.work, [Req([i], 0.4) for i in range(8)])
         assert [o.ys for o in out] == [[i * i] for i in range(8)]
-        assert out[0].n_call == 4  # ceil(8 queued / 2 places)
+        assert out[0].n_call == 4  # 8 items cut over 2 places
+        deadline = time.monotonic() + 60
+        while pool.starting:  # the added actor may come up after the map is done
+            assert time.monotonic() < deadline, pool.events
+            pool._check_started()
+            time.sleep(0.1)
         assert [e.kind for e in pool.events][:2] == ["up", "ready"], pool.events
         assert pool.round["event_up"] == 1
+    finally:
+        pool.shutdown()
+
+
+def test_a_lost_call_is_retried_whole_with_the_same_batch_mates(ray_cluster):
+    """The cut is fixed before the first call: the chunk a killed actor held goes to the
+    survivor whole, so every item is computed in the batch it has without the fault (a batched
+    forward's numbers depend on the batch)."""
+    pool = _batch_pool(2, max_restarts=1, max_retries=2)
+    try:
+        assert pool.chunks(8) == [[0, 1, 2, 3], [4, 5, 6, 7]] and pool.chunks(3) == [[0, 1], [2]]
+        reqs = [Req([i], 0.4) for i in range(8)]
+        calm = pool.map_rows(Batcher.work, reqs)
+        threading.Timer(0.15, os.kill, (pool.info[0]["pid"], signal.SIGKILL)).start()
+        out = pool.map_rows(Batcher.work, reqs)
+        assert pool.round["retries"] == 1, pool.events  # one chunk sent again
+        assert [(o.n_call, o.first) for o in out] == [(o.n_call, o.first) for o in calm]
+        assert [(o.n_call, o.first) for o in out] == [(4, 0)] * 4 + [(4, 4)] * 4
+        assert {o.aid for o in out} == {1}  # all on the survivor
     finally:
         pool.shutdown()
 

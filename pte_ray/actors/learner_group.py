@@ -21,7 +21,10 @@ from pte_ray.actors.errors import LearnerLost, PoolError, role_error
 from pte_ray.actors.learner import Learner
 from pte_ray.actors.pool import remote
 from pte_ray.config import Config
+from pte_ray.progress import say
 from pte_ray.records import PublishedWeights
+
+PLACE_PATIENCE_S = 10.0  # a placement group waiting longer is reported
 
 
 def _free_port() -> int:
@@ -66,15 +69,29 @@ class LearnerGroup:
             self.shutdown()  # no half-started group holds its placement group
             raise
 
-    def _start(self, cfg: Config, model_spec: str, ready_timeout_s: float) -> None:
-        lc = cfg.learner
+    def _wait_placed(self, timeout_s: float) -> None:
+        """Until the placement group is placed; a wait past a few seconds (the cluster is full,
+        or a lost node's replacement is still coming up) is said, then bounded."""
+        first = min(PLACE_PATIENCE_S, timeout_s)
         try:
-            ray.get(self.pg.ready(), timeout=ready_timeout_s)
+            ray.get(self.pg.ready(), timeout=first)
+            return
+        except GetTimeoutError:
+            say(
+                f"learner placement group {self.pg.bundle_specs} not placed after {first:.0f}s: "
+                f"waiting up to {timeout_s:.0f}s for room (a node coming up?)"
+            )
+        try:
+            ray.get(self.pg.ready(), timeout=max(timeout_s - first, 0.0))
         except GetTimeoutError as e:
             raise PoolError(
                 f"learner placement group {self.pg.bundle_specs} not placeable in "
-                f"{ready_timeout_s:.0f}s: the cluster lacks the resources"
+                f"{timeout_s:.0f}s: the cluster lacks the resources"
             ) from e
+
+    def _start(self, cfg: Config, model_spec: str, ready_timeout_s: float) -> None:
+        lc = cfg.learner
+        self._wait_placed(ready_timeout_s)
 
         probe = _master_endpoint.options(num_cpus=0, scheduling_strategy=self.on(0))
         addr, port = ray.get(probe.remote(), timeout=ready_timeout_s)

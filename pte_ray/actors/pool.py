@@ -1,12 +1,18 @@
 """A pool of actors of one role, fed from a work queue.
 
-Work items (one GRPO group each, for the controller) wait in a queue; an idle actor takes a fair
-share of what is queued in one call (``ceil(queued / free places)``, where places count actors
-the pool may still add), so one actor alone still gets the whole step as one batch, while with
-room to grow part of the step waits, the wait is the autoscaling signal, and a slow actor holds
-only its share. The pool adds an actor while an item has waited longer than ``scale_up_wait_s``
-(up to ``max_size``) and retires actors idle for ``scale_down_idle_s`` (down to ``min_size``).
-An added actor takes work only once it is ready, and no second one is added while it starts.
+Work items (one GRPO group each, for the controller) are cut into chunks up front, as evenly as
+possible, one per place the pool may grow to (``max_size``; more if ``max_items_per_call`` caps
+a chunk), and wait in a queue; an idle actor takes one chunk per call. One actor alone with no
+room to grow gets the whole step as one batch; with room to grow part of the step waits, the wait
+is the autoscaling signal, and a slow actor holds only its share. The cut depends only on the
+item count and the pool's bounds, never on which actors are up, and a lost call's chunk goes
+back whole: a row's batch mates are the same in a run with faults as without, and so are its
+numbers (a batched forward's per-row results change with the batch: other lengths pad it, other
+sizes pick other matmul kernels), which is what makes a run with faults end bit-identical.
+
+The pool adds an actor while a chunk has waited longer than ``scale_up_wait_s`` (up to
+``max_size``) and retires actors idle for ``scale_down_idle_s`` (down to ``min_size``). An
+added actor takes work only once it is ready, and no second one is added while it starts.
 
 Faults (``pool_health.py``): a call lost to a dead or hung actor goes back to the queue for
 another actor, so no item is lost or done twice; the actor is probed and serves again only once
@@ -118,24 +124,33 @@ class Pool(Health):
         """
         sizes = [len(r) for r in requests]
         results: list[Any] = [None] * len(requests)
+        chunks = self.chunks(len(requests))
 
         def send(actor: Any, items: list[int]) -> ray.ObjectRef:
-            batch = type(requests[0]).concat([requests[i] for i in items])
+            batch = type(requests[0]).concat([requests[i] for i in chunks[items[0]]])
             return remote(actor, method).remote(batch)
 
         def receive(out: Any, items: list[int]) -> None:
             lo = 0
-            for i in items:
+            for i in chunks[items[0]]:
                 results[i] = out.rows(lo, lo + sizes[i])
                 lo += sizes[i]
 
-        self._run(len(requests), self._fair_share, send, receive)
+        self._run(len(chunks), lambda queued: 1, send, receive)
         return results
 
-    def _fair_share(self, queued: int) -> int:
-        places = max(1, self.max_size - sum(m.busy for m in self.members.values()))
-        share = math.ceil(queued / places)
-        return max(1, min(share, self.spec.max_items_per_call or share))
+    def chunks(self, n: int) -> list[list[int]]:
+        """Items ``0..n-1`` cut into ``max_size`` runs as even as possible (more where
+        ``max_items_per_call`` caps one): the same cut whatever actors are up."""
+        cap = self.spec.max_items_per_call
+        parts = min(n, max(self.max_size, math.ceil(n / cap) if cap else 0))
+        if parts == 0:
+            return []
+        small, extra = divmod(n, parts)
+        bounds = [0]
+        for p in range(parts):
+            bounds.append(bounds[-1] + small + (p < extra))
+        return [list(range(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
 
     def _run(
         self,

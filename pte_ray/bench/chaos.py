@@ -237,6 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "retries": {p: sum(m[f"{p}_retries"] for m in metrics) for p in pools},
         "worker_restarts": {p: sum(m[f"{p}_restarts"] for m in metrics) for p in pools},
         "rows_checked": rows,
+        # > 0: the adapter moved every step, so equal adapters are not equal by standing still
+        "grad_norm_min": min(m["grad_norm"] for m in metrics),
         "adapter_bit_identical": same_adapter(out / "undisturbed" / last, out / "chaos" / last),
         "wall_s_undisturbed": calm["wall_s"],
         "wall_s_chaos": stormy["wall_s"],
