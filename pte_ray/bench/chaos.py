@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = [json.loads(x) for x in (out / "chaos" / "metrics.jsonl").read_text().splitlines()]
     last = f"checkpoints/step_{args.steps:06d}"
     pools = ("rollout", "reward", "reference")
-    return {
+    result = {
         "bench": "chaos",
         "steps": args.steps,
         "seed": args.seed,
@@ -245,3 +245,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "strikes": [{"step": st, "target": t, "processes": n} for st, t, n in done],
         "out": str(out),
     }
+    # also on disk: Ray prints its own lines about the killed workers on stdout
+    (out / "chaos.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
