@@ -59,22 +59,19 @@ class Killer(threading.Thread):
     """Carries out a schedule against a running controller's roles (same process: it reads
     the controller's step and its roles' pids when it strikes; restarted actors have new ones)."""
 
-    def __init__(self, ctl: Any, plan: list[tuple[int, float, str]]) -> None:
+    def __init__(self, ctl: Any, plan: list[tuple[int, float, str]], step_s: float) -> None:
         super().__init__(daemon=True)
         self.ctl, self.plan = ctl, list(plan)
+        self.step_s = step_s  # an undisturbed step's wall time: the unit of the delays
         self.done: list[tuple[int, str, int]] = []  # (step, target, processes killed)
         self.stop = threading.Event()
-        self.progress, self.step_s = 0, 1.0  # steps done (redone ones too); the last one's s
-        self._seen, self._seen_at = ctl.state.step, time.monotonic()
+        self.progress = 0  # steps done, redone ones too
+        self._seen = ctl.state.step
 
     def _watch(self) -> None:
-        step, now = self.ctl.state.step, time.monotonic()
-        if step == self._seen + 1:
-            self.step_s = now - self._seen_at
-        if step > self._seen:
-            self.progress += step - self._seen
-        if step != self._seen:
-            self._seen, self._seen_at = step, now
+        step = self.ctl.state.step
+        self.progress += max(step - self._seen, 0)
+        self._seen = step
 
     def _wait(self, steps: int, until: Any = None) -> bool:
         """Until ``steps`` more steps are done (or ``until()`` holds); False once stopped."""
@@ -125,7 +122,9 @@ class Killer(threading.Thread):
             self._strike(target)
 
 
-def _train(cfg_over: list[str], out: Path, plan: list | None) -> tuple[dict, list]:
+def _train(
+    cfg_over: list[str], out: Path, plan: list | None, step_s: float = 1.0
+) -> tuple[dict, list]:
     from pte_ray.config import load_config
     from pte_ray.controller.loop import fit
     from pte_ray.controller.step import Controller
@@ -133,7 +132,7 @@ def _train(cfg_over: list[str], out: Path, plan: list | None) -> tuple[dict, lis
 
     cfg = load_config(None, [*cfg_over, f"train.output_dir={out}"])
     ctl = Controller(cfg, RunDir.open(cfg, None))
-    killer = Killer(ctl, plan) if plan else None
+    killer = Killer(ctl, plan, step_s) if plan else None
     t0 = time.perf_counter()
     try:
         if killer is not None:
@@ -218,7 +217,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     calm, _ = _train(over, out / "undisturbed", None)
-    stormy, done = _train(over, out / "chaos", plan)
+    calm_rows = (out / "undisturbed" / "metrics.jsonl").read_text().splitlines()
+    step_s = sum(json.loads(x)["step_s"] for x in calm_rows) / len(calm_rows)
+    stormy, done = _train(over, out / "chaos", plan, step_s)
     g, groups = cfg.grpo.group_size, cfg.train.prompts_per_step
     rows = check_rows(out / "chaos", args.steps, groups, g, cfg.train.max_staleness)
     metrics = [json.loads(x) for x in (out / "chaos" / "metrics.jsonl").read_text().splitlines()]
