@@ -11,6 +11,7 @@ from pte_ray.method.checkpoint import load_adapter, load_base, save_adapter
 from pte_ray.method.config import TARGETS, AdapterConfig, CacheConfig
 from pte_ray.method.layout import ModelArgs
 from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.method.thought_encoder import rms_normalise
 
 
@@ -120,10 +121,9 @@ def test_only_adapter_parameters_train(random_ckpt, targets):
         replay(
             model,
             adapter,
-            prompts,
+            DecodeRequest(prompts, CacheConfig(budget=6)),
             completions,
-            CacheConfig(budget=6),
-            1.0,
+            ReplaySpec(temperature=1.0),
             loss_fn=lambda lp, ent, rows, cols: -lp.sum(),
         )
         opt.step()

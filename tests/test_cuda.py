@@ -34,15 +34,7 @@ def test_rkv_rollout_and_replay_on_cuda(random_ckpt):
         model, None, DecodeRequest(prompts, cfg), SamplingParams(max_new_tokens=48, seed=1)
     )
     assert min(out.evictions) >= 2 and out.stats["evict_score_s"] > 0
-    res = replay(
-        model,
-        None,
-        DecodeRequest(
-            DecodeRequest(prompts, cfg),
-            ReplaySpec.of(out, 48),
-        ),
-        out.tokens,
-    )
+    res = replay(model, None, DecodeRequest(prompts, cfg), out.tokens, ReplaySpec.of(out, 48))
     for i, lp in enumerate(out.logprobs):
         got = res.logprobs[i, : len(lp)].cpu()
         assert (got - torch.tensor(lp)).abs().max() < 1e-4
