@@ -8,6 +8,7 @@ count, the rate, the time left and the caller's latest figures. Nothing long sta
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
@@ -82,15 +83,26 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each record, not as it was when the handler was
+    made: a later redirect (pytest's capture, a caller's ``redirect_stderr``) gets the lines."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def log_events_to_stderr() -> None:
     """The package's INFO lines (pool events: a worker lost, back, replaced, added, retired; a
     learner group restarted) to stderr, which is the job log under ``ray job submit``. Once."""
-    import logging
-
     pkg = logging.getLogger("pte_ray")
     if any(getattr(h, "_pte_ray", False) for h in pkg.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler._pte_ray = True  # type: ignore[attr-defined]
     pkg.addHandler(handler)
