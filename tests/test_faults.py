@@ -149,7 +149,7 @@ def test_rollout_pool_grows_under_backlog_and_retires_when_idle(ray_cluster, bas
         "rollout.min_workers=1",
         "rollout.max_workers=2",
         "rollout.num_cpus=0.2",
-        "rollout.scale_up_wait_s=0.3",
+        "rollout.scale_up_wait_s=0.05",  # the second chunk waits for the first: ~0.2 s
         "rollout.scale_down_idle_s=0.5",
     )
     cfg = load_config(None, over)

@@ -61,6 +61,12 @@ class PoolSpec:
     max_items_per_call: int | None = None  # cap on one call's share of the queue
 
 
+def _names(tasks: Sequence[Task]) -> str:
+    """``shard 3`` or ``shards 0, 1``: the items (groups) the tasks stand for."""
+    items = [i for t in tasks for i in t.shards]
+    return ("shards " if len(items) > 1 else "shard ") + ", ".join(map(str, items))
+
+
 class Pool(Health):
     def __init__(
         self,
@@ -136,7 +142,7 @@ class Pool(Health):
                 results[i] = out.rows(lo, lo + sizes[i])
                 lo += sizes[i]
 
-        self._run(len(chunks), lambda queued: 1, send, receive)
+        self._run(len(chunks), lambda queued: 1, send, receive, chunks)
         return results
 
     def chunks(self, n: int) -> list[list[int]]:
@@ -158,8 +164,10 @@ class Pool(Health):
         take: Callable[[int], int],
         send: Callable[[Any, list[int]], ray.ObjectRef],
         receive: Callable[[Any, list[int]], None],
+        chunks: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        queue: deque[Task] = deque(Task(i) for i in range(n))
+        names = [tuple(c) for c in chunks] if chunks is not None else [(i,) for i in range(n)]
+        queue: deque[Task] = deque(Task(i, names[i]) for i in range(n))
         self.inflight = {}
         while queue or self.inflight:
             self._autoscale(queue)
@@ -199,8 +207,7 @@ class Pool(Health):
         try:
             receive(ray.get(ref), [t.item for t in tasks])  # bounded: ray.wait returned it
         except RayTaskError as e:
-            items = ", ".join(str(t.item) for t in tasks)
-            raise role_error(f"{self.name} actor {aid}", f"shard {items}", e) from e
+            raise role_error(f"{self.name} actor {aid}", _names(tasks), e) from e
         except LOST as e:
             # Sent to an actor already restarting: the call never ran, so it costs no attempt.
             ran = not isinstance(e, ActorUnavailableError)
@@ -227,12 +234,9 @@ class Pool(Health):
             task.attempts += ran
         failed = [t for t in tasks if t.attempts > self.spec.max_retries]
         if failed:
-            items = ("shards " if len(failed) > 1 else "shard ") + ", ".join(
-                str(t.item) for t in failed
-            )
             raise PoolError(
-                f"{self.name}: {items} failed {failed[0].attempts} times, last on actor "
-                f"{aid} ({why})"
+                f"{self.name}: {_names(failed)} failed {failed[0].attempts} times, last on "
+                f"actor {aid} ({why})"
             )
         for task in reversed(tasks):
             task.avoid = aid

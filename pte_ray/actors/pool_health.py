@@ -53,6 +53,7 @@ class PoolEvent:
 @dataclass
 class Task:
     item: int
+    shards: tuple[int, ...] = ()  # the items it stands for, when it is a chunk of them (names)
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
     avoid: int | None = None
