@@ -63,6 +63,11 @@ class ModelSection(Section):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = _f(
         "auto", "auto: the checkpoint's dtype on GPU, fp32 on CPU"
     )
+    pack: bool = _f(
+        True,
+        "CPU rollout / reference engines: base weights packed once for oneDNN's GEMM "
+        "(fp32 / bf16; not with rollout.compile)",
+    )
 
 
 class DataSection(DataColumns):

@@ -64,7 +64,7 @@ def run_ab(args: argparse.Namespace) -> dict[str, Any]:
     """Both settings of ``args.ab`` over ``args.repeat`` rounds (see the module)."""
     key, values = parse_ab(args.ab)
     sides = {v: _side(args, f"{key}={v}") for v in values}
-    model, adapter, prompts, _ = setup(sides[values[0]])
+    model, adapter, prompts, _ = setup(sides[values[0]], infer=True)
     steps = {v: rollout_steps_fn(a, model, adapter, prompts) for v, a in sides.items()}
     for v in values:  # untimed: first-call allocations and caches are not what is compared
         finish(steps[v]())

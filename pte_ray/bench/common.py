@@ -26,6 +26,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import finish, rollout_steps
 from pte_ray.method.outputs import Generation
+from pte_ray.method.packed import can_pack
 from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
 # What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
@@ -33,6 +34,7 @@ from pte_ray.method.requests import DecodeHooks, DecodeRequest
 CONFIG_KEYS = {
     "model": "model.path",
     "dtype": "model.dtype",
+    "pack": "model.pack",
     "budget": "cache.budget",
     "budget_mode": "cache.budget_mode",
     "evict_ratio": "cache.evict_ratio",
@@ -132,11 +134,16 @@ def prompt_ids(args: argparse.Namespace) -> tuple[Path, list[list[int]]]:
     return path, [tok(t).input_ids for t in texts][: args.batch]
 
 
-def setup(args: argparse.Namespace) -> tuple[Any, Adapter | None, list[list[int]], Path]:
-    """(model, adapter or None for ``base``, prompt ids, checkpoint path) for ``args``."""
+def setup(
+    args: argparse.Namespace, infer: bool = False
+) -> tuple[Any, Adapter | None, list[list[int]], Path]:
+    """(model, adapter or None for ``base``, prompt ids, checkpoint path) for ``args``; an
+    ``infer`` model (no grad: rollout) packed as the engines pack it (``model.pack``)."""
     path, prompts = prompt_ids(args)
     dtype = resolve_dtype(args.dtype, args.device)
     model = load_base(path, dtype=dtype, device=args.device)
+    if infer and args.pack and not args.compile and can_pack(model.dtype, args.device):
+        model.pack(args.batch)
     adapter = None
     if args.method != "base":
         acfg = AdapterConfig(method=args.method, rank=args.rank, global_tokens=args.global_tokens)
@@ -162,7 +169,7 @@ def cache_cfg(args: argparse.Namespace) -> CacheConfig:
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "batch", "budget", "budget_mode", "evict_ratio", "max_new_tokens", "method")
-    out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "device", "compile")}
+    out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "pack", "device", "compile")}
     return out | ({"rkv": args.rkv} if args.eviction == "rkv" else {})
 
 

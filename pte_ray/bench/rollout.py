@@ -39,7 +39,7 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         from pte_ray.bench.ab import run_ab
 
         return run_ab(args)
-    model, adapter, prompts, path = setup(args)
+    model, adapter, prompts, path = setup(args, infer=True)
     gen = rollout_fn(args, model, adapter, prompts)
     small = argparse.Namespace(**{**vars(args), "max_new_tokens": min(16, args.max_new_tokens)})
     _, warm = timed(rollout_fn(small, model, adapter, prompts), args.device)  # (and compile)

@@ -46,7 +46,12 @@ def main(args: argparse.Namespace) -> int:
     prompts = _prompts(args)
     path = resolve_model(cfg.model.path)
     engine = TorchEngine(
-        path, cfg.adapter_config(), cfg.cache_config(), cfg.model.dtype, args.device
+        path,
+        cfg.adapter_config(),
+        cfg.cache_config(),
+        cfg.model.dtype,
+        args.device,
+        pack=cfg.model.pack,
     )
     if args.adapter and engine.adapter is not None:
         load_adapter(engine.adapter, args.adapter)

@@ -38,6 +38,7 @@ def rollout_engine(cfg: Config, model_path: str, device: str, engine: str | None
         cfg.model.dtype,
         device,
         compile_step=cfg.rollout.compile,
+        pack=cfg.model.pack,
     )
 
 
@@ -61,7 +62,8 @@ def reference_engine(
             seed=cfg.train.seed,
         )
     else:
-        eng = TorchEngine(model_path, acfg, CacheConfig(budget=None), cfg.model.dtype, device)
+        full = CacheConfig(budget=None)
+        eng = TorchEngine(model_path, acfg, full, cfg.model.dtype, device, pack=cfg.model.pack)
     if cfg.reference.adapter is not None and acfg.has_adapter:
         eng.load_dir(cfg.reference.adapter)
     return eng

@@ -11,6 +11,7 @@ from pte_ray.method.checkpoint import load_adapter, load_adapter_tensors, load_b
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.outputs import Generation
+from pte_ray.method.packed import can_pack
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeHooks, DecodeRequest, ReplaySpec
 
@@ -37,11 +38,14 @@ class TorchEngine:
         dtype: str = "auto",
         device: str = "cpu",
         compile_step: bool = False,
+        pack: bool = False,
     ) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = load_base(model_path, dtype=resolve_dtype(dtype, device), device=device)
+        if pack and not compile_step and can_pack(self.model.dtype, device):
+            self.model.pack()  # no grad ever runs here: oneDNN's layout (packed.py)
         self.adapter = None
         if adapter_cfg is not None and adapter_cfg.has_adapter:
             self.adapter = Adapter(self.model.args, adapter_cfg, self.model.dtype, device)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pte_ray.method.layout import FusedLinear, ModelArgs
+from pte_ray.method.packed import pack, packed_linear
 
 if TYPE_CHECKING:
     from pte_ray.method.adapter import Adapter, LayerAdapter
@@ -95,6 +96,12 @@ class Block(nn.Module):
         if a.qk_norm:
             self.q_norm = _frozen(torch.ones(a.head_dim, **kw))
             self.k_norm = _frozen(torch.ones(a.head_dim, **kw))
+        self.packed: dict[str, torch.Tensor] = {}  # oneDNN copies of ``w`` (Transformer.pack)
+
+    def linear(self, name: str, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The base projection ``name`` of ``x``: the packed copy when there is one."""
+        p = self.packed.get(name)
+        return F.linear(x, self.w[name], bias) if p is None else packed_linear(x, p, bias)
 
     def forward(
         self,
@@ -127,7 +134,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, KV]:
         a, qkv_group = self.args, self.layout.qkv
         bsz, t, _ = h.shape
-        qkv = _lora(lad, qkv_group, F.linear(h, self.w[qkv_group.name], self.bqkv), h, s)
+        qkv = _lora(lad, qkv_group, self.linear(qkv_group.name, h, self.bqkv), h, s)
         q, k, v = qkv.split(qkv_group.widths, dim=-1)
         q = q.view(bsz, t, a.n_heads, a.head_dim)
         k = k.view(bsz, t, a.n_kv_heads, a.head_dim)
@@ -145,16 +152,16 @@ class Block(nn.Module):
         o = F.scaled_dot_product_attention(q, kb, vb, attn_mask=attn_mask, enable_gqa=True)
         o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
         o_group = self.layout.o
-        return _lora(lad, o_group, F.linear(o, self.w[o_group.name]), o, s), (kb, vb)
+        return _lora(lad, o_group, self.linear(o_group.name, o), o, s), (kb, vb)
 
     def mlp(
         self, h: torch.Tensor, lad: LayerAdapter | None, s: torch.Tensor | None
     ) -> torch.Tensor:
         gu_group, down_group = self.layout.gate_up, self.layout.down
-        gu = _lora(lad, gu_group, F.linear(h, self.w[gu_group.name]), h, s)
+        gu = _lora(lad, gu_group, self.linear(gu_group.name, h), h, s)
         gate, up = gu.split(gu_group.widths, dim=-1)
         act = F.silu(gate) * up
-        return _lora(lad, down_group, F.linear(act, self.w[down_group.name]), act, s)
+        return _lora(lad, down_group, self.linear(down_group.name, act), act, s)
 
 
 class Transformer(nn.Module):
@@ -177,6 +184,7 @@ class Transformer(nn.Module):
             None if args.tie_embeddings else _frozen(torch.empty(args.vocab_size, args.dim, **kw))
         )
         self._rotary = rotary  # HF's own RoPE module: every rope_type HF knows is right here.
+        self._head_packed: torch.Tensor | None = None
         self._cos = torch.empty(0, args.head_dim, **kw)
         self._sin = torch.empty(0, args.head_dim, **kw)
         self.reserve_positions(ROPE_MIN_POSITIONS)
@@ -201,6 +209,23 @@ class Transformer(nn.Module):
             pos = torch.arange(n, device=self.device)[None]
             cos, sin = self._rotary.to(self.device)(dummy, pos)
             self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+
+    def pack(self, batch_hint: int = 32) -> None:
+        """Every base projection and the output head packed for oneDNN (``packed.py``), their
+        dense copies dropped: for a model that only ever runs without grad (the engines)."""
+        empty = torch.empty(0, dtype=self.dtype, device=self.device)
+        for blk in self.layers:
+            for g in self.args.layout.groups:
+                blk.packed[g.name] = pack(blk.w[g.name], batch_hint)
+                blk.w[g.name].data = empty  # one copy in memory, not two
+        head = self.embed if self.lm_head is None else self.lm_head
+        self._head_packed = pack(head, batch_hint)
+        if self.lm_head is not None:
+            self.lm_head.data = empty
+
+    @property
+    def packed(self) -> bool:
+        return self._head_packed is not None
 
     def new_kv(self, batch: int, slots: int) -> list[KV]:
         a = self.args
@@ -231,6 +256,8 @@ class Transformer(nn.Module):
         the output projection, a quarter of a small model's FLOPs, is skipped) and the buffers.
         """
         a = self.args
+        if self.packed and torch.is_grad_enabled():
+            raise RuntimeError("a packed model runs without grad only (oneDNN has no backward)")
         bsz, t = ids.shape
         rope = self._cos[at.pos][:, None], self._sin[at.pos][:, None]  # [B, 1, T, hd]
         idx = at.slots[:, None, :, None].expand(bsz, a.n_kv_heads, t, a.head_dim)
@@ -248,5 +275,7 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = rms_norm(x, self.norm, a.norm_eps)
+        if self._head_packed is not None:
+            return packed_linear(x, self._head_packed).float(), new_kv
         head = self.embed if self.lm_head is None else self.lm_head
         return F.linear(x, head).float(), new_kv
