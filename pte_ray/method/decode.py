@@ -18,7 +18,7 @@ import torch
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.cache import BoundedCache, left_pad
 from pte_ray.method.config import SamplingParams
-from pte_ray.method.model import Transformer
+from pte_ray.method.model import Placement, Transformer
 from pte_ray.method.outputs import Generation, Live, Outputs, read_back, stop_cut
 from pte_ray.method.requests import DecodeHooks, DecodeRequest
 from pte_ray.method.sampling import Noise, sample
@@ -43,16 +43,48 @@ def prefill(
     pad_id: int,
     sp: SamplingParams,
     noise: Noise,
+    share: bool = True,
 ) -> Live:
-    """The prompt forward (RoPE sized once for the whole run first) and the first token."""
+    """The prompt forward (RoPE sized once for the whole run first) and the first token; a
+    prompt that several rows share runs once (``share``) and its keys/values are copied."""
     state = adapter.initial_state(len(prompts)) if adapter is not None else None
     state = state.contiguous() if state is not None else None
     ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
     model.reserve_positions(cache.p_max + sp.max_new_tokens + 1)
-    logits, _ = model(ids, at, cache.kv, adapter, state, True)
+    first: dict[tuple[int, ...], int] = {}
+    of = [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]  # each row's first twin
+    if share and len(first) < len(prompts):
+        logits = _prefill_shared(model, adapter, cache, ids, at, state, of)
+    else:
+        logits, _ = model(ids, at, cache.kv, adapter, state, True)
     idx = torch.arange(len(prompts), device=model.device)
     tok, lp = sample(logits[:, -1], sp, noise.draw(idx, 0))
     return Live(idx, list(range(len(prompts))), tok, lp, state)
+
+
+def _prefill_shared(
+    model: Transformer,
+    adapter: Adapter | None,
+    cache: BoundedCache,
+    ids: torch.Tensor,
+    at: Placement,
+    state: torch.Tensor | None,
+    of: list[int],
+) -> torch.Tensor:
+    """The prompt forward on each distinct prompt's first row only (rows with the same prompt
+    start from the same S_0, so their prompt keys/values and first logits are the same), then
+    copied to every row: one prefill per GRPO group instead of G. Logits [B, P, V]."""
+    dev, firsts = model.device, sorted(set(of))
+    reps = torch.tensor(firsts, device=dev)
+    back = torch.tensor([firsts.index(i) for i in of], device=dev)  # B x groups: small
+    sub = Placement(at.pos[reps], at.slots[reps], at.mask[reps])
+    kv = [(k[reps], v[reps]) for k, v in cache.kv]  # fresh rows, written by the forward
+    s = state[:, reps] if state is not None else None
+    logits, kv = model(ids[reps], sub, kv, adapter, s, True)
+    for (k, v), (k1, v1) in zip(cache.kv, kv):
+        k.copy_(k1[back])
+        v.copy_(v1[back])
+    return logits[back]
 
 
 def decode_step(
@@ -150,7 +182,7 @@ def rollout_steps(
     cache = BoundedCache(model, [len(p) for p in prompts], req.cache, n_new)
     noise = Noise(len(prompts), sp, dev)
     eos = torch.tensor(sorted(set(hooks.eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise)
+    live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise, req.share_prompts)
     out = Outputs.empty(len(prompts), n_new, req.pad_id, dev)
     out.on_evict = hooks.on_evict
     step = hooks.step_fn or model.forward

@@ -14,11 +14,13 @@ from pte_ray.method.config import CacheConfig
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    """The batch: prompts (token ids), the bounded (or full) cache, the padding id."""
+    """The batch: prompts (token ids), the bounded (or full) cache, the padding id; whether a
+    prompt that several rows share (a GRPO group) is run through the model once."""
 
     prompts: list[list[int]]
     cache: CacheConfig
     pad_id: int = 0
+    share_prompts: bool = True
 
 
 @dataclass(frozen=True)
