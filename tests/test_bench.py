@@ -204,3 +204,18 @@ def test_bench_eviction_measures_what_sharing_the_choice_gives_up(tmp_path, caps
         assert all(0.0 < k < 1.0 for k in kept) and 0.0 < res["layer_vs_layer_overlap"] < 1.0
     assert 0.0 <= res["shared_vs_window_overlap"] < 1.0
     assert res["mean_age_evicted_rkv"] > 4  # never the window's 4 newest
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rollout_bench_says_how_the_cpu_runs_its_dtype(random_ckpt, capsys, dtype, monkeypatch):
+    """The JSON names the CPU's capability and whether it has bf16 in hardware; bf16 on a CPU
+    without it still runs, and the JSON says it was emulated (here: the check forced off)."""
+    import pte_ray.bench.common as common
+
+    monkeypatch.setattr(common, "cpu_bf16_native", lambda: False)
+    args = ["bench", "rollout", "--batch", "2", "cache.budget=8", f"model.dtype={dtype}"]
+    assert cli([*args, f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=8"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["cpu"]["bf16"] is False and res["cpu"]["capability"]
+    assert res["pack"] is True and res["dtype"] == dtype
+    assert ("dtype_note" in res) == (dtype == "bfloat16")

@@ -26,7 +26,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import finish, rollout_steps
 from pte_ray.method.outputs import Generation
-from pte_ray.method.packed import can_pack
+from pte_ray.method.packed import can_pack, cpu_bf16_native
 from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
 # What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
@@ -170,6 +170,11 @@ def cache_cfg(args: argparse.Namespace) -> CacheConfig:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "batch", "budget", "budget_mode", "evict_ratio", "max_new_tokens", "method")
     out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "pack", "device", "compile")}
+    if args.device == "cpu":
+        native = cpu_bf16_native()
+        out["cpu"] = {"capability": torch.backends.cpu.get_cpu_capability(), "bf16": native}
+        if args.dtype == "bfloat16" and not native:
+            out["dtype_note"] = "bf16 without AVX-512-BF16 / AMX: emulated, slower than fp32"
     return out | ({"rkv": args.rkv} if args.eviction == "rkv" else {})
 
 

@@ -38,3 +38,14 @@ def packed_linear(
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with the weight as :func:`pack` left it."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def cpu_bf16_native() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX): without it oneDNN emulates
+    bf16 and it runs slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
