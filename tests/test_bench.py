@@ -219,3 +219,19 @@ def test_rollout_bench_says_how_the_cpu_runs_its_dtype(random_ckpt, capsys, dtyp
     assert res["cpu"]["bf16"] is False and res["cpu"]["capability"]
     assert res["pack"] is True and res["dtype"] == dtype
     assert ("dtype_note" in res) == (dtype == "bfloat16")
+
+
+def test_rollout_profile_splits_the_time_and_sets_it_against_the_floors(random_ckpt, capsys):
+    """--profile: the decode loop's phases (R-KV scoring inside eviction), GEMM and attention
+    shares, and the decode step against the weight-read and GEMM floors."""
+    args = ["bench", "rollout", "--batch", "4", "--profile", "cache.budget=8", "cache.eviction=rkv"]
+    args += ["cache.rkv.window=4", f"model.path={random_ckpt('qwen2')}"]
+    assert cli([*args, "sampling.max_new_tokens=32"]) == 0
+    prof = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["profile"]
+    ph, share = prof["phase_s"], prof["phase_share"]
+    assert {"prefill", "evict", "rkv_score", "fold", "forward", "sample"} <= set(ph)
+    assert 0 < ph["rkv_score"] <= ph["evict"] < prof["profile_wall_s"]
+    assert 0 < share["forward"] < 1 and -0.05 < share["python_and_other"] < 1
+    assert 0 < prof["gemm_share"] < 1 and 0 < prof["attention_share"] < 1
+    assert prof["weight_bytes"] > 0 and prof["peak_gemm_gflops"] > 0
+    assert prof["of_read_floor"] == pytest.approx(prof["read_floor_ms"] / prof["decode_step_ms"])

@@ -99,6 +99,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "cache.eviction=window,rkv (reports the median paired ratio)",
     )
     p.add_argument("--repeat", type=int, default=1, help="rollout: timed runs (median reported)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="rollout: one more run under torch.profiler: time per phase, GEMM and attention "
+        "shares, the decode step against the weight-read and GEMM floors",
+    )
+    p.add_argument(
+        "--read-gibs", type=float, default=30.0, help="--profile: memory read bandwidth, GiB/s"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-sweep", default=None, help="e.g. '1,8': peak memory at 1x and 8x")
     p.add_argument(

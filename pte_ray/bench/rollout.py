@@ -46,6 +46,10 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     res = median_run([measure(args, gen, len(prompts)) for _ in range(args.repeat)])
     res = {"bench": "rollout", **settings(args), **res, "warmup_s": warm}
     # warmup_s: 16 tokens; with --compile it holds the compile time
+    if args.profile:
+        from pte_ray.bench.profile import profile_rollout
+
+        res["profile"] = profile_rollout(args, model, gen)
     if args.compare_hf:
         res.update(_hf_generate(path, prompts, args, res["tokens_per_s"]))
     return res

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -28,6 +29,12 @@ from pte_ray.method.sampling import Noise, sample
 # that finishes would cost more than the compute it saves; waiting for 1/8 bounds the compute
 # spent on finished rows to 1/8 of a step while paying for a copy only a few times a rollout.
 COMPACT_FRACTION = 8
+
+
+def phase(name: str) -> AbstractContextManager:
+    """A named range for ``pte-ray bench rollout --profile``; nothing when no profiler runs."""
+    on = torch._C._autograd._profiler_enabled()
+    return torch.profiler.record_function(name) if on else nullcontext()
 
 
 def compact_due(n_done: int, n_rows: int) -> bool:
@@ -100,18 +107,22 @@ def decode_step(
     """The next token of every live row: evict what is due and fold it into S, forward, sample."""
     state, due = live.state, cache.due()
     if due:
-        chosen = _choose(cache, due, out) if cache.cfg.rkv_on else None
-        ev = cache.evict(due, chosen)
+        with phase("evict"):
+            chosen = _choose(cache, due, out) if cache.cfg.rkv_on else None
+            ev = cache.evict(due, chosen)
         if chosen is not None:
             out.chosen.append(([live.rows[i] for i in due], chosen[due]))
         for i in due:
             out.evictions[live.rows[i]].append(t)
         if adapter is not None and state is not None:
-            state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
-    obs = cache.observer()
-    at = cache.step_inputs(1)
-    logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True, obs)
-    tok, lp = sample(logits[:, -1], sp, noise.draw(live.idx, t + 1))
+            with phase("fold"):
+                state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
+    with phase("forward"):
+        obs = cache.observer()
+        at = cache.step_inputs(1)
+        logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True, obs)
+    with phase("sample"):
+        tok, lp = sample(logits[:, -1], sp, noise.draw(live.idx, t + 1))
     out.n_steps += 1
     out.row_steps += len(live.rows)
     return Live(live.idx, live.rows, tok, lp, state)
@@ -123,7 +134,8 @@ def _choose(cache: BoundedCache, due: list[int], out: Outputs) -> torch.Tensor:
     t0 = torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()
     if cuda:
         t0.record()
-    chosen = cache.rkv_choice(due)
+    with phase("rkv_score"):
+        chosen = cache.rkv_choice(due)
     if cuda:
         t1 = torch.cuda.Event(enable_timing=True)
         t1.record()
@@ -182,7 +194,8 @@ def rollout_steps(
     cache = BoundedCache(model, [len(p) for p in prompts], req.cache, n_new)
     noise = Noise(len(prompts), sp, dev)
     eos = torch.tensor(sorted(set(hooks.eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise, req.share_prompts)
+    with phase("prefill"):
+        live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise, req.share_prompts)
     out = Outputs.empty(len(prompts), n_new, req.pad_id, dev)
     out.on_evict = hooks.on_evict
     step = hooks.step_fn or model.forward
@@ -192,10 +205,12 @@ def rollout_steps(
         if t == n_new - 1:
             break
         if (t + 1) % sp.check_every == 0:
-            running = _still_running(out, live, t, sp, hooks.detokenize)
+            with phase("check"):
+                running = _still_running(out, live, t, sp, hooks.detokenize)
             if not any(running):
                 break
-            live = drop_finished(cache, live, running)
+            with phase("compact"):
+                live = drop_finished(cache, live, running)
         live = decode_step(step, adapter, cache, live, out, t, sp, noise)
     return read_back(prompts, out, eos, sp, hooks.detokenize)
 

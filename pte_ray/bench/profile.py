@@ -1,0 +1,96 @@
+"""`pte-ray bench rollout --profile`: where a rollout's time goes, and how far it is from the floor.
+
+One rollout runs under torch.profiler. The decode loop marks its phases (``decode.phase``:
+prefill, evict with R-KV scoring inside it, fold, forward, sample, the host's finished-row
+check, compaction); what they leave of the wall time is the Python loop and bookkeeping. Across
+the whole rollout, the GEMM ops' and attention's own time is given too: a step that is mostly
+matmul is as fast as its GEMM kernel, one that is not has overhead to remove.
+
+Two floors for a decode step: reading every weight once (weight bytes / read bandwidth,
+``--read-gibs``) and doing its matmul FLOPs at the GEMM rate this process measures on a large
+packed fp32 (or the model's dtype) matmul. A step at 40% of the read floor runs 2.5x it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+from pte_ray.bench.common import timed
+from pte_ray.method.packed import can_pack, pack, packed_linear
+
+PHASES = ("prefill", "evict", "rkv_score", "fold", "forward", "sample", "check", "compact")
+TOP = ("prefill", "evict", "fold", "forward", "sample", "check", "compact")  # disjoint
+GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::baddbmm")
+
+
+def profile_rollout(args: argparse.Namespace, model: Any, gen: Any) -> dict[str, Any]:
+    """The phase table and both floors for one rollout of ``gen``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out, wall = timed(gen, args.device)
+    events = {ev.key: ev for ev in prof.key_averages()}
+    phases = {p: events[p].cpu_time_total / 1e6 for p in PHASES if p in events}
+    gemm = sum(events[k].self_cpu_time_total for k in GEMM if k in events) / 1e6
+    attn = sum(ev.self_cpu_time_total for k, ev in events.items() if "scaled_dot_product" in k)
+    share = {p: s / wall for p, s in phases.items()}
+    share["python_and_other"] = 1.0 - sum(share.get(p, 0.0) for p in TOP)
+    n_steps = max(len(t) for t in out.tokens) - 1  # decode steps after the prefill's token
+    floors = step_floors(model, len(out.tokens), args.read_gibs, args.device)
+    step_ms = 1e3 * (wall - phases.get("prefill", 0.0)) / max(n_steps, 1)
+    return {
+        "profile_wall_s": wall,
+        "phase_s": phases,
+        "phase_share": share,
+        "gemm_share": gemm / wall,
+        "attention_share": attn / 1e6 / wall,
+        "decode_step_ms": step_ms,
+        **floors,
+        "of_read_floor": floors["read_floor_ms"] / step_ms,
+        "of_gemm_floor": floors["gemm_floor_ms"] / step_ms,
+    }
+
+
+def step_floors(model: Any, batch: int, read_gibs: float, device: str) -> dict[str, float]:
+    """A decode step's weight bytes and matmul FLOPs, and the time each takes at the floor."""
+    n_params = sum(_numel(blk.packed.get(n), blk.w[n]) for blk in model.layers for n in blk.w)
+    n_params += _numel(model._head_packed, model.embed if model.lm_head is None else model.lm_head)
+    nbytes = n_params * model.embed.element_size()
+    flops = 2.0 * n_params * batch
+    rate = peak_gemm_flops(model.dtype, device)
+    return {
+        "weight_bytes": float(nbytes),
+        "read_floor_ms": 1e3 * nbytes / (read_gibs * 2**30),
+        "step_gflop": flops / 1e9,
+        "peak_gemm_gflops": rate / 1e9,
+        "gemm_floor_ms": 1e3 * flops / rate,
+    }
+
+
+def _numel(packed: torch.Tensor | None, dense: torch.Tensor) -> int:
+    """A projection's parameter count, from its packed copy when the dense one was dropped."""
+    return packed.numel() if packed is not None else dense.numel()
+
+
+def peak_gemm_flops(dtype: torch.dtype, device: str, seconds: float = 0.5) -> float:
+    """FLOP/s of a large matmul in ``dtype`` (packed for oneDNN where the engines pack)."""
+    m, k, n = 512, 2048, 2048
+    x = torch.randn(m, k, device=device).to(dtype)
+    w = torch.randn(n, k, device=device).to(dtype)
+    if can_pack(dtype, device):
+        p = pack(w, m)
+        fn = lambda: packed_linear(x, p)  # noqa: E731
+    else:
+        fn = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
+    fn()
+    n_calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n_calls += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2.0 * m * k * n * n_calls / (time.perf_counter() - t0)
