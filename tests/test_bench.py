@@ -147,6 +147,7 @@ def test_rollout_repeat_reports_the_median_run(random_ckpt, capsys):
     runs = res["tokens_per_s_runs"]
     assert res["repeat"] == len(runs) == 3 and res["tokens_per_s"] == sorted(runs)[1]
     assert res["tokens"] == 2 * 24 and res["wall_s"] == pytest.approx(48 / res["tokens_per_s"])
+    assert 0 < res["ttft_s"] < res["wall_s"]  # the prefill and first token, not the rollout
 
 
 @pytest.mark.parametrize("flags", [["--repeat", "3"], ["--ab", "cache.budget=8,16"]])
@@ -235,3 +236,12 @@ def test_rollout_profile_splits_the_time_and_sets_it_against_the_floors(random_c
     assert 0 < prof["gemm_share"] < 1 and 0 < prof["attention_share"] < 1
     assert prof["weight_bytes"] > 0 and prof["peak_gemm_gflops"] > 0
     assert prof["of_read_floor"] == pytest.approx(prof["read_floor_ms"] / prof["decode_step_ms"])
+
+
+def test_rollout_suite_can_leave_hf_out(random_ckpt, capsys):
+    args = ["bench", "rollout", "--suite", "--no-hf", "--variants", "pte", "--batch", "2"]
+    args += [f"model.path={random_ckpt('qwen2')}", "cache.budget=8"]
+    assert cli([*args, "sampling.max_new_tokens=8"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(res["runs"]) == ["pte"] and "hf_tokens_per_s" not in res["runs"]["pte"]
+    assert res["runs"]["pte"]["ttft_s"] > 0 and res["vllm"].startswith("not")

@@ -78,6 +78,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--compare-hf", action="store_true", help="also time HF generate, full cache")
     p.add_argument(
+        "--no-hf", action="store_true", help="--suite: leave HF generate out (hours at 0.5B)"
+    )
+    p.add_argument(
         "--suite",
         action="store_true",
         help="rollout: pte eager and compiled, lora_c, HF generate and vLLM (when installed), "

