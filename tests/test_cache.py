@@ -108,7 +108,7 @@ def test_bad_cache_config_is_named(kwargs, match):
 
 def test_prompt_longer_than_total_budget_is_named(random_ckpt):
     model = load_base(random_ckpt("qwen2"))
-    with pytest.raises(ValueError, match="prompt of 12 tokens"):
+    with pytest.raises(ValueError, match="row 2: prompt of 12 tokens does not fit cache.budget=12"):
         generate(
             model,
             None,

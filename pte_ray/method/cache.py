@@ -34,6 +34,14 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> torch.Tensor:
     return pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side="left")
 
 
+def _capacity(cfg: CacheConfig, row: int, prompt_len: int, max_new_tokens: int) -> int:
+    """Row ``row``'s thought capacity; a prompt the cache cannot hold names its row."""
+    try:
+        return cfg.thought_capacity(prompt_len, max_new_tokens)
+    except ValueError as e:
+        raise ValueError(f"row {row}: {e}") from None
+
+
 @dataclass
 class Evicted:
     keys: torch.Tensor  # [L, B, E, d_kv], heads flattened as cached (post-RoPE)
@@ -64,7 +72,7 @@ class BoundedCache:
         dev = model.device
         self.prompt_lens = list(prompt_lens)
         self.p_max = max(prompt_lens)
-        self.caps = [cfg.thought_capacity(p, max_new_tokens) for p in prompt_lens]
+        self.caps = [_capacity(cfg, i, p, max_new_tokens) for i, p in enumerate(prompt_lens)]
         self.evict_n = [cfg.evicted_at_once(p, max_new_tokens) for p in prompt_lens]
         self.n_slots = self.p_max + max(self.caps)
         self.kv = model.new_kv(len(prompt_lens), self.n_slots)
