@@ -213,6 +213,7 @@ class SamplingParams(SamplingConfig):
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None  # one stream for the call (rows then depend on their batch)
     row_seeds: tuple[int, ...] = ()  # one per prompt: each row samples as it would alone
+    row_max_new_tokens: tuple[int, ...] = ()  # one per prompt: a row's own length limit
     check_every: int = Field(16, ge=1)  # steps between host checks of finished rows / stops
 
     @property

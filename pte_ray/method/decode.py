@@ -196,7 +196,7 @@ def rollout_steps(
     eos = torch.tensor(sorted(set(hooks.eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
     with phase("prefill"):
         live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise, req.share_prompts)
-    out = Outputs.empty(len(prompts), n_new, req.pad_id, dev)
+    out = Outputs.empty(len(prompts), n_new, req.pad_id, dev, _row_caps(sp, len(prompts)))
     out.on_evict = hooks.on_evict
     step = hooks.step_fn or model.forward
     for t in range(n_new):
@@ -213,6 +213,20 @@ def rollout_steps(
                 live = drop_finished(cache, live, running)
         live = decode_step(step, adapter, cache, live, out, t, sp, noise)
     return read_back(prompts, out, eos, sp, hooks.detokenize)
+
+
+def _row_caps(sp: SamplingParams, n_rows: int) -> tuple[int, ...]:
+    """Each row's own length limit, checked: one per prompt, each in [1, max_new_tokens]."""
+    caps = sp.row_max_new_tokens
+    if caps and len(caps) != n_rows:
+        raise ValueError(f"{len(caps)} row_max_new_tokens for {n_rows} prompts")
+    bad = [(i, c) for i, c in enumerate(caps) if not 1 <= c <= sp.max_new_tokens]
+    if bad:
+        i, c = bad[0]
+        raise ValueError(
+            f"row {i}: row_max_new_tokens={c} is outside [1, max_new_tokens={sp.max_new_tokens}]"
+        )
+    return caps
 
 
 def finish(steps: Generator[int, None, Generation]) -> Generation:

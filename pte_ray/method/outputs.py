@@ -57,6 +57,7 @@ class Outputs:
     tok: torch.Tensor  # [B, n_new], pad past each row's end
     lp: torch.Tensor  # [B, n_new]
     done_at: torch.Tensor  # [B] length including EOS; n_new while still running
+    cap: torch.Tensor  # [B] each row's length limit (n_new unless the call gave its own)
     evictions: list[list[int]]  # per row, the steps t it evicted before
     stop_len: list[int]  # per row, its length cut at a stop string (0: none found yet)
     n_steps: int = 0
@@ -67,21 +68,25 @@ class Outputs:
     on_evict: Callable | None = None  # diagnostics: (cache, due rows, chosen [B, E]) per choice
 
     @classmethod
-    def empty(cls, b: int, n_new: int, pad_id: int, dev: torch.device) -> Outputs:
+    def empty(
+        cls, b: int, n_new: int, pad_id: int, dev: torch.device, caps: Sequence[int] = ()
+    ) -> Outputs:
         return cls(
             torch.full((b, n_new), pad_id, dtype=torch.long, device=dev),
             torch.zeros(b, n_new, dtype=torch.float32, device=dev),
             torch.full((b,), n_new, dtype=torch.long, device=dev),
+            torch.tensor(list(caps) or [n_new] * b, dtype=torch.long, device=dev),
             [[] for _ in range(b)],
             [0] * b,
         )
 
     def record(self, live: Live, t: int, eos: torch.Tensor) -> None:
-        """Token t of every live row; a row that emits EOS is done at length t + 1."""
+        """Token t of every live row; a row that emits EOS, or reaches its own length limit, is
+        done at length t + 1."""
         n_new = self.tok.shape[1]
         self.tok[live.idx, t] = live.tok
         self.lp[live.idx, t] = live.lp
-        hit = torch.isin(live.tok, eos)
+        hit = torch.isin(live.tok, eos) | (self.cap[live.idx] <= t + 1)
         running = self.done_at[live.idx] == n_new
         self.done_at[live.idx] = torch.where(hit & running, t + 1, self.done_at[live.idx])
 

@@ -1,5 +1,6 @@
-"""A GRPO group's G rows share one prompt: it runs through the model once and its keys/values
-are copied to every row. The rollout must be the one the unshared prefill gives (fp64)."""
+"""Rows of one rollout batch: a GRPO group's G rows share one prompt (it runs through the model
+once, its keys/values copied to every row), and each row may end at its own length. Either way
+every row's tokens and log-probs are those it gets without the saving (fp64)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,45 @@ def test_distinct_prompts_take_the_plain_prefill(random_ckpt):
         SamplingParams(max_new_tokens=4, seed=0),
     )
     assert seen[0] == 3
+
+
+@pytest.mark.parametrize("eviction", ["window", "rkv"])
+def test_rows_end_at_their_own_length(random_ckpt, eviction):
+    """row_max_new_tokens: each row stops at its own limit ("length"), leaves the batch, and what
+    it wrote is the start of what it writes with the batch's limit (row seeds, fp64)."""
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    adapter = _adapter(model)
+    cache = CacheConfig(budget=12, eviction=eviction, rkv={"window": 4})
+    caps = (5, 40, 17, 1, 33, 40, 9)
+    seeds = tuple(range(len(PROMPTS)))
+    long = SamplingParams(max_new_tokens=40, row_seeds=seeds)
+    full = generate(model, adapter, DecodeRequest(PROMPTS, cache), long)
+    cut = generate(
+        model,
+        adapter,
+        DecodeRequest(PROMPTS, cache),
+        long.model_copy(update={"row_max_new_tokens": caps}),
+    )
+    assert [len(t) for t in cut.tokens] == list(caps)
+    assert cut.finish_reasons == ["length"] * len(caps)
+    assert cut.stats["row_steps"] < full.stats["row_steps"]  # finished rows stopped costing
+    for i, c in enumerate(caps):
+        assert cut.tokens[i] == full.tokens[i][:c]
+        assert (
+            torch.tensor(cut.logprobs[i]) - torch.tensor(full.logprobs[i][:c])
+        ).abs().max() < 1e-10
+        assert cut.eviction_steps[i] == [s for s in full.eviction_steps[i] if s < c - 1]
+
+
+@pytest.mark.parametrize(
+    ("caps", "named"),
+    [
+        ((4, 4), "2 row_max_new_tokens for 7"),
+        ((4, 41, 4, 4, 4, 4, 4), "row 1: row_max_new_tokens=41"),
+    ],
+)
+def test_bad_row_lengths_are_named(random_ckpt, caps, named):
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    sp = SamplingParams(max_new_tokens=40, row_max_new_tokens=caps)
+    with pytest.raises(ValueError, match=named):
+        generate(model, None, DecodeRequest(PROMPTS, CacheConfig(budget=12)), sp)
