@@ -245,3 +245,23 @@ def test_rollout_suite_can_leave_hf_out(random_ckpt, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(res["runs"]) == ["pte"] and "hf_tokens_per_s" not in res["runs"]["pte"]
     assert res["runs"]["pte"]["ttft_s"] > 0 and res["vllm"].startswith("not")
+
+
+def test_rollout_mixed_lengths_end_rows_at_their_own_lengths(random_ckpt, capsys):
+    """--mixed: the seeded per-row lengths (the same in every engine's process) are what the
+    rollout writes; HF generate, which times fixed lengths, is refused beside it."""
+    import argparse
+
+    from pte_ray.bench.common import row_lengths
+
+    args = ["bench", "rollout", "--batch", "6", "--mixed", "cache.budget=8"]
+    args += [f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=40"]
+    assert cli(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = row_lengths(
+        argparse.Namespace(mixed=True, seed=res.get("seed", 0), max_new_tokens=40), 6
+    )
+    assert res["lengths"] == "mixed" and res["tokens"] == sum(want) < 6 * 40
+    assert min(want) >= 10 and len(set(want)) > 1
+    assert cli([*args, "--compare-hf"]) != 0
+    assert "--compare-hf times fixed lengths only" in capsys.readouterr().err

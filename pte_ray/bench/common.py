@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -77,6 +78,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--compare-hf", action="store_true", help="also time HF generate, full cache")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="rollout: rows end at seeded lengths in [max_new_tokens / 4, max_new_tokens] "
+        "(default: every row max_new_tokens)",
+    )
     p.add_argument(
         "--no-hf", action="store_true", help="--suite: leave HF generate out (hours at 0.5B)"
     )
@@ -182,6 +189,7 @@ def cache_cfg(args: argparse.Namespace) -> CacheConfig:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "batch", "budget", "budget_mode", "evict_ratio", "max_new_tokens", "method")
     out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "pack", "device", "compile")}
+    out["lengths"] = "mixed" if getattr(args, "mixed", False) else "fixed"
     if args.device == "cpu":
         native = cpu_bf16_native()
         out["cpu"] = {"capability": torch.backends.cpu.get_cpu_capability(), "bf16": native}
@@ -204,6 +212,15 @@ def sampling(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed)
 
 
+def row_lengths(args: argparse.Namespace, n: int) -> tuple[int, ...]:
+    """--mixed: each row's length, uniform in [max_new_tokens / 4, max_new_tokens], seeded the
+    same in every engine's process (a GRPO batch's rows end at different lengths)."""
+    if not args.mixed:
+        return ()
+    rng, hi = random.Random(args.seed), args.max_new_tokens
+    return tuple(rng.randint(max(1, hi // 4), hi) for _ in range(n))
+
+
 def rollout_fn(args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list) -> Any:
     """A no-argument callable that runs one bounded-cache rollout of ``prompts``."""
     steps = rollout_steps_fn(args, model, adapter, prompts)
@@ -215,8 +232,8 @@ def rollout_steps_fn(
 ) -> Callable[[], Generator[int, None, Generation]]:
     """The same rollout as ``rollout_fn``, as a fresh step generator per call."""
     step_fn = torch.compile(model.forward, dynamic=False) if args.compile else None
-    sp = sampling(args)
-    # no EOS: every row generates max_new_tokens, the same work HF does below
+    sp = sampling(args).model_copy(update={"row_max_new_tokens": row_lengths(args, len(prompts))})
+    # no EOS: every row generates max_new_tokens (or, --mixed, its own length), as HF / vLLM do
     req, hooks = DecodeRequest(prompts, cache_cfg(args)), DecodeHooks(step_fn=step_fn)
     return lambda: rollout_steps(model, adapter, req, sp, hooks)
 

@@ -59,6 +59,8 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         from pte_ray.bench.profile import profile_rollout
 
         res["profile"] = profile_rollout(args, model, gen)
+    if args.compare_hf and args.mixed:
+        raise ValueError("--compare-hf times fixed lengths only: leave out --mixed")
     if args.compare_hf:
         res.update(_hf_generate(path, prompts, args, res["tokens_per_s"]))
     return res
@@ -103,7 +105,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.util
 
     suite: dict[str, dict[str, Any]] = dict(SUITE)
-    if args.no_hf:
+    if args.no_hf or args.mixed:  # HF generate times fixed lengths only
         suite["pte"] = {**suite["pte"], "compare_hf": False}
     for name, method in RKV_AB.items():
         suite[name] = {"method": method, "compile": False, "compare_hf": False, "ab": AB_EVICTION}

@@ -13,10 +13,11 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pte_ray.bench.common import prompt_ids, settings, timed
+from pte_ray.bench.common import prompt_ids, row_lengths, settings, timed
 from pte_ray.bench.memory import PeakMemory
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -46,9 +47,10 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
         from pte_ray.engines.vllm_engine import VllmEngine
 
         eng = VllmEngine(str(path), None, 1.0, settings_, dtype, args.device, seed=args.seed)
-        _generate(eng, prompts, min(16, args.max_new_tokens), args.seed)
+        _generate(eng, prompts, [min(16, args.max_new_tokens)] * len(prompts), args.seed)
         warm = time.perf_counter() - t0
-        toks, wall = timed(lambda: _generate(eng, prompts, args.max_new_tokens, args.seed), "cpu")
+        lengths = row_lengths(args, len(prompts)) or [args.max_new_tokens] * len(prompts)
+        toks, wall = timed(lambda: _generate(eng, prompts, lengths, args.seed), "cpu")
     eng.close()
     return {
         "bench": "rollout",
@@ -65,7 +67,7 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _generate(eng: Any, prompts: list[list[int]], n: int, seed: int) -> int:
+def _generate(eng: Any, prompts: list[list[int]], lengths: Sequence[int], seed: int) -> int:
     from vllm import SamplingParams
 
     sps = [
@@ -77,7 +79,7 @@ def _generate(eng: Any, prompts: list[list[int]], n: int, seed: int) -> int:
             seed=seed * 1_000_003 + i,
             detokenize=False,
         )
-        for i in range(len(prompts))
+        for i, n in enumerate(lengths)
     ]
     outs = eng.llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
     return sum(len(o.outputs[0].token_ids) for o in outs)
