@@ -86,3 +86,20 @@ def test_compare_trains_stages_evaluates_and_tabulates(
     again = compare(setup, ["pte+sft"], [0], [str(task_file)])
     assert again["pte+sft"][acc] == summary["pte+sft"][acc]
     assert (out / "pte+sft-seed0" / "metrics.jsonl").stat().st_mtime == mtime
+
+
+def test_a_stage_stopped_before_its_first_checkpoint_is_kept_aside_and_retrained(
+    ray_cluster, small_run, tmp_path
+):
+    """A compare killed mid-stage before any checkpoint left a run directory ``train`` refuses
+    to reuse; the rerun keeps it aside (nothing deleted) and trains the stage again."""
+    from pte_ray.commands.compare import _train
+
+    run = tmp_path / "cmp" / "pte-seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("half a run\n")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    ckpt, info = _train(None, [*small_run, "train.steps=1", "train.save_every=1"], run)
+    assert ckpt == run / "checkpoints" / "step_000001" and info["learner_peak_mb"] > 0
+    (aside,) = (tmp_path / "cmp").glob("pte-seed0.stopped-*")
+    assert (aside / "config.yaml").read_text() == "half a run\n"

@@ -21,6 +21,7 @@ learner peak memory, training wall time (all stages), and first/last training re
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 
 from pte_ray.config import load_config
 
+log = logging.getLogger(__name__)
 METHODS = ("lora", "lora_c", "global_only", "pte")
 STAGES = ("sft", "grpo", "distill")
 GRAD_SUFFIXES = ("truncated", "exact")
@@ -119,6 +121,10 @@ def _train(config: str | None, over: list[str], run: Path) -> tuple[Path, dict[s
     if done is None:
         t0 = time.perf_counter()
         resume = "auto" if (run / "checkpoints").is_dir() else None
+        if resume is None and run.exists():  # stopped before its first checkpoint: start over
+            aside = run.with_name(f"{run.name}.stopped-{time.strftime('%Y%m%d-%H%M%S')}")
+            run.rename(aside)
+            log.warning("%s stopped before its first checkpoint: kept as %s, retrained", run, aside)
         if train.main(config, [*over, f"output_dir={run}"], resume=resume) != 0:
             raise RuntimeError(f"training {run.name} failed")
         done = _finished(run, steps)
