@@ -151,6 +151,7 @@ def test_rollout_pool_grows_under_backlog_and_retires_when_idle(ray_cluster, bas
         "rollout.num_cpus=0.2",
         "rollout.scale_up_wait_s=0.05",  # the second chunk waits for the first: ~0.2 s
         "rollout.scale_down_idle_s=0.5",
+        "learner.micro_batch=1",  # a learn phase of ~1 s or more on any machine: the idle gap
     )
     cfg = load_config(None, over)
     ctl = Controller(cfg, RunDir.open(cfg, None))
