@@ -92,7 +92,8 @@ def _compare(args: argparse.Namespace) -> int:
     from pte_ray.commands.compare_report import compare, print_table
     from pte_ray.config import load_config
 
-    cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("sft:")])
+    grpo = [o.removeprefix("grpo:") for o in args.overrides if not o.startswith("sft:")]
+    cfg = load_config(args.config, grpo)
     started = not ray.is_initialized()
     if started:  # one local cluster for every run
         ray.init(address=cfg.train.ray_address or os.environ.get("RAY_ADDRESS"))

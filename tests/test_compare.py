@@ -103,3 +103,14 @@ def test_a_stage_stopped_before_its_first_checkpoint_is_kept_aside_and_retrained
     assert ckpt == run / "checkpoints" / "step_000001" and info["learner_peak_mb"] > 0
     (aside,) = (tmp_path / "cmp").glob("pte-seed0.stopped-*")
     assert (aside / "config.yaml").read_text() == "half a run\n"
+
+
+def test_the_command_takes_stage_scoped_overrides(ray_cluster, capsys):
+    """`pte-ray compare ... grpo:key=value` reaches the spec check (here a bad stage name),
+    not a config error on the scoped key (the command once validated it unscoped)."""
+    from pte_ray.cli import main as cli
+
+    args = ["compare", "--methods", "pte+nosuch", "grpo:distill.kind=topk_forward_kl"]
+    assert cli([*args, "sft:optim.lr=0.01"]) != 0
+    err = capsys.readouterr().err
+    assert "invalid config" not in err and "nosuch" in err
