@@ -217,7 +217,8 @@ def test_rollout_bench_says_how_the_cpu_runs_its_dtype(random_ckpt, capsys, dtyp
     args = ["bench", "rollout", "--batch", "2", "cache.budget=8", f"model.dtype={dtype}"]
     assert cli([*args, f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=8"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["cpu"]["bf16"] is False and res["cpu"]["capability"]
+    assert res["cpu"]["bf16"] is False and res["cpu"]["capability"] and res["cpu"]["model"]
+    assert res["command"].startswith("pte-ray bench rollout --batch 2")  # the JSON says its run
     assert res["pack"] is True and res["dtype"] == dtype
     assert ("dtype_note" in res) == (dtype == "bfloat16")
 

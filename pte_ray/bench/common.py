@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import finish, rollout_steps
 from pte_ray.method.outputs import Generation
-from pte_ray.method.packed import can_pack, cpu_bf16_native
+from pte_ray.method.packed import can_pack, cpu_bf16_native, cpu_model
 from pte_ray.method.requests import DecodeHooks, DecodeRequest
 
 # What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
@@ -190,9 +191,12 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "batch", "budget", "budget_mode", "evict_ratio", "max_new_tokens", "method")
     out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "pack", "device", "compile")}
     out["lengths"] = "mixed" if getattr(args, "mixed", False) else "fixed"
+    out["command"] = getattr(args, "command_line", None) or shlex.join(["pte-ray", *sys.argv[1:]])
     if args.device == "cpu":
         native = cpu_bf16_native()
-        out["cpu"] = {"capability": torch.backends.cpu.get_cpu_capability(), "bf16": native}
+        cap = torch.backends.cpu.get_cpu_capability()
+        out["cpu"] = {"model": cpu_model(), "cores": os.cpu_count(), "capability": cap}
+        out["cpu"]["bf16"] = native
         if args.dtype == "bfloat16" and not native:
             out["dtype_note"] = "bf16 without AVX-512-BF16 / AMX: emulated, slower than fp32"
     return out | ({"rkv": args.rkv} if args.eviction == "rkv" else {})
@@ -261,7 +265,8 @@ def subprocess_bench(args: argparse.Namespace, which: str, change: dict[str, Any
     argv = [sys.executable, "-m", "pte_ray.cli", "bench", which]
     merged = {**vars(args), **change}
     for k, v in merged.items():
-        skip = ("func", "bench", "command", "config", "overrides", "config_defaults")
+        skip = ("func", "bench", "command", "command_line", "config", "overrides")
+        skip += ("config_defaults",)
         if k in skip or k in CONFIG_KEYS or v in (None, False) or (k, v) == ("engine", "torch"):
             continue
         flag = "--" + k.replace("_", "-")

@@ -40,6 +40,16 @@ def packed_linear(
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for a benchmark's record of the machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((x for x in f if x.startswith("model name")), "")
+    except OSError:
+        return "unknown"
+    return line.split(":", 1)[1].strip() if ":" in line else "unknown"
+
+
 def cpu_bf16_native() -> bool:
     """The CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX): without it oneDNN emulates
     bf16 and it runs slower than fp32."""
