@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("rollout", "reward", "reference", "learner")
+# a strike that finds every process of its role restarting (a loaded machine) looks again this
+# long: a kill that hits nothing tests nothing
+STRIKE_PATIENCE_S = 10.0
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -102,6 +105,15 @@ class Killer(threading.Thread):
             if not self._wait(4, self._writing) or not self._writing():
                 self.done.append((self.ctl.state.step, "checkpoint_missed", 0))
                 return
+        n, deadline = 0, time.monotonic() + STRIKE_PATIENCE_S
+        while not n and time.monotonic() < deadline and not self.stop.is_set():
+            n = self._kill(target)  # 0: its processes were all restarting; look again
+            if not n:
+                self.stop.wait(0.05)
+        self.done.append((self.ctl.state.step, target, n))
+
+    def _kill(self, target: str) -> int:
+        """SIGKILLs the target's processes as they are now; how many it hit."""
         pids, n = [], 0
         try:
             pids = self._pids(target)
@@ -113,7 +125,7 @@ class Killer(threading.Thread):
                 n += 1
             except ProcessLookupError:
                 continue
-        self.done.append((self.ctl.state.step, target, n))
+        return n
 
     def run(self) -> None:
         for gap, frac, target in self.plan:
