@@ -43,6 +43,9 @@ class VllmConfig(BaseModel):
         False, description="no CUDA graphs / torch.compile (fast start, slower decode)"
     )
     prefix_caching: bool = Field(True, description="share KV of prompts a group repeats")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="sequences decoded at once (None: vLLM's default)"
+    )
 
 
 class Section(BaseModel):
@@ -111,6 +114,12 @@ class RolloutSection(Section):
     )
     compile: bool = _f(
         False, "torch.compile the decode step (each batch size compiles once per worker)"
+    )
+    batch_rows: int = _f(
+        0,
+        "torch engine: rows decoded at once (0: a call's every sequence; fewer: a row that "
+        "ends takes the next queued sequence, so the batch stays full)",
+        ge=0,
     )
     request_resources: bool = _f(
         True, "ask Ray's autoscaler for workers the cluster cannot place yet"

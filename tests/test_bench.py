@@ -266,3 +266,22 @@ def test_rollout_mixed_lengths_end_rows_at_their_own_lengths(random_ckpt, capsys
     assert min(want) >= 10 and len(set(want)) > 1
     assert cli([*args, "--compare-hf"]) != 0
     assert "--compare-hf times fixed lengths only" in capsys.readouterr().err
+
+
+def test_rollout_more_requests_than_rows_refills_them(random_ckpt, capsys):
+    """--requests beyond --batch: rows that end take queued sequences (GRPO groups of --group
+    share a prompt); every request is generated to its own length."""
+    import argparse
+
+    from pte_ray.bench.common import prompt_ids, row_lengths
+
+    args = ["bench", "rollout", "--batch", "3", "--requests", "8", "--group", "2", "--mixed"]
+    args += ["cache.budget=8", f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=24"]
+    assert cli(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = row_lengths(argparse.Namespace(mixed=True, seed=0, max_new_tokens=24), 8)
+    assert res["requests"] == 8 and res["group"] == 2 and res["tokens"] == sum(want)
+    assert res["refills"] == 5
+    ns = argparse.Namespace(model=str(random_ckpt("qwen2")), batch=3, requests=8, group=2, seed=0)
+    _, prompts = prompt_ids(ns)
+    assert len(prompts) == 8 and prompts[0] == prompts[1] != prompts[2] == prompts[3]

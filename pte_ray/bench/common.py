@@ -75,7 +75,17 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
 def add_args(p: argparse.ArgumentParser) -> None:
     """The flags of both benchmarks (one set, so a sweep can pass any of them on)."""
     add_config_args(p, BENCH_DEFAULTS)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32, help="rows decoded at once")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        help="rollout: sequences in all (0: --batch); more than --batch: a row that ends takes "
+        "the next one (pte: DecodeRequest.batch_rows; vLLM: max_num_seqs)",
+    )
+    p.add_argument(
+        "--group", type=int, default=1, help="rollout: sequences per prompt (a GRPO group)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--compare-hf", action="store_true", help="also time HF generate, full cache")
@@ -135,23 +145,31 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def prompt_ids(args: argparse.Namespace) -> tuple[Path, list[list[int]]]:
-    """(checkpoint path, the bench's ``args.batch`` prompts as token ids)."""
+    """(checkpoint path, the bench's prompts as token ids: ``n_requests``, ``--group`` of each
+    distinct one in a row)."""
+    n, g = n_requests(args), max(1, getattr(args, "group", 1))
     if args.model == "tiny":
         from pte_ray.tiny import build_tiny, make_task
 
         path = build_tiny()
-        texts = [ex["prompt"] for ex in make_task(args.batch, seed=args.seed, split="test")]
+        texts = [ex["prompt"] for ex in make_task(-(-n // g), seed=args.seed, split="test")]
     else:
         from pte_ray.run.models import resolve_model
 
         path = Path(resolve_model(args.model))  # a checkpoint dir or a *-shape name
         texts = [
-            f"Question {i}: what is {i} + {2 * i}? Think step by step." for i in range(args.batch)
+            f"Question {i}: what is {i} + {2 * i}? Think step by step." for i in range(-(-n // g))
         ]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    return path, [tok(t).input_ids for t in texts][: args.batch]
+    ids = [tok(t).input_ids for t in texts]
+    return path, [ids[i // g] for i in range(n)]
+
+
+def n_requests(args: argparse.Namespace) -> int:
+    """Sequences in all: ``--requests``, or one batch."""
+    return max(getattr(args, "requests", 0) or 0, args.batch)
 
 
 def setup(
@@ -191,6 +209,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "batch", "budget", "budget_mode", "evict_ratio", "max_new_tokens", "method")
     out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "pack", "device", "compile")}
     out["lengths"] = "mixed" if getattr(args, "mixed", False) else "fixed"
+    out["requests"], out["group"] = n_requests(args), getattr(args, "group", 1)
     out["command"] = getattr(args, "command_line", None) or shlex.join(["pte-ray", *sys.argv[1:]])
     if args.device == "cpu":
         native = cpu_bf16_native()
@@ -238,7 +257,9 @@ def rollout_steps_fn(
     step_fn = torch.compile(model.forward, dynamic=False) if args.compile else None
     sp = sampling(args).model_copy(update={"row_max_new_tokens": row_lengths(args, len(prompts))})
     # no EOS: every row generates max_new_tokens (or, --mixed, its own length), as HF / vLLM do
-    req, hooks = DecodeRequest(prompts, cache_cfg(args)), DecodeHooks(step_fn=step_fn)
+    rows = args.batch if len(prompts) > args.batch else 0  # fewer rows than prompts: refill
+    req = DecodeRequest(prompts, cache_cfg(args), batch_rows=rows)
+    hooks = DecodeHooks(step_fn=step_fn)
     return lambda: rollout_steps(model, adapter, req, sp, hooks)
 
 

@@ -29,6 +29,7 @@ def speed(out: Generation, wall: float, n_prompts: int) -> dict[str, Any]:
         "wall_s": wall,
         "evictions": sum(out.evictions),
         "evictions_per_seq": sum(out.evictions) / n_prompts,
+        "refills": int(out.stats.get("refills", 0)),  # requests that took a finished row
         **_scoring(out.stats, wall),
     }
 

@@ -3,8 +3,9 @@
 The baseline users compare against: the same model, prompts and lengths as our bounded-cache
 rollout, every row made to generate exactly ``max_new_tokens`` (``ignore_eos``), sampled at
 temperature 1. vLLM starts (loads, profiles, compiles unless eager) in the warm-up, reported as
-``warmup_s``. On CPU its KV pool is sized to hold every row at full length, so nothing queues;
-its peak RSS includes that pre-allocated pool, which is what vLLM holds while serving.
+``warmup_s``. On CPU its KV pool is sized to hold ``--batch`` rows at full length and it runs
+that many at once (``max_num_seqs``; more ``--requests`` queue, as in ours); its peak RSS
+includes that pre-allocated pool, which is what vLLM holds while serving.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
     path, prompts = prompt_ids(args)
     longest = max(map(len, prompts)) + args.max_new_tokens
     dtype = "float32" if args.dtype == "auto" and args.device == "cpu" else args.dtype
-    pool = kv_gib(path, dtype, len(prompts) * longest)
-    settings_ = VllmConfig(max_model_len=longest + 8, prefix_caching=False, cpu_kvcache_gib=pool)
+    rows = min(args.batch, len(prompts))  # at once; more requests queue (continuous batching)
+    pool = kv_gib(path, dtype, rows * longest)
+    settings_ = VllmConfig(
+        max_model_len=longest + 8, prefix_caching=False, cpu_kvcache_gib=pool, max_num_seqs=rows
+    )
     t0 = time.perf_counter()
     with PeakMemory(args.device) as mem:
         from pte_ray.engines.vllm_engine import VllmEngine

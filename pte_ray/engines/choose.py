@@ -39,6 +39,7 @@ def rollout_engine(cfg: Config, model_path: str, device: str, engine: str | None
         device,
         compile_step=cfg.rollout.compile,
         pack=cfg.model.pack,
+        batch_rows=cfg.rollout.batch_rows,
     )
 
 

@@ -39,7 +39,10 @@ class TorchEngine:
         device: str = "cpu",
         compile_step: bool = False,
         pack: bool = False,
+        batch_rows: int = 0,
     ) -> None:
+        """``batch_rows``: rows decoded at once (0: every prompt of a call; fewer: a row that
+        ends takes the next queued prompt)."""
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -51,6 +54,7 @@ class TorchEngine:
             self.adapter = Adapter(self.model.args, adapter_cfg, self.model.dtype, device)
             self.adapter.requires_grad_(False)
         self.cache_cfg = cache_cfg
+        self.batch_rows = batch_rows
         self.tag = ""
         tok = self.tokenizer
         self.eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
@@ -81,7 +85,7 @@ class TorchEngine:
 
     def sample(self, prompts: list[list[int]], sp: SamplingParams) -> Generation:
         """Completions of ``prompts`` under the engine's cache, with its adapter."""
-        req = DecodeRequest(prompts, self.cache_cfg, self.pad_id)
+        req = DecodeRequest(prompts, self.cache_cfg, self.pad_id, batch_rows=self.batch_rows)
         hooks = DecodeHooks(self.eos_ids, self.tokenizer.decode, self.step_fn)
         return generate(self.model, self.adapter, req, sp, hooks)
 

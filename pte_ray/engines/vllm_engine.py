@@ -80,6 +80,7 @@ class VllmEngine:
                 max_model_len=settings.max_model_len,
                 enforce_eager=settings.enforce_eager,
                 enable_prefix_caching=settings.prefix_caching,
+                **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
                 **({} if cpu else {"gpu_memory_utilization": settings.gpu_memory_utilization}),
                 **lora,
             )

@@ -12,7 +12,10 @@ the evicted slots out before they are overwritten; keys are stored post-RoPE at 
 positions, so a token's slot never changes what attention computes.
 
 Every row advances one token per step, so the whole eviction schedule is known on the host from
-the prompt lengths alone: deciding when to evict never reads anything back from the device.
+the prompt lengths alone: deciding when to evict never reads anything back from the device. A
+row's clock is the batch's minus the step its request started at: a row that finished can take
+a queued request (``admit``: continuous batching), which starts its own clock, ring and
+validity afresh; the buffers are sized at the start for every prompt the call will hold.
 Each forward gets its positions, write slots and mask from here as one ``Placement``.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from pte_ray.method.config import CacheConfig
@@ -42,6 +46,25 @@ def _capacity(cfg: CacheConfig, row: int, prompt_len: int, max_new_tokens: int) 
         raise ValueError(f"row {row}: {e}") from None
 
 
+def _prompt_valid(plen: torch.Tensor, p_max: int, n_slots: int) -> torch.Tensor:
+    """[b, n_slots]: the slots rows with prompt lengths ``plen`` hold (their prompt, no pad)."""
+    slot = torch.arange(n_slots, device=plen.device)
+    return (slot[None] >= p_max - plen[:, None]) & (slot[None] < p_max)
+
+
+def prompt_place(plen: torch.Tensor, p_max: int, n_slots: int) -> Placement:
+    """Positions, write slots [0, P_max) and the causal mask of a prompt forward of rows with
+    prompt lengths ``plen`` [b] over ``n_slots`` slots."""
+    col = torch.arange(p_max, device=plen.device)
+    pos = (col[None] - (p_max - plen[:, None])).clamp(min=0)
+    slots = col[None].expand(len(plen), -1)
+    key = torch.arange(n_slots, device=plen.device)
+    causal = key[None, :] <= col[:, None]  # [P, S]
+    mask = causal[None] & _prompt_valid(plen, p_max, n_slots)[:, None, :]
+    mask = mask | (key[None, None, :] == col[None, :, None])  # padding attends to itself
+    return Placement(pos, slots, mask)
+
+
 @dataclass
 class Evicted:
     keys: torch.Tensor  # [L, B, E, d_kv], heads flattened as cached (post-RoPE)
@@ -61,36 +84,43 @@ class BoundedCache:
         cfg: CacheConfig,
         max_new_tokens: int,
         write: torch.Tensor | None = None,
+        queued: list[int] = (),
+        slack: int = 0,
     ) -> None:
         """``write`` [B, >= max_new_tokens]: the ring offset of each thought token, given by
         replay (from the rollout's record); by default ``t % cap_i``, rewritten by each
-        ``evict`` that is told which slots go."""
+        ``evict`` that is told which slots go. ``queued``: the lengths of prompts that will
+        take a row later (``admit``), which the buffers are sized for too; ``slack``: steps a
+        finished row may run on before it is seen finished (the write table's spare width)."""
         if not prompt_lens or min(prompt_lens) < 1:
             raise ValueError(f"every prompt needs at least one token, got lengths {prompt_lens}")
         self.cfg = cfg
         self.model = model
         dev = model.device
+        self.max_new = max_new_tokens
         self.prompt_lens = list(prompt_lens)
-        self.p_max = max(prompt_lens)
-        self.caps = [_capacity(cfg, i, p, max_new_tokens) for i, p in enumerate(prompt_lens)]
+        every = self.prompt_lens + list(queued)
+        self.p_max = max(every)
+        caps_all = [_capacity(cfg, i, p, max_new_tokens) for i, p in enumerate(every)]
+        self.caps = caps_all[: len(prompt_lens)]
         self.evict_n = [cfg.evicted_at_once(p, max_new_tokens) for p in prompt_lens]
-        self.n_slots = self.p_max + max(self.caps)
+        self.n_slots = self.p_max + max(caps_all)
         self.kv = model.new_kv(len(prompt_lens), self.n_slots)
         b = len(prompt_lens)
-        slot = torch.arange(self.n_slots, device=dev)
         plen = torch.tensor(prompt_lens, device=dev)
-        self.valid = (slot[None] >= self.p_max - plen[:, None]) & (slot[None] < self.p_max)
+        self.valid = _prompt_valid(plen, self.p_max, self.n_slots)
         self.plen_t = plen
         self.cap_t = torch.tensor(self.caps, device=dev)
-        self.t = 0  # thought tokens written so far (all rows step together)
+        self.t = 0  # decode steps so far: thought tokens written by a row that started at 0
+        self.start = [0] * b  # the step each row's request started at (refilled rows: later)
+        self.start_t = torch.zeros(b, dtype=torch.long, device=dev)
         self.count = [0] * b  # thought tokens each row holds now
-        self.write = self._write_table(write, max_new_tokens, dev)
+        self.n_table = max_new_tokens + max(self.evict_n, default=0) + 1 + slack
+        self.write = self._write_table(write, self.n_table, dev)
         self.q_obs: list[torch.Tensor] | None = None  # R-KV's query ring (rollout)
 
-    def _write_table(
-        self, given: torch.Tensor | None, max_new: int, dev: torch.device
-    ) -> torch.Tensor:
-        n = max_new + max(self.evict_n, default=0) + 1  # an eviction writes E entries ahead
+    def _write_table(self, given: torch.Tensor | None, n: int, dev: torch.device) -> torch.Tensor:
+        """[B, n]: n covers every token plus the E entries an eviction writes ahead."""
         t = torch.arange(n, device=dev)
         table = torch.remainder(t[None], self.cap_t[:, None])
         if given is not None:
@@ -104,15 +134,15 @@ class BoundedCache:
 
     def prompt_placement(self) -> Placement:
         """Positions, write slots [0, P_max) and the causal mask of the prompt forward."""
-        dev = self.model.device
-        col = torch.arange(self.p_max, device=dev)
-        pos = (col[None] - (self.p_max - self.plen_t[:, None])).clamp(min=0)
-        slots = col[None].expand(self.batch, -1)
-        key = torch.arange(self.n_slots, device=dev)
-        causal = key[None, :] <= col[:, None]  # [P, S]
-        mask = causal[None] & self.valid[:, None, :]
-        mask = mask | (key[None, None, :] == col[None, :, None])  # padding attends to itself
-        return Placement(pos, slots, mask)
+        return prompt_place(self.plen_t, self.p_max, self.n_slots)
+
+    def local(self) -> torch.Tensor:
+        """[B] each row's own thought index: tokens its request has written."""
+        return self.t - self.start_t
+
+    @property
+    def refilled(self) -> bool:
+        return any(self.start)
 
     def due(self) -> list[int]:
         """Rows that must evict before the next thought token is written (a row holding its
@@ -128,7 +158,7 @@ class BoundedCache:
         dev = self.model.device
         n = [self.evict_n[i] if i in rows else 0 for i in range(self.batch)]
         if chosen is None:
-            oldest = [self.t - c for c in self.count]  # ring index of each row's oldest token
+            oldest = [self.t - s - c for s, c in zip(self.start, self.count)]  # each row's oldest
             ring = [
                 self.p_max + (start + torch.arange(k)) % cap
                 for start, k, cap in zip(oldest, n, self.caps)
@@ -140,8 +170,9 @@ class BoundedCache:
             e_max = chosen.shape[1]
             valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)
             idx = torch.where(valid, self.p_max + chosen, 0)
-            due = torch.tensor(rows, device=dev)
-            self.write[due, self.t : self.t + e_max] = chosen[due]
+            for i in rows:
+                lt = self.t - self.start[i]
+                self.write[i, lt : lt + e_max] = chosen[i]
         for i in rows:
             self.count[i] -= self.evict_n[i]
         row_mask = valid.any(dim=1)
@@ -164,8 +195,12 @@ class BoundedCache:
         """
         dev = self.model.device
         j = torch.arange(n, device=dev)
-        pos = self.plen_t[:, None] + self.t + j[None]
-        slots = self.p_max + self.write[:, self.t : self.t + n]
+        if self.refilled:
+            at = self.local()[:, None] + j[None]
+            pos, slots = self.plen_t[:, None] + at, self.p_max + self.write.gather(1, at)
+        else:
+            pos = self.plen_t[:, None] + self.t + j[None]
+            slots = self.p_max + self.write[:, self.t : self.t + n]
         if n == 1:
             self.valid.scatter_(1, slots, True)
             mask = self.valid[:, None, :]
@@ -188,26 +223,51 @@ class BoundedCache:
         self.plen_t = self.plen_t.index_select(0, rows)
         self.cap_t = self.cap_t.index_select(0, rows)
         self.write = self.write.index_select(0, rows)
+        self.start_t = self.start_t.index_select(0, rows)
         if self.q_obs is not None:
             self.q_obs = [q.index_select(0, rows) for q in self.q_obs]
-        for name in ("prompt_lens", "caps", "evict_n", "count"):
+        for name in ("prompt_lens", "caps", "evict_n", "count", "start"):
             old = getattr(self, name)
             setattr(self, name, [old[i] for i in rows_host])
+
+    def admit(self, rows: list[int], prompt_lens: list[int], kv: list) -> None:
+        """Rows ``rows`` start new requests with prompts of ``prompt_lens``: their prompt
+        keys/values ``kv`` (per layer [k, n_kv, P_max, hd], from their prefill) go in, the rest
+        of their buffers is zeroed, their clock, ring and validity start afresh."""
+        dev = self.model.device
+        r = torch.tensor(rows, device=dev)
+        plen = torch.tensor(prompt_lens, device=dev)
+        for (k, v), (k1, v1) in zip(self.kv, kv, strict=True):
+            k[r] = F.pad(k1, (0, 0, 0, self.n_slots - self.p_max))
+            v[r] = F.pad(v1, (0, 0, 0, self.n_slots - self.p_max))
+        self.valid[r] = _prompt_valid(plen, self.p_max, self.n_slots)
+        for i, p in zip(rows, prompt_lens, strict=True):
+            self.prompt_lens[i], self.count[i], self.start[i] = p, 0, self.t
+            self.caps[i] = _capacity(self.cfg, i, p, self.max_new)
+            self.evict_n[i] = self.cfg.evicted_at_once(p, self.max_new)
+        self.plen_t[r], self.start_t[r] = plen, self.t
+        self.cap_t[r] = torch.tensor([self.caps[i] for i in rows], device=dev)
+        t = torch.arange(self.write.shape[1], device=dev)
+        self.write[r] = torch.remainder(t[None], self.cap_t[r][:, None])
 
     def held(self) -> torch.Tensor:
         """[B, C] the thought index each ring slot holds (-1: never written), from the write
         table: one op at an eviction instead of bookkeeping at every step."""
-        t = torch.arange(self.t, device=self.write.device).expand(self.batch, -1)
+        n = self.t - min(self.start)
+        t = torch.arange(n, device=self.write.device).expand(self.batch, -1)
+        if self.refilled:  # a row's table past its own clock is not written yet
+            t = torch.where(t < self.local()[:, None], t, -1)
         empty = torch.full((self.batch, max(self.caps)), -1, dtype=torch.long, device=t.device)
-        return empty.scatter_reduce(1, self.write[:, : self.t], t, "amax")
+        return empty.scatter_reduce(1, self.write[:, :n], t, "amax")
 
     def rkv_choice(self, due: list[int]) -> torch.Tensor:
         """R-KV's ring offsets [B, E] to free, sorted (only the ``due`` rows' are used)."""
         assert self.q_obs is not None, "rkv_choice needs the query ring (cache.eviction=rkv)"
         keys = [k for k, _ in self.kv]
         n_evict = self.evict_n[due[0]]  # rkv: every row evicts the same number (config checks)
+        t = self.local()[:, None] if self.refilled else self.t
         return rkv_choose(
-            keys, self.q_obs, self.valid, self.held(), self.p_max, self.t, n_evict, self.cfg.rkv
+            keys, self.q_obs, self.valid, self.held(), self.p_max, t, n_evict, self.cfg.rkv
         )
 
     def observer(self) -> Obs | None:
@@ -223,9 +283,8 @@ class BoundedCache:
             a, dev, dt = self.model.args, self.model.device, self.model.dtype
             shape = (self.batch, a.n_heads, w, a.head_dim)
             self.q_obs = [torch.zeros(shape, dtype=dt, device=dev) for _ in range(a.n_layers)]
-            self._qslot = torch.zeros(1, dtype=torch.long, device=dev)
-        self._qslot.fill_(self.t % w)
-        return self.q_obs, self._qslot
+        # per row: its own clock's slot, so a refilled row fills its ring as it would alone
+        return self.q_obs, torch.remainder(self.local(), w)
 
     def detach_(self) -> None:
         """Cut the graph of cache contents at a segment boundary (truncated backprop)."""

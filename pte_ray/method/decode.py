@@ -17,10 +17,11 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache, left_pad
+from pte_ray.method.cache import BoundedCache
 from pte_ray.method.config import SamplingParams
-from pte_ray.method.model import Placement, Transformer
+from pte_ray.method.model import Transformer
 from pte_ray.method.outputs import Generation, Live, Outputs, read_back, stop_cut
+from pte_ray.method.prefill import Run, admit, prefill
 from pte_ray.method.requests import DecodeHooks, DecodeRequest
 from pte_ray.method.sampling import Noise, sample
 
@@ -42,70 +43,18 @@ def compact_due(n_done: int, n_rows: int) -> bool:
     return n_done > 0 and n_done * COMPACT_FRACTION >= n_rows
 
 
-def prefill(
-    model: Transformer,
-    adapter: Adapter | None,
-    cache: BoundedCache,
-    prompts: list[list[int]],
-    pad_id: int,
-    sp: SamplingParams,
-    noise: Noise,
-    share: bool = True,
-) -> Live:
-    """The prompt forward (RoPE sized once for the whole run first) and the first token; a
-    prompt that several rows share runs once (``share``) and its keys/values are copied."""
-    state = adapter.initial_state(len(prompts)) if adapter is not None else None
-    state = state.contiguous() if state is not None else None
-    ids, at = left_pad(prompts, pad_id).to(model.device), cache.prompt_placement()
-    model.reserve_positions(cache.p_max + sp.max_new_tokens + 1)
-    first: dict[tuple[int, ...], int] = {}
-    of = [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]  # each row's first twin
-    if share and len(first) < len(prompts):
-        logits = _prefill_shared(model, adapter, cache, ids, at, state, of)
-    else:
-        logits, _ = model(ids, at, cache.kv, adapter, state, True)
-    idx = torch.arange(len(prompts), device=model.device)
-    tok, lp = sample(logits[:, -1], sp, noise.draw(idx, 0))
-    return Live(idx, list(range(len(prompts))), tok, lp, state)
-
-
-def _prefill_shared(
-    model: Transformer,
-    adapter: Adapter | None,
-    cache: BoundedCache,
-    ids: torch.Tensor,
-    at: Placement,
-    state: torch.Tensor | None,
-    of: list[int],
-) -> torch.Tensor:
-    """The prompt forward on each distinct prompt's first row only (rows with the same prompt
-    start from the same S_0, so their prompt keys/values and first logits are the same), then
-    copied to every row: one prefill per GRPO group instead of G. Logits [B, P, V]."""
-    dev, firsts = model.device, sorted(set(of))
-    reps = torch.tensor(firsts, device=dev)
-    back = torch.tensor([firsts.index(i) for i in of], device=dev)  # B x groups: small
-    sub = Placement(at.pos[reps], at.slots[reps], at.mask[reps])
-    kv = [(k[reps], v[reps]) for k, v in cache.kv]  # fresh rows, written by the forward
-    s = state[:, reps] if state is not None else None
-    logits, kv = model(ids[reps], sub, kv, adapter, s, True)
-    for (k, v), (k1, v1) in zip(cache.kv, kv):
-        k.copy_(k1[back])
-        v.copy_(v1[back])
-    return logits[back]
-
-
 def decode_step(
     step: Callable[..., tuple[torch.Tensor, list]],
     adapter: Adapter | None,
     cache: BoundedCache,
     live: Live,
     out: Outputs,
-    t: int,
     sp: SamplingParams,
     noise: Noise,
 ) -> Live:
     """The next token of every live row: evict what is due and fold it into S, forward, sample."""
     state, due = live.state, cache.due()
+    lt = cache.local() if cache.refilled else cache.t  # each row's own token index
     if due:
         with phase("evict"):
             chosen = _choose(cache, due, out) if cache.cfg.rkv_on else None
@@ -113,7 +62,7 @@ def decode_step(
         if chosen is not None:
             out.chosen.append(([live.rows[i] for i in due], chosen[due]))
         for i in due:
-            out.evictions[live.rows[i]].append(t)
+            out.evictions[live.rows[i]].append(cache.t - cache.start[i])
         if adapter is not None and state is not None:
             with phase("fold"):
                 state = adapter.fold(state, ev.keys, ev.values, ev.valid, ev.rows)
@@ -122,7 +71,7 @@ def decode_step(
         at = cache.step_inputs(1)
         logits, _ = step(live.tok[:, None], at, cache.kv, adapter, state, True, obs)
     with phase("sample"):
-        tok, lp = sample(logits[:, -1], sp, noise.draw(live.idx, t + 1))
+        tok, lp = sample(logits[:, -1], sp, noise.draw(live.idx, lt + 1))
     out.n_steps += 1
     out.row_steps += len(live.rows)
     return Live(live.idx, live.rows, tok, lp, state)
@@ -148,16 +97,16 @@ def _choose(cache: BoundedCache, due: list[int], out: Outputs) -> torch.Tensor:
 
 
 def _still_running(
-    out: Outputs, live: Live, t: int, sp: SamplingParams, detokenize: Callable | None
+    out: Outputs, live: Live, cache: BoundedCache, sp: SamplingParams, detokenize: Callable | None
 ) -> list[bool]:
     """Per live row: no EOS and no stop string yet (one read from the device)."""
     running = (out.done_at[live.idx] == out.tok.shape[1]).tolist()
     if sp.stop_strings:
         assert detokenize is not None
         rows = [i for i, ok in enumerate(running) if ok]
-        toks = out.tok[live.idx[rows], : t + 1].tolist() if rows else []
+        toks = out.tok[live.idx[rows]].tolist() if rows else []
         for i, seq in zip(rows, toks):
-            cut = stop_cut(seq, sp.stop_strings, detokenize)
+            cut = stop_cut(seq[: cache.t - cache.start[i] + 1], sp.stop_strings, detokenize)
             if cut:
                 out.stop_len[live.rows[i]] = cut
                 running[i] = False
@@ -174,6 +123,18 @@ def drop_finished(cache: BoundedCache, live: Live, running: list[bool]) -> Live:
     return live.keep(k, keep)
 
 
+def refill(run: Run, live: Live, running: list[bool], queued: list[int]) -> Live:
+    """Finished rows take the next ``queued`` requests (popped), as long as there are any;
+    once there are none, finished rows leave the batch by the 1/8 rule."""
+    free = [i for i, ok in enumerate(running) if not ok][: len(queued)]
+    if free:
+        reqs = [queued.pop(0) for _ in free]
+        live = admit(run, live, free, reqs)
+        running = [ok or i in free for i, ok in enumerate(running)]
+        run.out.refills += len(free)
+    return drop_finished(run.cache, live, running)
+
+
 @torch.no_grad()
 def rollout_steps(
     model: Transformer,
@@ -182,37 +143,56 @@ def rollout_steps(
     sp: SamplingParams,
     hooks: DecodeHooks = DecodeHooks(),
 ) -> Generator[int, None, Generation]:
-    """``generate`` one step at a time: yields the token index after the prefill and after
+    """``generate`` one step at a time: yields the step index after the prefill and after
     every decode step, returns the ``Generation``. Lets a benchmark interleave two rollouts
     step by step, so both run under the same machine load (``bench/ab.py``)."""
+    run = _setup(model, adapter, req, sp, hooks)
+    cache, out, n_new = run.cache, run.out, sp.max_new_tokens
+    queued = list(range(cache.batch, len(req.prompts)))  # requests waiting for a row
+    with phase("prefill"):
+        live = prefill(run, cache.batch, n_new + sp.check_every)
+    step = hooks.step_fn or model.forward
+    t = 0
+    while True:
+        yield t
+        out.record(live.idx, live.tok, live.lp, cache.local() if cache.refilled else t, run.eos)
+        if not queued and t - max(cache.start) >= n_new - 1:
+            break  # every row holds its last token
+        if (t + 1) % sp.check_every == 0:
+            with phase("check"):
+                running = _still_running(out, live, cache, sp, hooks.detokenize)
+            if not any(running) and not queued:
+                break
+            with phase("compact"):
+                live = refill(run, live, running, queued)
+        live = decode_step(step, adapter, cache, live, out, sp, run.noise)
+        t += 1
+    return read_back(req.prompts, out, run.eos, sp, hooks.detokenize)
+
+
+def _setup(
+    model: Transformer,
+    adapter: Adapter | None,
+    req: DecodeRequest,
+    sp: SamplingParams,
+    hooks: DecodeHooks,
+) -> Run:
+    """The call's cache (sized for every prompt it will hold), noise, EOS ids and outputs."""
     prompts = req.prompts
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
     if sp.stop_strings and hooks.detokenize is None:
         raise ValueError("stop_strings need a detokenize function (the tokenizer's decode)")
-    dev, n_new = model.device, sp.max_new_tokens
-    cache = BoundedCache(model, [len(p) for p in prompts], req.cache, n_new)
+    dev, n_new, lens = model.device, sp.max_new_tokens, [len(p) for p in prompts]
+    width = min(req.batch_rows or len(prompts), len(prompts))
+    slack = sp.check_every if width < len(prompts) else 0
+    cache = BoundedCache(model, lens[:width], req.cache, n_new, queued=lens[width:], slack=slack)
     noise = Noise(len(prompts), sp, dev)
     eos = torch.tensor(sorted(set(hooks.eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
-    with phase("prefill"):
-        live = prefill(model, adapter, cache, prompts, req.pad_id, sp, noise, req.share_prompts)
-    out = Outputs.empty(len(prompts), n_new, req.pad_id, dev, _row_caps(sp, len(prompts)))
+    caps = _row_caps(sp, len(prompts))
+    out = Outputs.empty(len(prompts), n_new, req.pad_id, dev, caps, slack)
     out.on_evict = hooks.on_evict
-    step = hooks.step_fn or model.forward
-    for t in range(n_new):
-        yield t
-        out.record(live, t, eos)
-        if t == n_new - 1:
-            break
-        if (t + 1) % sp.check_every == 0:
-            with phase("check"):
-                running = _still_running(out, live, t, sp, hooks.detokenize)
-            if not any(running):
-                break
-            with phase("compact"):
-                live = drop_finished(cache, live, running)
-        live = decode_step(step, adapter, cache, live, out, t, sp, noise)
-    return read_back(prompts, out, eos, sp, hooks.detokenize)
+    return Run(model, adapter, cache, out, sp, noise, eos, prompts, req.pad_id, req.share_prompts)
 
 
 def _row_caps(sp: SamplingParams, n_rows: int) -> tuple[int, ...]:

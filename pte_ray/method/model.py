@@ -147,7 +147,8 @@ class Block(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if obs is not None:  # the newest query (post-RoPE, as attention saw it) for R-KV
-            obs[0].index_copy_(2, obs[1], q[:, :, -1:])
+            at = obs[1].view(-1, 1, 1, 1).expand(-1, q.shape[1], 1, q.shape[-1])
+            obs[0].scatter_(2, at, q[:, :, -1:])  # each row's own ring slot
         kb, vb = _write(kv, idx, k, v)
         o = F.scaled_dot_product_attention(q, kb, vb, attn_mask=attn_mask, enable_gqa=True)
         o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)

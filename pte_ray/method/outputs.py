@@ -62,6 +62,7 @@ class Outputs:
     stop_len: list[int]  # per row, its length cut at a stop string (0: none found yet)
     n_steps: int = 0
     row_steps: int = 0  # rows actually computed, summed over steps
+    refills: int = 0  # requests that took a row another one had finished in
     # rkv: (rows that evicted, their chosen offsets [n, E]) read at the end; scoring times
     chosen: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
     score_time: list = field(default_factory=list)
@@ -69,26 +70,41 @@ class Outputs:
 
     @classmethod
     def empty(
-        cls, b: int, n_new: int, pad_id: int, dev: torch.device, caps: Sequence[int] = ()
+        cls,
+        b: int,
+        n_new: int,
+        pad_id: int,
+        dev: torch.device,
+        caps: Sequence[int] = (),
+        slack: int = 0,
     ) -> Outputs:
+        """``slack`` spare columns: a refilled row may run that many steps past its limit
+        before a check sees it finished (read back cuts them off)."""
+        w = n_new + slack
         return cls(
-            torch.full((b, n_new), pad_id, dtype=torch.long, device=dev),
-            torch.zeros(b, n_new, dtype=torch.float32, device=dev),
-            torch.full((b,), n_new, dtype=torch.long, device=dev),
+            torch.full((b, w), pad_id, dtype=torch.long, device=dev),
+            torch.zeros(b, w, dtype=torch.float32, device=dev),
+            torch.full((b,), w, dtype=torch.long, device=dev),
             torch.tensor(list(caps) or [n_new] * b, dtype=torch.long, device=dev),
             [[] for _ in range(b)],
             [0] * b,
         )
 
-    def record(self, live: Live, t: int, eos: torch.Tensor) -> None:
-        """Token t of every live row; a row that emits EOS, or reaches its own length limit, is
-        done at length t + 1."""
-        n_new = self.tok.shape[1]
-        self.tok[live.idx, t] = live.tok
-        self.lp[live.idx, t] = live.lp
-        hit = torch.isin(live.tok, eos) | (self.cap[live.idx] <= t + 1)
-        running = self.done_at[live.idx] == n_new
-        self.done_at[live.idx] = torch.where(hit & running, t + 1, self.done_at[live.idx])
+    def record(
+        self,
+        idx: torch.Tensor,
+        tok: torch.Tensor,
+        lp: torch.Tensor,
+        t: int | torch.Tensor,
+        eos: torch.Tensor,
+    ) -> None:
+        """Token ``t`` (one index, or each row's own [b]) of requests ``idx``; a request that
+        emits EOS, or reaches its own length limit, is done at length t + 1."""
+        self.tok[idx, t] = tok
+        self.lp[idx, t] = lp
+        hit = torch.isin(tok, eos) | (self.cap[idx] <= t + 1)
+        running = self.done_at[idx] == self.tok.shape[1]
+        self.done_at[idx] = torch.where(hit & running, t + 1, self.done_at[idx])
 
 
 def stop_cut(
@@ -144,6 +160,7 @@ def read_back(
         res_ev.append([s for s in out.evictions[i] if s < n - 1])  # steps that fed a kept token
         reasons.append(reason)
     stats = {"decode_steps": float(out.n_steps), "row_steps": float(out.row_steps)}
+    stats["refills"] = float(out.refills)
     stats["tokens"] = float(sum(len(x) for x in res_tok))
     if out.score_time:
         stats |= {"evict_score_s": _score_seconds(out), "evictions_scored": len(out.score_time)}

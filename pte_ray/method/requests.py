@@ -15,12 +15,18 @@ from pte_ray.method.config import CacheConfig
 @dataclass(frozen=True)
 class DecodeRequest:
     """The batch: prompts (token ids), the bounded (or full) cache, the padding id; whether a
-    prompt that several rows share (a GRPO group) is run through the model once."""
+    prompt that several rows share (a GRPO group) is run through the model once; how many rows
+    decode at once (0: every prompt; fewer: a row that ends takes the next queued prompt)."""
 
     prompts: list[list[int]]
     cache: CacheConfig
     pad_id: int = 0
     share_prompts: bool = True
+    batch_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 0:
+            raise ValueError(f"batch_rows={self.batch_rows} must be >= 0 (0: every prompt)")
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,12 @@ class Noise:
         elif sp.seed is not None:
             self.gen = torch.Generator(device=device).manual_seed(sp.seed)
 
-    def draw(self, rows: torch.Tensor, t: int) -> torch.Tensor:
-        """[len(rows), 1] uniforms for token ``t`` of the original rows ``rows``."""
+    def draw(self, rows: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """[len(rows), 1] uniforms for token ``t`` (or each row's own [b]) of the original rows
+        ``rows`` (a row past its last token draws its last: those tokens are cut off)."""
         if self.table is not None:
+            if isinstance(t, torch.Tensor):
+                t = t.clamp(max=self.table.shape[1] - 1)
             return self.table[rows, t].unsqueeze(1)
         return torch.rand(len(rows), 1, device=rows.device, generator=self.gen)
 

@@ -1,0 +1,130 @@
+"""Continuous batching: with fewer rows than prompts, a row whose request ended takes the next
+queued one. Every request must decode as it does alone (its own prompt, clock, ring, evictions,
+thought state S; fp64, row seeds), replay must reproduce it, and a refilled row must never read
+what the row's previous request left there (checked by poisoning a finished row before reuse)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pte_ray.method.decode as decode
+from pte_ray.method.adapter import Adapter
+from pte_ray.method.checkpoint import load_base
+from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.decode import generate
+from pte_ray.method.replay import replay
+from pte_ray.method.requests import DecodeRequest, ReplaySpec
+
+# two GRPO-like groups, lone prompts of other lengths; limits that end rows at different steps
+PROMPTS = [
+    [5, 9, 11],
+    [5, 9, 11],
+    [20 + i for i in range(9)],
+    [7, 8],
+    [7, 8],
+    [40 + i for i in range(14)],
+]
+LIMITS = [9, 31, 17, 40, 6, 23]
+SEEDS = [11, 12, 13, 14, 15, 16]
+CONFIGS = {
+    "window": CacheConfig(budget=10),
+    "window-total": CacheConfig(budget=26, budget_mode="total"),
+    "rkv": CacheConfig(budget=12, eviction="rkv", rkv={"window": 4}),
+}
+
+
+def _adapter(model) -> Adapter:
+    a = Adapter(model.args, AdapterConfig(method="pte", rank=4, global_tokens=8), torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return a.requires_grad_(False)
+
+
+def _sp(rows: list[int]) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=max(LIMITS),
+        row_seeds=[SEEDS[i] for i in rows],
+        row_max_new_tokens=[LIMITS[i] for i in rows],
+        check_every=4,
+    )
+
+
+def _alone(model, adapter, cache: CacheConfig):
+    return [
+        generate(model, adapter, DecodeRequest([PROMPTS[i]], cache), _sp([i])) for i in range(6)
+    ]
+
+
+def _poison_before_admit(monkeypatch) -> list[list[int]]:
+    """Wrap the real admit: fill the finished rows' K/V, query ring and S with NaN first."""
+    real, seen = decode.admit, []
+
+    def poisoned(run, live, rows, reqs):
+        r = torch.tensor(rows)
+        for k, v in run.cache.kv:
+            k[r] = float("nan")
+            v[r] = float("nan")
+        for q in run.cache.q_obs or []:
+            q[r] = float("nan")
+        if live.state is not None:
+            live.state[:, r] = float("nan")
+        seen.append(list(rows))
+        return real(run, live, rows, reqs)
+
+    monkeypatch.setattr(decode, "admit", poisoned)
+    return seen
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_each_refilled_request_decodes_as_it_does_alone(random_ckpt, monkeypatch, name):
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    adapter, cache = _adapter(model), CONFIGS[name]
+    alone = _alone(model, adapter, cache)
+    admitted = _poison_before_admit(monkeypatch)
+    req = DecodeRequest(PROMPTS, cache, batch_rows=2)
+    out = generate(model, adapter, req, _sp(list(range(6))))
+    assert out.stats["refills"] == 4 and len(sum(admitted, [])) == 4
+    for i, one in enumerate(alone):
+        assert out.tokens[i] == one.tokens[0], f"request {i}"
+        diff = (torch.tensor(out.logprobs[i]) - torch.tensor(one.logprobs[0])).abs().max()
+        assert diff < 1e-12, f"request {i}: {diff}"
+        assert out.eviction_steps[i] == one.eviction_steps[0]
+        assert out.evicted_slots[i] == one.evicted_slots[0]
+        assert out.finish_reasons[i] == one.finish_reasons[0]
+    assert sum(len(e) for e in out.eviction_steps[2:]) >= 4  # refilled rows evicted too
+    n = max(LIMITS)
+    spec = ReplaySpec.of(out, n)
+    res = replay(model, adapter, DecodeRequest(PROMPTS, cache), out.tokens, spec)
+    for i, lp in enumerate(out.logprobs):
+        assert (res.logprobs[i, : len(lp)] - torch.tensor(lp)).abs().max() < 1e-10
+
+
+def test_a_full_batch_runs_fewer_steps_than_a_shrinking_one(random_ckpt):
+    """While requests wait, no row idles: 6 requests on 2 rows take fewer steps than 3 batches
+    of 2 run one after another, and every step computes both rows."""
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    cache = CONFIGS["window"]
+    out = generate(model, None, DecodeRequest(PROMPTS, cache, batch_rows=2), _sp(list(range(6))))
+    apart = [
+        generate(model, None, DecodeRequest(PROMPTS[i : i + 2], cache), _sp([i, i + 1]))
+        for i in range(0, 6, 2)
+    ]
+    assert out.stats["decode_steps"] < sum(g.stats["decode_steps"] for g in apart)
+    assert out.stats["row_steps"] >= 2 * out.stats["decode_steps"] - max(LIMITS)
+    assert [len(t) for t in out.tokens] == LIMITS  # row limits, no EOS in these ids
+
+
+def test_batch_rows_is_checked():
+    with pytest.raises(ValueError, match="batch_rows=-1"):
+        DecodeRequest([[1]], CacheConfig(), batch_rows=-1)
+
+
+def test_a_queued_prompt_too_long_for_the_cache_names_its_row(random_ckpt):
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    cache = CacheConfig(budget=12, budget_mode="total")
+    prompts = [[1, 2], [3, 4], [5] * 12]
+    with pytest.raises(ValueError, match="row 2"):
+        generate(model, None, DecodeRequest(prompts, cache, batch_rows=1), SamplingParams())
