@@ -281,7 +281,10 @@ def test_rollout_more_requests_than_rows_refills_them(random_ckpt, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     want = row_lengths(argparse.Namespace(mixed=True, seed=0, max_new_tokens=24), 8)
     assert res["requests"] == 8 and res["group"] == 2 and res["tokens"] == sum(want)
-    assert res["refills"] == 5
+    assert res["refills"] == 5 and res["refill"]
+    assert cli([*args, "--no-refill"]) == 0  # calls of --batch one after another
+    apart = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert apart["tokens"] == sum(want) and apart["refills"] == 0 and not apart["refill"]
     ns = argparse.Namespace(model=str(random_ckpt("qwen2")), batch=3, requests=8, group=2, seed=0)
     _, prompts = prompt_ids(ns)
     assert len(prompts) == 8 and prompts[0] == prompts[1] != prompts[2] == prompts[3]

@@ -84,6 +84,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "the next one (pte: DecodeRequest.batch_rows; vLLM: max_num_seqs)",
     )
     p.add_argument(
+        "--no-refill",
+        action="store_true",
+        help="rollout: --requests in calls of --batch, one after another (rows do not refill)",
+    )
+    p.add_argument(
         "--group", type=int, default=1, help="rollout: sequences per prompt (a GRPO group)"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -210,6 +215,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     out = {k: getattr(args, k) for k in (*keys, "eviction", "dtype", "pack", "device", "compile")}
     out["lengths"] = "mixed" if getattr(args, "mixed", False) else "fixed"
     out["requests"], out["group"] = n_requests(args), getattr(args, "group", 1)
+    out["refill"] = out["requests"] > args.batch and not getattr(args, "no_refill", False)
     out["command"] = getattr(args, "command_line", None) or shlex.join(["pte-ray", *sys.argv[1:]])
     if args.device == "cpu":
         native = cpu_bf16_native()
@@ -245,17 +251,49 @@ def row_lengths(args: argparse.Namespace, n: int) -> tuple[int, ...]:
 
 
 def rollout_fn(args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list) -> Any:
-    """A no-argument callable that runs one bounded-cache rollout of ``prompts``."""
-    steps = rollout_steps_fn(args, model, adapter, prompts)
-    return lambda: finish(steps())
+    """A no-argument callable that runs one bounded-cache rollout of ``prompts``; with
+    ``--no-refill``, calls of ``--batch`` prompts one after another (finished rows idle)."""
+    if not getattr(args, "no_refill", False) or len(prompts) <= args.batch:
+        steps = rollout_steps_fn(args, model, adapter, prompts)
+        return lambda: finish(steps())
+    lengths = row_lengths(args, len(prompts))
+    calls = []
+    for i in range(0, len(prompts), args.batch):
+        sub = prompts[i : i + args.batch]
+        calls.append(rollout_steps_fn(args, model, adapter, sub, lengths[i : i + len(sub)]))
+    return lambda: _joined([finish(c()) for c in calls])
+
+
+def _joined(parts: list[Generation]) -> Generation:
+    """Several calls' generations as one (rows in order, stats summed)."""
+    stats: dict[str, float] = {}
+    for g in parts:
+        for k, v in g.stats.items():
+            stats[k] = stats.get(k, 0.0) + v
+    cat = lambda name: [x for g in parts for x in getattr(g, name)]  # noqa: E731
+    return Generation(
+        cat("prompts"),
+        cat("tokens"),
+        cat("logprobs"),
+        cat("eviction_steps"),
+        cat("finish_reasons"),
+        stats,
+        cat("evicted_slots"),
+    )
 
 
 def rollout_steps_fn(
-    args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list
+    args: argparse.Namespace,
+    model: Any,
+    adapter: Adapter | None,
+    prompts: list,
+    lengths: tuple[int, ...] | None = None,
 ) -> Callable[[], Generator[int, None, Generation]]:
-    """The same rollout as ``rollout_fn``, as a fresh step generator per call."""
+    """The same rollout as ``rollout_fn``, as a fresh step generator per call (``lengths``:
+    the rows' own, when a part of the bench's prompts runs)."""
     step_fn = torch.compile(model.forward, dynamic=False) if args.compile else None
-    sp = sampling(args).model_copy(update={"row_max_new_tokens": row_lengths(args, len(prompts))})
+    lengths = row_lengths(args, len(prompts)) if lengths is None else lengths
+    sp = sampling(args).model_copy(update={"row_max_new_tokens": lengths})
     # no EOS: every row generates max_new_tokens (or, --mixed, its own length), as HF / vLLM do
     rows = args.batch if len(prompts) > args.batch else 0  # fewer rows than prompts: refill
     req = DecodeRequest(prompts, cache_cfg(args), batch_rows=rows)

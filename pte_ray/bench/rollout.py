@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pte_ray.bench.common import (
+    n_requests,
     rollout_fn,
     rollout_steps_fn,
     settings,
@@ -88,6 +89,8 @@ SUITE = {  # name -> what differs; each runs in a fresh process (its own peak me
     "pte": {"method": "pte", "compile": False, "compare_hf": True, "eviction": "window"},
     "pte_compiled": {"method": "pte", "compile": True, "compare_hf": False, "eviction": "window"},
     "lora_c": {"method": "lora_c", "compile": False, "compare_hf": False, "eviction": "window"},
+    # --requests beyond --batch, run as calls of --batch one after another: what refill saves
+    "pte_no_refill": {"method": "pte", "compile": False, "compare_hf": False, "no_refill": True},
 }
 # R-KV beside the window: each method's pair timed interleaved in one process (``ab.py`` says
 # why); the suite reports the rkv side as its own variant and the paired ratio
@@ -105,6 +108,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.util
 
     suite: dict[str, dict[str, Any]] = dict(SUITE)
+    if n_requests(args) <= args.batch:  # nothing queues: no refill to compare with
+        del suite["pte_no_refill"]
     if args.no_hf or args.mixed:  # HF generate times fixed lengths only
         suite["pte"] = {**suite["pte"], "compare_hf": False}
     for name, method in RKV_AB.items():
