@@ -177,6 +177,7 @@ def test_rollout_memory_sweep_reports_each_length(random_ckpt, capsys):
         (["--ab", "model.path=a,b"], "cache.KEY=A,B"),
         (["--ab", "cache.eviction=rkv"], "cache.KEY=A,B"),
         (["--ab", "cache.eviction=rkv,rkv"], "the same"),
+        (["--ab", "refill=on,maybe"], "refill=on,off"),
         (["--repeat", "0"], "--repeat"),
         (["--ab", "cache.eviction=window,rkv", "--suite"], "cannot be combined with --suite"),
         (["--ab", "cache.eviction=window,rkv", "--compare-hf"], "with --compare-hf"),
@@ -285,6 +286,11 @@ def test_rollout_more_requests_than_rows_refills_them(random_ckpt, capsys):
     assert cli([*args, "--no-refill"]) == 0  # calls of --batch one after another
     apart = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert apart["tokens"] == sum(want) and apart["refills"] == 0 and not apart["refill"]
+    assert cli([*args, "--ab", "refill=on,off"]) == 0  # interleaved step by step, one process
+    ab = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    on, off = ab["runs"]["on"], ab["runs"]["off"]
+    assert on["refills"] == 5 and off["refills"] == 0 and on["tokens"] == off["tokens"] == sum(want)
+    assert ab["ratio_b_over_a"] > 0
     ns = argparse.Namespace(model=str(random_ckpt("qwen2")), batch=3, requests=8, group=2, seed=0)
     _, prompts = prompt_ids(ns)
     assert len(prompts) == 8 and prompts[0] == prompts[1] != prompts[2] == prompts[3]

@@ -1,4 +1,4 @@
-"""`pte-ray bench rollout --ab cache.KEY=A,B`: two settings of one cache key, timed side by side.
+"""`pte-ray bench rollout --ab cache.KEY=A,B` (or `--ab refill=on,off`): two settings, side by side.
 
 Why: on a shared or throttled machine, two rollouts timed a minute apart in fresh processes
 differ by more than the effect under test (the same R-KV/window pair read 0.75-1.01 in separate
@@ -9,7 +9,8 @@ one process on the same model, prompts and adapter, after an untimed round of ea
 within milliseconds. On CUDA a step is asynchronous (timing it would add a sync per step to
 both sides), so a round runs the two whole rollouts back to back, A B then B A. The figure is
 the median over rounds of B's tokens/s over A's.
-Only ``cache.*`` keys: they change the rollout, not the model or the adapter built once here.
+Only ``cache.*`` keys and ``refill`` (``--requests`` beyond ``--batch``: rows refilled, or calls
+of ``--batch`` one after another): they change the rollout, not the model or the adapter.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def parse_ab(spec: str) -> tuple[str, list[str]]:
     """``cache.KEY=A,B`` -> (key, [A, B]); anything else is an error that shows the form."""
     key, sep, vals = spec.partition("=")
     values = vals.split(",")
-    if not sep or not key.startswith("cache.") or len(values) != 2 or not all(values):
+    known = key.startswith("cache.") or (key == "refill" and set(values) == {"on", "off"})
+    if not sep or not known or len(values) != 2 or not all(values):
         raise ValueError(
             f"--ab {spec!r}: expected cache.KEY=A,B, two values of one cache setting "
-            "(e.g. --ab cache.eviction=window,rkv)"
+            "(e.g. --ab cache.eviction=window,rkv), or refill=on,off"
         )
     if values[0] == values[1]:
         raise ValueError(f"--ab {spec!r}: the two values are the same")
@@ -95,6 +97,8 @@ def run_ab(args: argparse.Namespace) -> dict[str, Any]:
 
 def _side(args: argparse.Namespace, override: str) -> argparse.Namespace:
     """``args`` with one more ``key=value`` override, resolved like the command line."""
+    if override.startswith("refill="):
+        return argparse.Namespace(**{**vars(args), "no_refill": override == "refill=off"})
     return resolve_config(
         argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, override]})
     )

@@ -251,17 +251,9 @@ def row_lengths(args: argparse.Namespace, n: int) -> tuple[int, ...]:
 
 
 def rollout_fn(args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list) -> Any:
-    """A no-argument callable that runs one bounded-cache rollout of ``prompts``; with
-    ``--no-refill``, calls of ``--batch`` prompts one after another (finished rows idle)."""
-    if not getattr(args, "no_refill", False) or len(prompts) <= args.batch:
-        steps = rollout_steps_fn(args, model, adapter, prompts)
-        return lambda: finish(steps())
-    lengths = row_lengths(args, len(prompts))
-    calls = []
-    for i in range(0, len(prompts), args.batch):
-        sub = prompts[i : i + args.batch]
-        calls.append(rollout_steps_fn(args, model, adapter, sub, lengths[i : i + len(sub)]))
-    return lambda: _joined([finish(c()) for c in calls])
+    """A no-argument callable that runs one bounded-cache rollout of ``prompts``."""
+    steps = rollout_steps_fn(args, model, adapter, prompts)
+    return lambda: finish(steps())
 
 
 def _joined(parts: list[Generation]) -> Generation:
@@ -283,16 +275,36 @@ def _joined(parts: list[Generation]) -> Generation:
 
 
 def rollout_steps_fn(
+    args: argparse.Namespace, model: Any, adapter: Adapter | None, prompts: list
+) -> Callable[[], Generator[int, None, Generation]]:
+    """The same rollout as ``rollout_fn``, as a fresh step generator per call; with
+    ``--no-refill``, calls of ``--batch`` prompts one after another (finished rows idle)."""
+    lengths = row_lengths(args, len(prompts))
+    if not getattr(args, "no_refill", False) or len(prompts) <= args.batch:
+        return _call_fn(args, model, adapter, prompts, lengths)
+    calls = [
+        _call_fn(args, model, adapter, prompts[i : i + args.batch], lengths[i : i + args.batch])
+        for i in range(0, len(prompts), args.batch)
+    ]
+
+    def chained() -> Generator[int, None, Generation]:
+        parts = []
+        for c in calls:
+            parts.append((yield from c()))
+        return _joined(parts)
+
+    return chained
+
+
+def _call_fn(
     args: argparse.Namespace,
     model: Any,
     adapter: Adapter | None,
     prompts: list,
-    lengths: tuple[int, ...] | None = None,
+    lengths: tuple[int, ...],
 ) -> Callable[[], Generator[int, None, Generation]]:
-    """The same rollout as ``rollout_fn``, as a fresh step generator per call (``lengths``:
-    the rows' own, when a part of the bench's prompts runs)."""
+    """One generate call of ``prompts`` (rows of ``lengths``; more than --batch: refilled)."""
     step_fn = torch.compile(model.forward, dynamic=False) if args.compile else None
-    lengths = row_lengths(args, len(prompts)) if lengths is None else lengths
     sp = sampling(args).model_copy(update={"row_max_new_tokens": lengths})
     # no EOS: every row generates max_new_tokens (or, --mixed, its own length), as HF / vLLM do
     rows = args.batch if len(prompts) > args.batch else 0  # fewer rows than prompts: refill
