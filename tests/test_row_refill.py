@@ -35,11 +35,12 @@ CONFIGS = {
 
 
 def _adapter(model) -> Adapter:
-    a = Adapter(model.args, AdapterConfig(method="pte", rank=4, global_tokens=8), torch.float64)
+    cfg = AdapterConfig(method="pte", rank=4, global_tokens=8)
+    a = Adapter(model.args, cfg, model.dtype, model.device)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in a.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
     return a.requires_grad_(False)
 
 
@@ -100,6 +101,22 @@ def test_each_refilled_request_decodes_as_it_does_alone(random_ckpt, monkeypatch
     res = replay(model, adapter, DecodeRequest(PROMPTS, cache), out.tokens, spec)
     for i, lp in enumerate(out.logprobs):
         assert (res.logprobs[i, : len(lp)] - torch.tensor(lp)).abs().max() < 1e-10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available: refill on GPU")
+@pytest.mark.parametrize("name", ["window", "rkv"])
+def test_refill_on_cuda_decodes_each_request_as_alone(random_ckpt, name):
+    """The same on the GPU (fp32: the same tokens, log-probs within 1e-5)."""
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float32, device="cuda")
+    adapter = _adapter(model)
+    cache = CONFIGS[name]
+    alone = _alone(model, adapter, cache)
+    out = generate(model, adapter, DecodeRequest(PROMPTS, cache, batch_rows=2), _sp(list(range(6))))
+    assert out.stats["refills"] == 4
+    for i, one in enumerate(alone):
+        assert out.tokens[i] == one.tokens[0], f"request {i}"
+        diff = (torch.tensor(out.logprobs[i]) - torch.tensor(one.logprobs[0])).abs().max()
+        assert diff < 1e-5, f"request {i}: {diff}"
 
 
 def test_a_full_batch_runs_fewer_steps_than_a_shrinking_one(random_ckpt):
