@@ -238,6 +238,8 @@ def test_rollout_profile_splits_the_time_and_sets_it_against_the_floors(random_c
     assert 0 < prof["gemm_share"] < 1 and 0 < prof["attention_share"] < 1
     assert prof["weight_bytes"] > 0 and prof["peak_gemm_gflops"] > 0
     assert prof["of_read_floor"] == pytest.approx(prof["read_floor_ms"] / prof["decode_step_ms"])
+    top = prof["top_ops_share"]
+    assert len(top) == 10 and not set(top) & set(ph) and 0 < max(top.values()) < 1
 
 
 def test_rollout_suite_can_leave_hf_out(random_ckpt, capsys):
@@ -254,7 +256,7 @@ def test_rollout_mixed_lengths_end_rows_at_their_own_lengths(random_ckpt, capsys
     rollout writes; HF generate, which times fixed lengths, is refused beside it."""
     import argparse
 
-    from pte_ray.bench.common import row_lengths
+    from pte_ray.bench.calls import row_lengths
 
     args = ["bench", "rollout", "--batch", "6", "--mixed", "cache.budget=8"]
     args += [f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=40"]
@@ -274,7 +276,8 @@ def test_rollout_more_requests_than_rows_refills_them(random_ckpt, capsys):
     share a prompt); every request is generated to its own length."""
     import argparse
 
-    from pte_ray.bench.common import prompt_ids, row_lengths
+    from pte_ray.bench.calls import row_lengths
+    from pte_ray.bench.common import prompt_ids
 
     args = ["bench", "rollout", "--batch", "3", "--requests", "8", "--group", "2", "--mixed"]
     args += ["cache.budget=8", f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=24"]

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from pte_ray.bench.common import resolve_config, rollout_steps_fn, settings, setup
+from pte_ray.bench.calls import rollout_steps_fn
+from pte_ray.bench.common import resolve_config, settings, setup
 from pte_ray.bench.speed import measure, median_run, speed
 from pte_ray.method.decode import finish
 from pte_ray.method.outputs import Generation

@@ -37,6 +37,7 @@ def profile_rollout(args: argparse.Namespace, model: Any, gen: Any) -> dict[str,
     phases = {p: events[p].cpu_time_total / 1e6 for p in PHASES if p in events}
     gemm = sum(events[k].self_cpu_time_total for k in GEMM if k in events) / 1e6
     attn = sum(ev.self_cpu_time_total for k, ev in events.items() if "scaled_dot_product" in k)
+    attn += events["attention"].cpu_time_total if "attention" in events else 0  # CPU decode
     share = {p: s / wall for p, s in phases.items()}
     share["python_and_other"] = 1.0 - sum(share.get(p, 0.0) for p in TOP)
     n_steps = max(len(t) for t in out.tokens) - 1  # decode steps after the prefill's token
@@ -52,7 +53,15 @@ def profile_rollout(args: argparse.Namespace, model: Any, gen: Any) -> dict[str,
         **floors,
         "of_read_floor": floors["read_floor_ms"] / step_ms,
         "of_gemm_floor": floors["gemm_floor_ms"] / step_ms,
+        "top_ops_share": _top_ops(events, wall),
     }
+
+
+def _top_ops(events: dict[str, Any], wall: float, n: int = 10) -> dict[str, float]:
+    """The ``n`` ops with the most self time, as shares of the wall time (what to fix next)."""
+    named = (*PHASES, "attention")
+    ops = [(ev.self_cpu_time_total / 1e6, k) for k, ev in events.items() if k not in named]
+    return {k: round(s / wall, 4) for s, k in sorted(ops, reverse=True)[:n]}
 
 
 def step_floors(model: Any, batch: int, read_gibs: float, device: str) -> dict[str, float]:

@@ -12,15 +12,8 @@ from typing import Any
 
 import torch
 
-from pte_ray.bench.common import (
-    cache_cfg,
-    rollout_fn,
-    settings,
-    setup,
-    subprocess_bench,
-    sweep,
-    timed,
-)
+from pte_ray.bench.calls import rollout_fn
+from pte_ray.bench.common import cache_cfg, settings, setup, subprocess_bench, sweep, timed
 from pte_ray.bench.memory import PeakMemory
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeRequest, ReplaySpec

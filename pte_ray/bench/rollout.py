@@ -14,16 +14,8 @@ from typing import Any
 
 import torch
 
-from pte_ray.bench.common import (
-    n_requests,
-    rollout_fn,
-    rollout_steps_fn,
-    settings,
-    setup,
-    subprocess_bench,
-    sweep,
-    timed,
-)
+from pte_ray.bench.calls import rollout_fn, rollout_steps_fn
+from pte_ray.bench.common import n_requests, settings, setup, subprocess_bench, sweep, timed
 from pte_ray.bench.speed import measure, median_run
 from pte_ray.engines.torch_engine import resolve_dtype
 

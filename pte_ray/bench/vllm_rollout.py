@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pte_ray.bench.common import prompt_ids, row_lengths, settings, timed
+from pte_ray.bench.calls import row_lengths
+from pte_ray.bench.common import prompt_ids, settings, timed
 from pte_ray.bench.memory import PeakMemory
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

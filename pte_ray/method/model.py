@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pte_ray.method.attention import attend
 from pte_ray.method.layout import FusedLinear, ModelArgs
 from pte_ray.method.packed import pack, packed_linear
 
@@ -150,7 +151,7 @@ class Block(nn.Module):
             at = obs[1].view(-1, 1, 1, 1).expand(-1, q.shape[1], 1, q.shape[-1])
             obs[0].scatter_(2, at, q[:, :, -1:])  # each row's own ring slot
         kb, vb = _write(kv, idx, k, v)
-        o = F.scaled_dot_product_attention(q, kb, vb, attn_mask=attn_mask, enable_gqa=True)
+        o = attend(q, kb, vb, attn_mask)
         o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
         o_group = self.layout.o
         return _lora(lad, o_group, self.linear(o_group.name, o), o, s), (kb, vb)
