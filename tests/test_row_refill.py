@@ -145,3 +145,22 @@ def test_a_queued_prompt_too_long_for_the_cache_names_its_row(random_ckpt):
     prompts = [[1, 2], [3, 4], [5] * 12]
     with pytest.raises(ValueError, match="row 2"):
         generate(model, None, DecodeRequest(prompts, cache, batch_rows=1), SamplingParams())
+
+
+def test_rollout_batch_rows_reaches_the_engine(random_ckpt):
+    """rollout.batch_rows: the rollout engine the workers build refills rows, and samples what
+    it samples with every row at once (row seeds)."""
+    from pte_ray.config import load_config
+    from pte_ray.engines.choose import rollout_engine
+
+    path = str(random_ckpt("qwen2"))
+    sp = _sp(list(range(6)))
+    outs = []
+    for rows in (0, 2):
+        cfg = load_config(None, ["adapter.method=pte", "cache.budget=10"])
+        cfg.rollout.batch_rows = rows
+        outs.append(rollout_engine(cfg, path, "cpu").sample(PROMPTS, sp))
+    assert outs[1].stats["refills"] == 4 and outs[0].stats["refills"] == 0
+    assert outs[0].tokens == outs[1].tokens and outs[0].eviction_steps == outs[1].eviction_steps
+    lp = [abs(a - b) for x, y in zip(outs[0].logprobs, outs[1].logprobs) for a, b in zip(x, y)]
+    assert max(lp) < 1e-4
