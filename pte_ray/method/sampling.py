@@ -64,9 +64,7 @@ def sample(
     if sp.greedy:
         tok = logits.argmax(dim=-1)
         return tok, token_logprobs(logits, tok, temp)
-    full = logits / temp if temp != 1.0 else logits  # x / 1 is x: one pass over B x V saved
-    lse = torch.logsumexp(full, dim=-1)  # the log-prob's normaliser, over the full vocabulary
-    scaled = full
+    scaled = logits / temp
     if sp.top_k > 0 and sp.top_k < scaled.shape[-1]:
         kth = scaled.topk(sp.top_k, dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -82,4 +80,4 @@ def sample(
         u = torch.rand(logits.shape[0], 1, device=logits.device)
     u = u * cdf[:, -1:]
     tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
-    return tok, full.gather(-1, tok[:, None]).squeeze(-1) - lse
+    return tok, token_logprobs(logits, tok, temp)
