@@ -104,7 +104,8 @@ def _still_running(
     if sp.stop_strings:
         assert detokenize is not None
         rows = [i for i, ok in enumerate(running) if ok]
-        toks = out.tok[live.idx[rows]].tolist() if rows else []
+        longest = cache.t - min(cache.start) + 1  # no row has written past this column
+        toks = out.tok[live.idx[rows], :longest].tolist() if rows else []
         for i, seq in zip(rows, toks):
             cut = stop_cut(seq[: cache.t - cache.start[i] + 1], sp.stop_strings, detokenize)
             if cut:
