@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from pte_ray.allocator import keep_freed_memory
 from pte_ray.engines.torch_engine import resolve_dtype
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
@@ -179,6 +180,8 @@ def setup(
     """(model, adapter or None for ``base``, prompt ids, checkpoint path) for ``args``; an
     ``infer`` model (no grad: rollout) packed as the engines pack it (``model.pack``)."""
     path, prompts = prompt_ids(args)
+    if args.device == "cpu":
+        keep_freed_memory()  # as the engines do (allocator.py)
     dtype = resolve_dtype(args.dtype, args.device)
     model = load_base(path, dtype=dtype, device=args.device)
     if infer and args.pack and not args.compile and can_pack(model.dtype, args.device):
@@ -218,6 +221,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         cap = torch.backends.cpu.get_cpu_capability()
         out["cpu"] = {"model": cpu_model(), "cores": os.cpu_count(), "capability": cap}
         out["cpu"]["bf16"] = native
+        out["cpu"]["malloc_kept"] = keep_freed_memory()  # every engine's process sets it
         if args.dtype == "bfloat16" and not native:
             out["dtype_note"] = "bf16 without AVX-512-BF16 / AMX: emulated, slower than fp32"
     return out | ({"rkv": args.rkv} if args.eviction == "rkv" else {})

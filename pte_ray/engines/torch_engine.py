@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from pte_ray.allocator import keep_freed_memory
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_adapter_tensors, load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
@@ -45,6 +46,8 @@ class TorchEngine:
         ends takes the next queued prompt)."""
         from transformers import AutoTokenizer
 
+        if device == "cpu":
+            keep_freed_memory()  # a step's [batch, vocab] tensors stay paged in (allocator.py)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = load_base(model_path, dtype=resolve_dtype(dtype, device), device=device)
         if pack and not compile_step and can_pack(self.model.dtype, device):

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from pte_ray.allocator import keep_freed_memory
 from pte_ray.config_sections import EXTRA_HINT, VllmConfig
 from pte_ray.method.config import AdapterConfig, SamplingParams
 from pte_ray.method.outputs import Generation
@@ -63,6 +64,8 @@ class VllmEngine:
         if cpu:  # one process (no engine-core child) and a bounded KV pool on a CPU machine
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kvcache_gib:g}")
+            keep_freed_memory()  # as the torch engine does (allocator.py); vLLM's CPU docs
+            # ask for a tcmalloc preload for the same reason
         vllm = import_vllm()
         self.adapter_cfg = adapter_cfg if adapter_cfg and adapter_cfg.has_adapter else None
         lora = {}
