@@ -28,7 +28,9 @@ MALLOC_ENV = {
 
 
 def keep_freed_memory() -> bool:
-    """Set both thresholds in this process; False where the C library is not glibc."""
+    """Set both thresholds in this process, after handing back what is free now (call it
+    once the weights are loaded: the load's freed buffers must not stay resident). False
+    where the C library is not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -37,6 +39,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others: no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim(0)
     return bool(
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )

@@ -16,6 +16,7 @@ LAYERS = {  # first dotted part under pte_ray -> layer
     "atomic": 0,
     "env": 0,
     "progress": 0,
+    "allocator": 0,
     "method": 1,
     "rl": 2,
     "tiny": 2,

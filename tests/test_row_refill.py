@@ -59,35 +59,44 @@ def _alone(model, adapter, cache: CacheConfig):
     ]
 
 
-def _poison_before_admit(monkeypatch) -> list[list[int]]:
-    """Wrap the real admit: fill the finished rows' K/V, query ring and S with NaN first."""
+def _poison_before_admit(monkeypatch) -> list[tuple[list[int], bool]]:
+    """Wrap the real admit: fill the finished rows' K/V (shared prompts: the pool entries no
+    other row reads), query ring and S with NaN first."""
     real, seen = decode.admit, []
 
     def poisoned(run, live, rows, reqs):
-        r = torch.tensor(rows)
-        for k, v in run.cache.kv:
+        r, cache = torch.tensor(rows), run.cache
+        for k, v in cache.ring if cache.ring is not None else cache.kv:
             k[r] = float("nan")
             v[r] = float("nan")
+        if cache.ring is not None:  # shared prompts: the entries only finished rows read
+            others = [i for i in range(cache.batch) if i not in rows]
+            gone = sorted(set(cache.owner[r].tolist()) - set(cache.owner[others].tolist()))
+            for layer in cache.kv:
+                layer.pk[:, gone] = float("nan")
+                layer.pv[:, gone] = float("nan")
         for q in run.cache.q_obs or []:
             q[r] = float("nan")
         if live.state is not None:
             live.state[:, r] = float("nan")
-        seen.append(list(rows))
+        seen.append((list(rows), cache.ring is not None))
         return real(run, live, rows, reqs)
 
     monkeypatch.setattr(decode, "admit", poisoned)
     return seen
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prompts", "prompt-per-row"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_each_refilled_request_decodes_as_it_does_alone(random_ckpt, monkeypatch, name):
+def test_each_refilled_request_decodes_as_it_does_alone(random_ckpt, monkeypatch, name, share):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
     adapter, cache = _adapter(model), CONFIGS[name]
     alone = _alone(model, adapter, cache)
     admitted = _poison_before_admit(monkeypatch)
-    req = DecodeRequest(PROMPTS, cache, batch_rows=2)
+    req = DecodeRequest(PROMPTS, cache, batch_rows=2, share_prompts=share)
     out = generate(model, adapter, req, _sp(list(range(6))))
-    assert out.stats["refills"] == 4 and len(sum(admitted, [])) == 4
+    assert out.stats["refills"] == 4 and sum(len(r) for r, _ in admitted) == 4
+    assert all(shared == share for _, shared in admitted)  # the 2 first rows share a prompt
     for i, one in enumerate(alone):
         assert out.tokens[i] == one.tokens[0], f"request {i}"
         diff = (torch.tensor(out.logprobs[i]) - torch.tensor(one.logprobs[0])).abs().max()

@@ -180,12 +180,12 @@ def setup(
     """(model, adapter or None for ``base``, prompt ids, checkpoint path) for ``args``; an
     ``infer`` model (no grad: rollout) packed as the engines pack it (``model.pack``)."""
     path, prompts = prompt_ids(args)
-    if args.device == "cpu":
-        keep_freed_memory()  # as the engines do (allocator.py)
     dtype = resolve_dtype(args.dtype, args.device)
     model = load_base(path, dtype=dtype, device=args.device)
     if infer and args.pack and not args.compile and can_pack(model.dtype, args.device):
         model.pack(args.batch)
+    if args.device == "cpu":
+        keep_freed_memory()  # as the engines do, once loaded (allocator.py)
     adapter = None
     if args.method != "base":
         acfg = AdapterConfig(method=args.method, rank=args.rank, global_tokens=args.global_tokens)

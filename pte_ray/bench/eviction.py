@@ -57,7 +57,7 @@ class _Probe:
         e, w, t = chosen.shape[1], cache.cfg.rkv.window, cache.t
         per_layer = [
             rkv_choose([k], [q], cache.valid, all_held, cache.p_max, t, e, cache.cfg.rkv)[rows]
-            for (k, _), q in zip(cache.kv, cache.q_obs, strict=True)
+            for k, q in zip(cache.keys(), cache.q_obs, strict=True)
         ]
         shared, held = chosen[rows], all_held[rows]
         for li, c in enumerate(per_layer):

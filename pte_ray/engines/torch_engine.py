@@ -46,12 +46,12 @@ class TorchEngine:
         ends takes the next queued prompt)."""
         from transformers import AutoTokenizer
 
-        if device == "cpu":
-            keep_freed_memory()  # a step's [batch, vocab] tensors stay paged in (allocator.py)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = load_base(model_path, dtype=resolve_dtype(dtype, device), device=device)
         if pack and not compile_step and can_pack(self.model.dtype, device):
             self.model.pack()  # no grad ever runs here: oneDNN's layout (packed.py)
+        if device == "cpu":  # once loaded: a step's big tensors stay paged in (allocator.py)
+            keep_freed_memory()
         self.adapter = None
         if adapter_cfg is not None and adapter_cfg.has_adapter:
             self.adapter = Adapter(self.model.args, adapter_cfg, self.model.dtype, device)

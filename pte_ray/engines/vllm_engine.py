@@ -64,8 +64,6 @@ class VllmEngine:
         if cpu:  # one process (no engine-core child) and a bounded KV pool on a CPU machine
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kvcache_gib:g}")
-            keep_freed_memory()  # as the torch engine does (allocator.py); vLLM's CPU docs
-            # ask for a tcmalloc preload for the same reason
         vllm = import_vllm()
         self.adapter_cfg = adapter_cfg if adapter_cfg and adapter_cfg.has_adapter else None
         lora = {}
@@ -92,6 +90,8 @@ class VllmEngine:
                 f"vLLM failed to start on {model_path} ({type(e).__name__}: {e}); the torch "
                 "engine (rollout.engine=torch, reference.engine=torch) does not need it"
             ) from e
+        if cpu:  # as the torch engine does, once loaded (allocator.py); vLLM's CPU docs ask
+            keep_freed_memory()  # for a tcmalloc preload for the same reason
         self.tokenizer = self.llm.get_tokenizer()
         self.temperature = float(temperature)
         if self.temperature != 1.0:

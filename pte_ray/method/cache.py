@@ -16,11 +16,13 @@ the prompt lengths alone: deciding when to evict never reads anything back from 
 row's clock is the batch's minus the step its request started at: a row that finished can take
 a queued request (``admit``: continuous batching), which starts its own clock, ring and
 validity afresh; the buffers are sized at the start for every prompt the call will hold.
-Each forward gets its positions, write slots and mask from here as one ``Placement``.
+With ``share`` a GRPO group's rows keep one copy of their prompt (``shared_kv.py``), the slot
+numbers unchanged. Each forward gets its positions, write slots and mask as one ``Placement``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +32,10 @@ from torch.nn.utils.rnn import pad_sequence
 from pte_ray.method.config import CacheConfig
 from pte_ray.method.eviction import rkv_choose
 from pte_ray.method.model import Obs, Placement, Transformer
+from pte_ray.method.prompt_slots import left_pad, prompt_place, prompt_valid
+from pte_ray.method.shared_kv import PromptPool, layers
 
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> torch.Tensor:
-    """[B, P_max] ids, each prompt ending at the last column (the prompt region's layout)."""
-    rows = [torch.tensor(p, dtype=torch.long) for p in prompts]
-    return pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side="left")
+__all__ = ["BoundedCache", "Evicted", "left_pad", "prompt_place"]
 
 
 def _capacity(cfg: CacheConfig, row: int, prompt_len: int, max_new_tokens: int) -> int:
@@ -44,25 +44,6 @@ def _capacity(cfg: CacheConfig, row: int, prompt_len: int, max_new_tokens: int) 
         return cfg.thought_capacity(prompt_len, max_new_tokens)
     except ValueError as e:
         raise ValueError(f"row {row}: {e}") from None
-
-
-def _prompt_valid(plen: torch.Tensor, p_max: int, n_slots: int) -> torch.Tensor:
-    """[b, n_slots]: the slots rows with prompt lengths ``plen`` hold (their prompt, no pad)."""
-    slot = torch.arange(n_slots, device=plen.device)
-    return (slot[None] >= p_max - plen[:, None]) & (slot[None] < p_max)
-
-
-def prompt_place(plen: torch.Tensor, p_max: int, n_slots: int) -> Placement:
-    """Positions, write slots [0, P_max) and the causal mask of a prompt forward of rows with
-    prompt lengths ``plen`` [b] over ``n_slots`` slots."""
-    col = torch.arange(p_max, device=plen.device)
-    pos = (col[None] - (p_max - plen[:, None])).clamp(min=0)
-    slots = col[None].expand(len(plen), -1)
-    key = torch.arange(n_slots, device=plen.device)
-    causal = key[None, :] <= col[:, None]  # [P, S]
-    mask = causal[None] & _prompt_valid(plen, p_max, n_slots)[:, None, :]
-    mask = mask | (key[None, None, :] == col[None, :, None])  # padding attends to itself
-    return Placement(pos, slots, mask)
 
 
 @dataclass
@@ -86,17 +67,16 @@ class BoundedCache:
         write: torch.Tensor | None = None,
         queued: list[int] = (),
         slack: int = 0,
+        share: bool = False,
     ) -> None:
         """``write`` [B, >= max_new_tokens]: the ring offset of each thought token, given by
         replay (from the rollout's record); by default ``t % cap_i``, rewritten by each
-        ``evict`` that is told which slots go. ``queued``: the lengths of prompts that will
-        take a row later (``admit``), which the buffers are sized for too; ``slack``: steps a
-        finished row may run on before it is seen finished (the write table's spare width)."""
+        ``evict`` that is told which slots go. ``queued``: lengths of prompts that take a row
+        later (``admit``), which the buffers are sized for too; ``slack``: steps a finished
+        row may run on before it is seen finished; ``share``: ``shared_kv.py``."""
         if not prompt_lens or min(prompt_lens) < 1:
             raise ValueError(f"every prompt needs at least one token, got lengths {prompt_lens}")
-        self.cfg = cfg
-        self.model = model
-        dev = model.device
+        self.cfg, self.model, dev = cfg, model, model.device
         self.max_new = max_new_tokens
         self.prompt_lens = list(prompt_lens)
         every = self.prompt_lens + list(queued)
@@ -105,11 +85,14 @@ class BoundedCache:
         self.caps = caps_all[: len(prompt_lens)]
         self.evict_n = [cfg.evicted_at_once(p, max_new_tokens) for p in prompt_lens]
         self.n_slots = self.p_max + max(caps_all)
-        self.kv = model.new_kv(len(prompt_lens), self.n_slots)
         b = len(prompt_lens)
-        plen = torch.tensor(prompt_lens, device=dev)
-        self.valid = _prompt_valid(plen, self.p_max, self.n_slots)
-        self.plen_t = plen
+        self.kv: list = [] if share else model.new_kv(b, self.n_slots)
+        self.ring = model.new_kv(b, self.n_slots - self.p_max) if share else None  # shared:
+        self.pool: PromptPool | None = None  # the prompts' copies, each row's entry and prompt
+        self.owner = torch.zeros(b, dtype=torch.long, device=dev)
+        self.row_prompt: list[tuple[int, ...] | None] = [None] * b
+        self.plen_t = torch.tensor(prompt_lens, device=dev)
+        self.valid = prompt_valid(self.plen_t, self.p_max, self.n_slots)
         self.cap_t = torch.tensor(self.caps, device=dev)
         self.t = 0  # decode steps so far: thought tokens written by a row that started at 0
         self.start = [0] * b  # the step each row's request started at (refilled rows: later)
@@ -164,11 +147,9 @@ class BoundedCache:
                 for start, k, cap in zip(oldest, n, self.caps)
             ]
             idx = pad_sequence(ring, batch_first=True).to(dev)  # [B, E] slots, 0 past n
-            e_max = idx.shape[1]
-            valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)  # [B, E]
-        else:
-            e_max = chosen.shape[1]
-            valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)
+        e_max = (idx if chosen is None else chosen).shape[1]
+        valid = (torch.arange(e_max)[None] < torch.tensor(n)[:, None]).to(dev)  # [B, E]
+        if chosen is not None:
             idx = torch.where(valid, self.p_max + chosen, 0)
             for i in rows:
                 lt = self.t - self.start[i]
@@ -177,13 +158,14 @@ class BoundedCache:
             self.count[i] -= self.evict_n[i]
         row_mask = valid.any(dim=1)
         a = self.model.args
-        gather = idx[:, None, :, None].expand(-1, a.n_kv_heads, -1, a.head_dim)
+        bufs, at = (self.ring, (idx - self.p_max).clamp(min=0)) if self.ring else (self.kv, idx)
+        gather = at[:, None, :, None].expand(-1, a.n_kv_heads, -1, a.head_dim)
 
         def take(buf: torch.Tensor) -> torch.Tensor:  # [B, n_kv, E, hd] -> [B, E, d_kv]
             return buf.gather(2, gather).transpose(1, 2).reshape(self.batch, e_max, a.kv_dim)
 
-        keys = torch.stack([take(k) for k, _ in self.kv])
-        values = torch.stack([take(v) for _, v in self.kv])
+        keys = torch.stack([take(k) for k, _ in bufs])
+        values = torch.stack([take(v) for _, v in bufs])
         self.valid.scatter_(1, idx, ~valid & self.valid.gather(1, idx))
         return Evicted(keys, values, valid, row_mask, idx - self.p_max)
 
@@ -218,7 +200,13 @@ class BoundedCache:
 
     def select(self, rows: torch.Tensor, rows_host: list[int]) -> None:
         """Keep only ``rows`` (finished rows stop costing compute)."""
-        self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
+        if self.ring is not None:
+            self.ring = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.ring]
+            self.owner = self.owner.index_select(0, rows)
+            self.row_prompt = [self.row_prompt[i] for i in rows_host]
+            self.kv = layers(self.pool, self.ring, self.owner)
+        else:
+            self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
         self.valid = self.valid.index_select(0, rows)
         self.plen_t = self.plen_t.index_select(0, rows)
         self.cap_t = self.cap_t.index_select(0, rows)
@@ -230,17 +218,33 @@ class BoundedCache:
             old = getattr(self, name)
             setattr(self, name, [old[i] for i in rows_host])
 
-    def admit(self, rows: list[int], prompt_lens: list[int], kv: list) -> None:
+    def put_prompts(self, rows: list[int], prompts: list[list[int]], kv: list, src: list[int]):
+        """Shared storage: rows ``rows`` read ``prompts``; one the pool does not hold is
+        written from row ``src[j]`` of ``kv`` (per layer [k, n_kv, P_max, hd], a prefill's)."""
+        if self.pool is None:
+            self.pool = PromptPool.sized(kv, len({tuple(p) for p in prompts}))
+        entries = self.pool.assign(self.row_prompt, rows, prompts, kv, src)
+        dev = self.owner.device
+        self.owner[torch.tensor(rows, device=dev)] = torch.tensor(entries, device=dev)
+        self.kv = layers(self.pool, self.ring, self.owner)
+
+    def admit(self, rows: list[int], prompt_lens: list[int], kv: list, prompts=(), src=()) -> None:
         """Rows ``rows`` start new requests with prompts of ``prompt_lens``: their prompt
-        keys/values ``kv`` (per layer [k, n_kv, P_max, hd], from their prefill) go in, the rest
-        of their buffers is zeroed, their clock, ring and validity start afresh."""
+        keys/values ``kv`` (per layer [k, n_kv, P_max, hd], from their prefill; shared: one per
+        distinct prompt, row ``src[j]`` for ``prompts[j]``) go in, the rest of their buffers is
+        zeroed, their clock, ring and validity start afresh."""
         dev = self.model.device
         r = torch.tensor(rows, device=dev)
         plen = torch.tensor(prompt_lens, device=dev)
-        for (k, v), (k1, v1) in zip(self.kv, kv, strict=True):
-            k[r] = F.pad(k1, (0, 0, 0, self.n_slots - self.p_max))
-            v[r] = F.pad(v1, (0, 0, 0, self.n_slots - self.p_max))
-        self.valid[r] = _prompt_valid(plen, self.p_max, self.n_slots)
+        if self.ring is not None:
+            for k, v in self.ring:
+                k[r], v[r] = 0, 0
+            self.put_prompts(rows, list(prompts), kv, list(src))
+        else:
+            pad = (0, 0, 0, self.n_slots - self.p_max)
+            for (k, v), (k1, v1) in zip(self.kv, kv, strict=True):
+                k[r], v[r] = F.pad(k1, pad), F.pad(v1, pad)
+        self.valid[r] = prompt_valid(plen, self.p_max, self.n_slots)
         for i, p in zip(rows, prompt_lens, strict=True):
             self.prompt_lens[i], self.count[i], self.start[i] = p, 0, self.t
             self.caps[i] = _capacity(self.cfg, i, p, self.max_new)
@@ -263,12 +267,16 @@ class BoundedCache:
     def rkv_choice(self, due: list[int]) -> torch.Tensor:
         """R-KV's ring offsets [B, E] to free, sorted (only the ``due`` rows' are used)."""
         assert self.q_obs is not None, "rkv_choice needs the query ring (cache.eviction=rkv)"
-        keys = [k for k, _ in self.kv]
         n_evict = self.evict_n[due[0]]  # rkv: every row evicts the same number (config checks)
         t = self.local()[:, None] if self.refilled else self.t
-        return rkv_choose(
-            keys, self.q_obs, self.valid, self.held(), self.p_max, t, n_evict, self.cfg.rkv
-        )
+        args = (self.valid, self.held(), self.p_max, t, n_evict, self.cfg.rkv)
+        return rkv_choose(self.keys(), self.q_obs, *args)
+
+    def keys(self) -> Iterator[torch.Tensor]:
+        """Each layer's keys [B, n_kv, S, hd] in the unshared layout, one layer at a time."""
+        if self.ring is None:
+            return (k for k, _ in self.kv)
+        return (layer.full(layer.rk, layer.pk) for layer in self.kv)
 
     def observer(self) -> Obs | None:
         """The query ring for the forward of the next token, when R-KV will read it: only in

@@ -149,7 +149,8 @@ def rollout_steps(
     step by step, so both run under the same machine load (``bench/ab.py``)."""
     run = _setup(model, adapter, req, sp, hooks)
     cache, out, n_new = run.cache, run.out, sp.max_new_tokens
-    queued = list(range(cache.batch, len(req.prompts)))  # requests waiting for a row
+    rows = cache.batch
+    queued = list(range(rows, len(req.prompts)))  # requests waiting for a row
     with phase("prefill"):
         live = prefill(run, cache.batch, n_new + sp.check_every)
     step = hooks.step_fn or model.forward
@@ -168,6 +169,7 @@ def rollout_steps(
                 live = refill(run, live, running, queued)
         live = decode_step(step, adapter, cache, live, out, sp, run.noise)
         t += 1
+    out.prompt_copies = len(cache.pool.held) if cache.pool is not None else rows
     return read_back(req.prompts, out, run.eos, sp, hooks.detokenize)
 
 
@@ -187,13 +189,23 @@ def _setup(
     dev, n_new, lens = model.device, sp.max_new_tokens, [len(p) for p in prompts]
     width = min(req.batch_rows or len(prompts), len(prompts))
     slack = sp.check_every if width < len(prompts) else 0
-    cache = BoundedCache(model, lens[:width], req.cache, n_new, queued=lens[width:], slack=slack)
+    share = _share_storage(req, width, hooks)
+    cache = BoundedCache(
+        model, lens[:width], req.cache, n_new, queued=lens[width:], slack=slack, share=share
+    )
     noise = Noise(len(prompts), sp, dev)
     eos = torch.tensor(sorted(set(hooks.eos_ids) | set(sp.stop_token_ids)) or [-1], device=dev)
     caps = _row_caps(sp, len(prompts))
     out = Outputs.empty(len(prompts), n_new, req.pad_id, dev, caps, slack)
     out.on_evict = hooks.on_evict
     return Run(model, adapter, cache, out, sp, noise, eos, prompts, req.pad_id, req.share_prompts)
+
+
+def _share_storage(req: DecodeRequest, width: int, hooks: DecodeHooks) -> bool:
+    """One copy of each group's prompt keys/values (``shared_kv.py``) where prompts repeat
+    (at most half as many distinct as rows) and the step runs eagerly."""
+    distinct = len({tuple(p) for p in req.prompts[:width]})
+    return req.share_prompts and hooks.step_fn is None and 2 * distinct <= width
 
 
 def _row_caps(sp: SamplingParams, n_rows: int) -> tuple[int, ...]:

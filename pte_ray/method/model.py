@@ -21,6 +21,7 @@ from torch import nn
 from pte_ray.method.attention import attend
 from pte_ray.method.layout import FusedLinear, ModelArgs
 from pte_ray.method.packed import pack, packed_linear
+from pte_ray.method.shared_kv import SharedLayer
 
 if TYPE_CHECKING:
     from pte_ray.method.adapter import Adapter, LayerAdapter
@@ -150,11 +151,15 @@ class Block(nn.Module):
         if obs is not None:  # the newest query (post-RoPE, as attention saw it) for R-KV
             at = obs[1].view(-1, 1, 1, 1).expand(-1, q.shape[1], 1, q.shape[-1])
             obs[0].scatter_(2, at, q[:, :, -1:])  # each row's own ring slot
-        kb, vb = _write(kv, idx, k, v)
-        o = attend(q, kb, vb, attn_mask)
+        if isinstance(kv, SharedLayer):  # group prompts stored once (shared_kv.py)
+            kv = kv.write(idx, k, v)
+            o = kv.attend(q, attn_mask)
+        else:
+            kv = _write(kv, idx, k, v)
+            o = attend(q, *kv, attn_mask)
         o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
         o_group = self.layout.o
-        return _lora(lad, o_group, self.linear(o_group.name, o), o, s), (kb, vb)
+        return _lora(lad, o_group, self.linear(o_group.name, o), o, s), kv
 
     def mlp(
         self, h: torch.Tensor, lad: LayerAdapter | None, s: torch.Tensor | None

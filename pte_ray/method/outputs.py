@@ -63,6 +63,7 @@ class Outputs:
     n_steps: int = 0
     row_steps: int = 0  # rows actually computed, summed over steps
     refills: int = 0  # requests that took a row another one had finished in
+    prompt_copies: int = 0  # copies of prompt keys/values the cache held (shared: one a group)
     # rkv: (rows that evicted, their chosen offsets [n, E]) read at the end; scoring times
     chosen: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
     score_time: list = field(default_factory=list)
@@ -161,6 +162,7 @@ def read_back(
         reasons.append(reason)
     stats = {"decode_steps": float(out.n_steps), "row_steps": float(out.row_steps)}
     stats["refills"] = float(out.refills)
+    stats["prompt_copies"] = float(out.prompt_copies)
     stats["tokens"] = float(sum(len(x) for x in res_tok))
     if out.score_time:
         stats |= {"evict_score_s": _score_seconds(out), "evictions_scored": len(out.score_time)}

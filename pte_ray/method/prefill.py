@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from pte_ray.method.adapter import Adapter
-from pte_ray.method.cache import BoundedCache, left_pad, prompt_place
+from pte_ray.method.cache import BoundedCache
 from pte_ray.method.config import SamplingParams
 from pte_ray.method.model import KV, Placement, Transformer
 from pte_ray.method.outputs import Live, Outputs
+from pte_ray.method.prompt_slots import left_pad, prompt_place
 from pte_ray.method.sampling import Noise, sample
 
 
@@ -82,6 +83,24 @@ def twins(prompts: list[list[int]], share: bool) -> list[int] | None:
     return [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]
 
 
+def distinct_forward(
+    run: Run, prompts: list[list[int]], s0: torch.Tensor | None
+) -> tuple[torch.Tensor, list[KV], list[int]]:
+    """Shared storage: each distinct prompt's forward on buffers of the prompt slots only.
+    Returns the logits [b, P, V] of every one of ``prompts``, the keys/values (one row per
+    distinct prompt) and each prompt's row in them."""
+    model, p_max = run.model, run.cache.p_max
+    of = twins(prompts, True)
+    firsts = sorted(set(of))
+    ids = _padded([prompts[i] for i in firsts], run.pad_id, p_max).to(model.device)
+    plen = torch.tensor([len(prompts[i]) for i in firsts], device=model.device)
+    kv = model.new_kv(len(firsts), p_max)
+    s = s0[:, : len(firsts)] if s0 is not None else None  # S_0: the same for every row
+    logits, kv = model(ids, prompt_place(plen, p_max, p_max), kv, run.adapter, s, True)
+    back = [firsts.index(i) for i in of]
+    return logits[torch.tensor(back, device=model.device)], kv, back
+
+
 def prefill(run: Run, n_rows: int, horizon: int) -> Live:
     """The first ``n_rows`` prompts' forward (RoPE sized once for ``horizon`` thought tokens)
     and their first tokens."""
@@ -89,11 +108,14 @@ def prefill(run: Run, n_rows: int, horizon: int) -> Live:
     prompts = run.prompts[:n_rows]
     state = adapter.initial_state(n_rows) if adapter is not None else None
     state = state.contiguous() if state is not None else None
-    ids = _padded(prompts, run.pad_id, cache.p_max).to(model.device)
     model.reserve_positions(cache.p_max + horizon + 1)
-    logits = prompt_forward(
-        model, adapter, cache.kv, ids, cache.prompt_placement(), state, twins(prompts, run.share)
-    )
+    if cache.ring is not None:
+        logits, kv, src = distinct_forward(run, prompts, state)
+        cache.put_prompts(list(range(n_rows)), prompts, kv, src)
+    else:
+        ids = _padded(prompts, run.pad_id, cache.p_max).to(model.device)
+        at, of = cache.prompt_placement(), twins(prompts, run.share)
+        logits = prompt_forward(model, adapter, cache.kv, ids, at, state, of)
     idx = torch.arange(n_rows, device=model.device)
     tok, lp = sample(logits[:, -1], run.sp, run.noise.draw(idx, 0))
     return Live(idx, list(range(n_rows)), tok, lp, state)
@@ -106,12 +128,16 @@ def admit(run: Run, live: Live, rows: list[int], reqs: list[int]) -> Live:
     ids = _padded(prompts, run.pad_id, cache.p_max).to(dev)
     plen = torch.tensor([len(p) for p in prompts], device=dev)
     s0 = adapter.initial_state(len(rows)).contiguous() if adapter is not None else None
-    kv = model.new_kv(len(rows), cache.p_max)
-    at = prompt_place(plen, cache.p_max, cache.p_max)
-    logits = prompt_forward(model, adapter, kv, ids, at, s0, twins(prompts, run.share))
+    src: list[int] = []
+    if cache.ring is not None:
+        logits, kv, src = distinct_forward(run, prompts, s0)
+    else:
+        kv = model.new_kv(len(rows), cache.p_max)
+        at = prompt_place(plen, cache.p_max, cache.p_max)
+        logits = prompt_forward(model, adapter, kv, ids, at, s0, twins(prompts, run.share))
     req_t = torch.tensor(reqs, device=dev)
     tok, lp = sample(logits[:, -1], run.sp, run.noise.draw(req_t, 0))
-    cache.admit(rows, plen.tolist(), kv)
+    cache.admit(rows, plen.tolist(), kv, prompts, src)
     run.out.record(req_t, tok, lp, 0, run.eos)
     r = torch.tensor(rows, device=dev)
     idx, tok_all, lp_all = live.idx.clone(), live.tok.clone(), live.lp.clone()

@@ -14,8 +14,14 @@ from pte_ray.method.config import SamplingParams
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / T) at ``tokens``; logits [..., V], tokens [...]."""
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+    logp = torch.log_softmax(_scaled(logits, temperature), dim=-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T; at T = 1 the logits themselves (the same values: x / 1 is x exactly), which
+    saves a pass over [batch, vocab] and its buffer."""
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -64,7 +70,7 @@ def sample(
     if sp.greedy:
         tok = logits.argmax(dim=-1)
         return tok, token_logprobs(logits, tok, temp)
-    scaled = logits / temp
+    scaled = _scaled(logits, temp)
     if sp.top_k > 0 and sp.top_k < scaled.shape[-1]:
         kth = scaled.topk(sp.top_k, dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -74,8 +80,7 @@ def sample(
         drop = probs.cumsum(-1) - probs > sp.top_p  # keep the smallest prefix reaching top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(scaled, dim=-1)
-    cdf = probs.cumsum(dim=-1)
+    cdf = torch.softmax(scaled, dim=-1).cumsum_(dim=-1)  # in place: one [batch, vocab] buffer
     if u is None:
         u = torch.rand(logits.shape[0], 1, device=logits.device)
     u = u * cdf[:, -1:]
