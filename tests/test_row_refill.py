@@ -14,7 +14,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
-from pte_ray.method.requests import DecodeRequest, ReplaySpec
+from pte_ray.method.requests import DecodeHooks, DecodeRequest, ReplaySpec
 
 # two GRPO-like groups, lone prompts of other lengths; limits that end rows at different steps
 PROMPTS = [
@@ -173,3 +173,34 @@ def test_rollout_batch_rows_reaches_the_engine(random_ckpt):
     assert outs[0].tokens == outs[1].tokens and outs[0].eviction_steps == outs[1].eviction_steps
     lp = [abs(a - b) for x, y in zip(outs[0].logprobs, outs[1].logprobs) for a, b in zip(x, y)]
     assert max(lp) < 1e-4
+
+
+def _text(ids: list[int]) -> str:
+    """A detokenizer for the random model's ids: one letter each."""
+    return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_stop_strings_end_refilled_requests_as_they_end_alone(random_ckpt):
+    """A row stopped by a stop string is refilled, and every request is cut where it is cut
+    alone (the stop strings: two requests' own text, taken midway from a run without them)."""
+    model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
+    cache = CONFIGS["window"]
+    free = _alone(model, None, cache)
+    stops = (_text(free[1].tokens[0][10:13]), _text(free[3].tokens[0][20:23]))
+    hooks = DecodeHooks(detokenize=_text)
+
+    def sp(rows: list[int]) -> SamplingParams:
+        return _sp(rows).model_copy(update={"stop_strings": stops})
+
+    alone = [
+        generate(model, None, DecodeRequest([PROMPTS[i]], cache), sp([i]), hooks) for i in range(6)
+    ]
+    ends = [(len(a.tokens[0]), a.finish_reasons[0]) for a in alone]
+    assert sum(n < LIMITS[i] and r == "stop" for i, (n, r) in enumerate(ends)) >= 2, ends
+    out = generate(
+        model, None, DecodeRequest(PROMPTS, cache, batch_rows=2), sp(list(range(6))), hooks
+    )
+    assert out.stats["refills"] == 4
+    for i, one in enumerate(alone):
+        assert out.tokens[i] == one.tokens[0], f"request {i}"
+        assert out.finish_reasons[i] == one.finish_reasons[0], f"request {i}"
