@@ -65,7 +65,8 @@ def model_args(cfg: Any, weight_names: set[str]) -> ModelArgs:
     )
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
+    """The checkpoint's safetensors files (one, or the shards its index names)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -85,7 +86,7 @@ def _rotary(cfg: Any) -> torch.nn.Module:
 def _open_weights(path: Path) -> dict[str, Any]:
     """Tensor name -> the safetensors handle that holds it (nothing is read yet)."""
     handles = []
-    for f in _weight_files(path):
+    for f in weight_files(path):
         try:
             handles.append(safe_open(str(f), framework="pt", device="cpu"))
         except (SafetensorError, OSError) as e:  # neither names the file
