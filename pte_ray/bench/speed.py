@@ -30,6 +30,7 @@ def speed(out: Generation, wall: float, n_prompts: int) -> dict[str, Any]:
         "evictions": sum(out.evictions),
         "evictions_per_seq": sum(out.evictions) / n_prompts,
         "refills": int(out.stats.get("refills", 0)),  # requests that took a finished row
+        "prompt_copies": int(out.stats.get("prompt_copies", 0)),  # shared: one per group
         **_scoring(out.stats, wall),
     }
 
