@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pte_ray.method.attention import attend
+from pte_ray.method.attention import attend, write_at
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,16 @@ def test_grad_and_several_queries_take_sdpa():
     out = attend(q, k, v, mask)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.equal(out, want) and out.requires_grad
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_write_at_writes_what_scatter_writes(t):
+    """The step's cache write (index_put at (rows, :, slots)) equals scatter along the slots."""
+    gen = torch.Generator().manual_seed(t)
+    buf = torch.randn(4, 2, 10, 8, generator=gen)
+    new = torch.randn(4, 2, t, 8, generator=gen)
+    slots = torch.stack([torch.randperm(10, generator=gen)[:t] for _ in range(4)])
+    idx = slots[:, None, :, None].expand(4, 2, t, 8)
+    ref, out = buf.scatter(2, idx, new), buf.clone()
+    out[write_at(idx)] = new.transpose(1, 2)
+    assert torch.equal(out, ref) and not torch.equal(out, buf)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pte_ray.method.attention import attend
+from pte_ray.method.attention import attend, write_at
 from pte_ray.method.layout import FusedLinear, ModelArgs
 from pte_ray.method.packed import pack, packed_linear
 from pte_ray.method.shared_kv import SharedLayer
@@ -77,8 +77,8 @@ def _write(kv: KV, idx: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> KV:
     kb, vb = kv
     if torch.is_grad_enabled():
         return kb.scatter(2, idx, k), vb.scatter(2, idx, v)
-    kb.scatter_(2, idx, k)
-    vb.scatter_(2, idx, v)
+    at = write_at(idx)
+    kb[at], vb[at] = k.transpose(1, 2), v.transpose(1, 2)
     return kb, vb
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pte_ray.method.attention import write_at
+
 
 @dataclass
 class SharedLayer:
@@ -37,9 +39,8 @@ class SharedLayer:
         """New keys/values at cache slots ``idx`` [B, n_kv, T, hd] (ring slots only)."""
         if torch.is_grad_enabled():
             raise RuntimeError("shared prompt storage is for the no-grad rollout step only")
-        p = self.pk.shape[2]
-        self.rk.scatter_(2, idx - p, k)
-        self.rv.scatter_(2, idx - p, v)
+        at = write_at(idx - self.pk.shape[2])
+        self.rk[at], self.rv[at] = k.transpose(1, 2), v.transpose(1, 2)
         return self
 
     def full(self, ring: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
