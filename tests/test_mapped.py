@@ -1,17 +1,17 @@
-"""The embedding table mapped from the checkpoint file (``mapped.py``): the same values, the same
-rollout, only the rows looked up resident, and left alone where it cannot be mapped as it is."""
+"""The embedding table left in the checkpoint file (``mapped.py``): rows read as tokens need
+them give the same rollout bit for bit, the model holds no copy of the table, a bad id is an
+error naming it, and the table stays in memory where it cannot be read as it is stored."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
-from pte_ray.method.mapped import map_embedding
+from pte_ray.method.mapped import embedding_from_file
 from pte_ray.method.packed import can_pack
 from pte_ray.method.requests import DecodeRequest
 
@@ -20,52 +20,38 @@ needs_pack = pytest.mark.skipif(
 )
 
 
-def _resident_kb(t: torch.Tensor) -> tuple[str, int]:
-    """The file behind the mapping that holds ``t``'s data, and that mapping's resident kB."""
-    ptr, name, rss, inside = t.data_ptr(), "", 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and not head[0].endswith(":"):
-            lo, hi = (int(x, 16) for x in head[0].split("-"))
-            inside = lo <= ptr < hi
-            name = head[-1] if inside and len(head) > 5 else name
-        elif inside and line.startswith("Rss:"):
-            rss = int(head[1])
-    return name, rss
-
-
 @needs_pack
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mapped_embedding_gives_the_same_rollout(tmp_path, dtype):
+def test_rows_from_the_file_give_the_same_rollout(tmp_path, dtype):
     from pte_ray.tiny import random_checkpoint
 
     path = random_checkpoint(tmp_path / "m", seed=0, dtype=dtype)
-    dense, mapped = load_base(path), load_base(path)
-    for m in (dense, mapped):
+    dense, filed = load_base(path), load_base(path)
+    for m in (dense, filed):
         m.pack(4)
-    assert map_embedding(mapped, path)
-    assert torch.equal(mapped.embed, load_base(path).embed)
+    table = dense.embed.detach().clone()
+    assert embedding_from_file(filed, path)
+    assert filed.embed.numel() == 0 and filed.dtype == dtype  # no copy held
+    ids = torch.tensor([[3, 4, 3], [table.shape[0] - 1, 0, 7]])
+    assert torch.equal(filed.rows(ids), F.embedding(ids, table))
     prompts = [[3, 4, 5], [6, 7], [3, 4, 5], [9] * 5]
     sp = SamplingParams(max_new_tokens=24, seed=1)
-    a, b = (
-        generate(m, None, DecodeRequest(prompts, CacheConfig(budget=8)), sp)
-        for m in (dense, mapped)
-    )
+    req = DecodeRequest(prompts, CacheConfig(budget=8))
+    a, b = (generate(m, None, req, sp) for m in (dense, filed))
     assert a.tokens == b.tokens and a.logprobs == b.logprobs
-    name, rss = _resident_kb(mapped.embed)
-    assert name == str(path / "model.safetensors")  # the file's pages, not a copy
-    assert 0 < rss <= mapped.embed.numel() * mapped.embed.element_size() // 1024 + 8
+    with pytest.raises(IndexError, match=f"token id {table.shape[0]} is outside"):
+        filed.rows(torch.tensor([[1, table.shape[0]]]))
 
 
 @needs_pack
-def test_the_table_is_left_in_memory_where_it_cannot_be_mapped_as_it_is(tmp_path):
+def test_the_table_stays_in_memory_where_it_cannot_be_read_as_stored(tmp_path):
     from pte_ray.tiny import random_checkpoint
 
     path = random_checkpoint(tmp_path / "m", seed=0, dtype=torch.float32)
     unpacked = load_base(path)
     assert unpacked.lm_head is None  # tied: the dense head reads the whole table every step
-    assert not map_embedding(unpacked, path)
+    assert not embedding_from_file(unpacked, path)
     other = load_base(path, dtype=torch.bfloat16)  # the file holds fp32: no conversion here
     other.pack(4)
-    assert not map_embedding(other, path)
-    assert _resident_kb(other.embed)[0] != str(path / "model.safetensors")
+    assert not embedding_from_file(other, path)
+    assert other.rows is None and other.embed.numel() > 0

@@ -26,7 +26,7 @@ from pte_ray.engines.torch_engine import resolve_dtype
 from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig
-from pte_ray.method.mapped import map_embedding
+from pte_ray.method.mapped import embedding_from_file
 from pte_ray.method.packed import can_pack, cpu_bf16_native, cpu_model
 
 # What a benchmark reads from the run config (``--config`` + ``key=value``, as ``train``), by
@@ -185,7 +185,7 @@ def setup(
     model = load_base(path, dtype=dtype, device=args.device)
     if infer and args.pack and not args.compile and can_pack(model.dtype, args.device):
         model.pack(args.batch)
-        map_embedding(model, path)  # as the engine does (mapped.py)
+        embedding_from_file(model, path)  # as the engine does (mapped.py)
     if args.device == "cpu":
         keep_freed_memory()  # as the engines do, once loaded (allocator.py)
     adapter = None

@@ -11,7 +11,7 @@ from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_adapter, load_adapter_tensors, load_base
 from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
-from pte_ray.method.mapped import map_embedding
+from pte_ray.method.mapped import embedding_from_file
 from pte_ray.method.outputs import Generation
 from pte_ray.method.packed import can_pack
 from pte_ray.method.replay import replay
@@ -51,7 +51,7 @@ class TorchEngine:
         self.model = load_base(model_path, dtype=resolve_dtype(dtype, device), device=device)
         if pack and not compile_step and can_pack(self.model.dtype, device):
             self.model.pack()  # no grad ever runs here: oneDNN's layout (packed.py)
-            map_embedding(self.model, model_path)  # lookups only now: rows from the file
+            embedding_from_file(self.model, model_path)  # lookups only now: rows from the file
         if device == "cpu":  # once loaded: a step's big tensors stay paged in (allocator.py)
             keep_freed_memory()
         self.adapter = None

@@ -11,6 +11,7 @@ never changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,6 +193,7 @@ class Transformer(nn.Module):
         )
         self._rotary = rotary  # HF's own RoPE module: every rope_type HF knows is right here.
         self._head_packed: torch.Tensor | None = None
+        self.rows: Callable[[torch.Tensor], torch.Tensor] | None = None  # mapped.py: from file
         self._cos = torch.empty(0, args.head_dim, **kw)
         self._sin = torch.empty(0, args.head_dim, **kw)
         self.reserve_positions(ROPE_MIN_POSITIONS)
@@ -269,7 +271,7 @@ class Transformer(nn.Module):
         rope = self._cos[at.pos][:, None], self._sin[at.pos][:, None]  # [B, 1, T, hd]
         idx = at.slots[:, None, :, None].expand(bsz, a.n_kv_heads, t, a.head_dim)
         attn_mask = at.mask[:, None]
-        x = F.embedding(ids, self.embed)
+        x = F.embedding(ids, self.embed) if self.rows is None else self.rows(ids)
         new_kv: list[KV] = []
         for li, blk in enumerate(self.layers):
             lad = adapter.layers[li] if adapter is not None else None
