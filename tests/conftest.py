@@ -6,11 +6,31 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pte_ray.env import apply_defaults
 
 apply_defaults()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+
+@pytest.fixture
+def noisy_adapter():
+    """``make(model)``: a frozen pte adapter with every parameter moved off its init (A != 0),
+    so the state path changes what decode computes."""
+    from pte_ray.method.adapter import Adapter
+    from pte_ray.method.config import AdapterConfig
+
+    def make(model):
+        cfg = AdapterConfig(method="pte", rank=4, global_tokens=8)
+        a = Adapter(model.args, cfg, model.dtype, model.device)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in a.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+        return a.requires_grad_(False)
+
+    return make
 
 
 @pytest.fixture(scope="session")

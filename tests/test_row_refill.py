@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import pte_ray.method.decode as decode
-from pte_ray.method.adapter import Adapter
 from pte_ray.method.checkpoint import load_base
-from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeHooks, DecodeRequest, ReplaySpec
@@ -32,16 +31,6 @@ CONFIGS = {
     "window-total": CacheConfig(budget=26, budget_mode="total"),
     "rkv": CacheConfig(budget=12, eviction="rkv", rkv={"window": 4}),
 }
-
-
-def _adapter(model) -> Adapter:
-    cfg = AdapterConfig(method="pte", rank=4, global_tokens=8)
-    a = Adapter(model.args, cfg, model.dtype, model.device)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in a.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
-    return a.requires_grad_(False)
 
 
 def _sp(rows: list[int]) -> SamplingParams:
@@ -88,9 +77,11 @@ def _poison_before_admit(monkeypatch) -> list[tuple[list[int], bool]]:
 
 @pytest.mark.parametrize("share", [True, False], ids=["shared-prompts", "prompt-per-row"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_each_refilled_request_decodes_as_it_does_alone(random_ckpt, monkeypatch, name, share):
+def test_each_refilled_request_decodes_as_it_does_alone(
+    random_ckpt, noisy_adapter, monkeypatch, name, share
+):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
-    adapter, cache = _adapter(model), CONFIGS[name]
+    adapter, cache = noisy_adapter(model), CONFIGS[name]
     alone = _alone(model, adapter, cache)
     admitted = _poison_before_admit(monkeypatch)
     req = DecodeRequest(PROMPTS, cache, batch_rows=2, share_prompts=share)
@@ -114,10 +105,10 @@ def test_each_refilled_request_decodes_as_it_does_alone(random_ckpt, monkeypatch
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available: refill on GPU")
 @pytest.mark.parametrize("name", ["window", "rkv"])
-def test_refill_on_cuda_decodes_each_request_as_alone(random_ckpt, name):
+def test_refill_on_cuda_decodes_each_request_as_alone(random_ckpt, noisy_adapter, name):
     """The same on the GPU (fp32: the same tokens, log-probs within 1e-5)."""
     model = load_base(random_ckpt("qwen2"), dtype=torch.float32, device="cuda")
-    adapter = _adapter(model)
+    adapter = noisy_adapter(model)
     cache = CONFIGS[name]
     alone = _alone(model, adapter, cache)
     out = generate(model, adapter, DecodeRequest(PROMPTS, cache, batch_rows=2), _sp(list(range(6))))

@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pte_ray.method.adapter import Adapter
 from pte_ray.method.attention import attend
 from pte_ray.method.checkpoint import load_base
-from pte_ray.method.config import AdapterConfig, CacheConfig, SamplingParams
+from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeRequest, ReplaySpec
@@ -27,16 +26,6 @@ CONFIGS = {
     "window-total": CacheConfig(budget=26, budget_mode="total"),
     "rkv": CacheConfig(budget=12, eviction="rkv", rkv={"window": 4}),
 }
-
-
-def _adapter(model) -> Adapter:
-    cfg = AdapterConfig(method="pte", rank=4, global_tokens=8)
-    a = Adapter(model.args, cfg, model.dtype, model.device)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in a.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
-    return a.requires_grad_(False)
 
 
 def _sp(rows: list[int]) -> SamplingParams:
@@ -58,9 +47,9 @@ def _same(a, b, i: int, j: int, tol: float) -> None:
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_rows_reading_one_prompt_copy_decode_as_with_their_own(random_ckpt, name):
+def test_rows_reading_one_prompt_copy_decode_as_with_their_own(random_ckpt, noisy_adapter, name):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
-    adapter, cache, sp = _adapter(model), CONFIGS[name], _sp(list(range(12)))
+    adapter, cache, sp = noisy_adapter(model), CONFIGS[name], _sp(list(range(12)))
     shared = generate(model, adapter, DecodeRequest(PROMPTS, cache), sp)
     copies = generate(model, adapter, DecodeRequest(PROMPTS, cache, share_prompts=False), sp)
     assert shared.stats["prompt_copies"] == 3 and copies.stats["prompt_copies"] == 12
@@ -74,11 +63,11 @@ def test_rows_reading_one_prompt_copy_decode_as_with_their_own(random_ckpt, name
 
 
 @pytest.mark.parametrize("name", ["window", "rkv"])
-def test_refilled_groups_share_and_decode_as_alone(random_ckpt, name):
+def test_refilled_groups_share_and_decode_as_alone(random_ckpt, noisy_adapter, name):
     """Rows refilled group after group: each request decodes as it does alone, while the pool
     holds fewer copies than rows (entries of ended groups are taken by new prompts)."""
     model = load_base(random_ckpt("qwen2"), dtype=torch.float64)
-    adapter, cache = _adapter(model), CONFIGS[name]
+    adapter, cache = noisy_adapter(model), CONFIGS[name]
     out = generate(
         model, adapter, DecodeRequest(PROMPTS, cache, batch_rows=4), _sp(list(range(12)))
     )
@@ -165,9 +154,9 @@ def test_pool_entries_are_reused_freed_and_grown():
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="CUDA not available: shared prompts on GPU"
 )
-def test_shared_prompts_on_cuda_decode_as_with_copies(random_ckpt):
+def test_shared_prompts_on_cuda_decode_as_with_copies(random_ckpt, noisy_adapter):
     model = load_base(random_ckpt("qwen2"), dtype=torch.float32, device="cuda")
-    adapter, cache, sp = _adapter(model), CONFIGS["rkv"], _sp(list(range(12)))
+    adapter, cache, sp = noisy_adapter(model), CONFIGS["rkv"], _sp(list(range(12)))
     shared = generate(model, adapter, DecodeRequest(PROMPTS, cache), sp)
     copies = generate(model, adapter, DecodeRequest(PROMPTS, cache, share_prompts=False), sp)
     assert shared.stats["prompt_copies"] == 3

@@ -125,7 +125,6 @@ def admit(run: Run, live: Live, rows: list[int], reqs: list[int]) -> Live:
     """Rows ``rows`` (finished) take requests ``reqs``: prefill, copy in, first token."""
     model, adapter, cache, dev = run.model, run.adapter, run.cache, run.model.device
     prompts = [run.prompts[r] for r in reqs]
-    ids = _padded(prompts, run.pad_id, cache.p_max).to(dev)
     plen = torch.tensor([len(p) for p in prompts], device=dev)
     s0 = adapter.initial_state(len(rows)).contiguous() if adapter is not None else None
     src: list[int] = []
@@ -133,6 +132,7 @@ def admit(run: Run, live: Live, rows: list[int], reqs: list[int]) -> Live:
         logits, kv, src = distinct_forward(run, prompts, s0)
     else:
         kv = model.new_kv(len(rows), cache.p_max)
+        ids = _padded(prompts, run.pad_id, cache.p_max).to(dev)
         at = prompt_place(plen, cache.p_max, cache.p_max)
         logits = prompt_forward(model, adapter, kv, ids, at, s0, twins(prompts, run.share))
     req_t = torch.tensor(reqs, device=dev)
