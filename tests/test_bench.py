@@ -88,7 +88,11 @@ def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys
     runs = res["runs"]
     vllm = importlib.util.find_spec("vllm") is not None
     ours = {"pte", "pte_compiled", "lora_c", "pte_rkv", "lora_c_rkv"}
-    assert set(runs) == ours | ({"vllm"} if vllm else set())
+    assert set(runs) == ours | {"hf"} | ({"vllm"} if vllm else set())
+    hf = runs["hf"]  # its own process: its own peak memory and time to first token
+    assert hf["engine"] == "hf" and hf["budget"] is None and hf["tokens"] == 4 * 32
+    assert hf["peak_rss_mb"] > 0 and 0 < hf["ttft_s"] < hf["wall_s"]
+    assert res["hf_tokens_per_s"] == hf["tokens_per_s"] and "hf_tokens_per_s" not in runs["pte"]
     for w, r in (("pte", "pte_rkv"), ("lora_c", "lora_c_rkv")):  # R-KV beside the window
         assert runs[w]["eviction"] == "window" and "score_ms_per_eviction" not in runs[w]
         assert runs[r]["eviction"] == "rkv" and runs[r]["rkv"]["window"] == 4
@@ -230,7 +234,8 @@ def test_rollout_profile_splits_the_time_and_sets_it_against_the_floors(random_c
     args = ["bench", "rollout", "--batch", "4", "--profile", "cache.budget=8", "cache.eviction=rkv"]
     args += ["cache.rkv.window=4", f"model.path={random_ckpt('qwen2')}"]
     assert cli([*args, "sampling.max_new_tokens=32"]) == 0
-    prof = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["profile"]
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    prof = json.loads(out)["profile"]
     ph, share = prof["phase_s"], prof["phase_share"]
     assert {"prefill", "evict", "rkv_score", "fold", "forward", "sample"} <= set(ph)
     assert 0 < ph["rkv_score"] <= ph["evict"] < prof["profile_wall_s"]
@@ -238,6 +243,11 @@ def test_rollout_profile_splits_the_time_and_sets_it_against_the_floors(random_c
     assert 0 < prof["gemm_share"] < 1 and 0 < prof["attention_share"] < 1
     assert prof["weight_bytes"] > 0 and prof["peak_gemm_gflops"] > 0
     assert prof["of_read_floor"] == pytest.approx(prof["read_floor_ms"] / prof["decode_step_ms"])
+    # the step is the unprofiled run's: (wall - time to first token) / decode steps
+    res = json.loads(out)
+    steps = (res["wall_s"] - res["ttft_s"]) * 1e3 / prof["decode_step_ms"]
+    assert steps == pytest.approx(31, rel=1e-9)  # 32 tokens: the prefill's, then 31 steps
+    assert prof["profiled_step_ms"] > 0
     top = prof["top_ops_share"]
     assert len(top) == 10 and not set(top) & set(ph) and 0 < max(top.values()) < 1
 
@@ -248,6 +258,7 @@ def test_rollout_suite_can_leave_hf_out(random_ckpt, capsys):
     assert cli([*args, "sampling.max_new_tokens=8"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(res["runs"]) == ["pte"] and "hf_tokens_per_s" not in res["runs"]["pte"]
+    assert res["hf_tokens_per_s"] != res["hf_tokens_per_s"]  # nan: not measured
     assert res["runs"]["pte"]["ttft_s"] > 0 and res["vllm"].startswith("not")
 
 
@@ -269,6 +280,8 @@ def test_rollout_mixed_lengths_end_rows_at_their_own_lengths(random_ckpt, capsys
     assert min(want) >= 10 and len(set(want)) > 1
     assert cli([*args, "--compare-hf"]) != 0
     assert "--compare-hf times fixed lengths only" in capsys.readouterr().err
+    assert cli([*args, "--engine", "hf"]) != 0
+    assert "--engine hf times fixed lengths only" in capsys.readouterr().err
 
 
 def test_rollout_more_requests_than_rows_refills_them(random_ckpt, capsys):

@@ -112,9 +112,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=("torch", "vllm"),
+        choices=("torch", "vllm", "hf"),
         default="torch",
-        help="rollout: vllm = vLLM's full-cache generation of the base model (vllm extra)",
+        help="rollout: vllm = vLLM's full-cache generation of the base model (vllm extra); "
+        "hf = HF generate, full cache",
     )
     p.add_argument(
         "--ab",

@@ -9,6 +9,11 @@ matmul is as fast as its GEMM kernel, one that is not has overhead to remove.
 Two floors for a decode step: reading every weight once (weight bytes / read bandwidth,
 ``--read-gibs``) and doing its matmul FLOPs at the GEMM rate this process measures on a large
 packed fp32 (or the model's dtype) matmul. A step at 40% of the read floor runs 2.5x it.
+
+The step set against the floors is the timed run's (no profiler): the profiler's per-op
+records cost tens of microseconds each, thousands of them a step, and made a 0.5B bf16 step
+read 96.5 ms where the same step runs 78-87 ms unobserved. The shares come from the profiled
+run (that overhead spread over every op); ``profiled_step_ms`` says how far it stretched.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ TOP = ("prefill", "evict", "fold", "forward", "sample", "check", "compact")  # d
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "aten::baddbmm")
 
 
-def profile_rollout(args: argparse.Namespace, model: Any, gen: Any) -> dict[str, Any]:
-    """The phase table and both floors for one rollout of ``gen``."""
+def profile_rollout(
+    args: argparse.Namespace, model: Any, gen: Any, timed_run: dict[str, Any]
+) -> dict[str, Any]:
+    """The phase table and both floors for one rollout of ``gen``; ``timed_run`` (the bench's
+    unprofiled result: ``wall_s``, ``ttft_s``) gives the decode step's own time."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -40,16 +48,17 @@ def profile_rollout(args: argparse.Namespace, model: Any, gen: Any) -> dict[str,
     attn += events["attention"].cpu_time_total if "attention" in events else 0  # CPU decode
     share = {p: s / wall for p, s in phases.items()}
     share["python_and_other"] = 1.0 - sum(share.get(p, 0.0) for p in TOP)
-    n_steps = max(len(t) for t in out.tokens) - 1  # decode steps after the prefill's token
-    floors = step_floors(model, len(out.tokens), args.read_gibs, args.device)
-    step_ms = 1e3 * (wall - phases.get("prefill", 0.0)) / max(n_steps, 1)
+    n_steps = max(int(out.stats.get("decode_steps", 0)), 1)  # after the prefill's token
+    floors = step_floors(model, min(args.batch, len(out.tokens)), args.read_gibs, args.device)
+    step_ms = 1e3 * (timed_run["wall_s"] - timed_run["ttft_s"]) / n_steps
     return {
         "profile_wall_s": wall,
         "phase_s": phases,
         "phase_share": share,
         "gemm_share": gemm / wall,
         "attention_share": attn / 1e6 / wall,
-        "decode_step_ms": step_ms,
+        "decode_step_ms": step_ms,  # unprofiled: (wall - time to first token) / steps
+        "profiled_step_ms": 1e3 * (wall - phases.get("prefill", 0.0)) / n_steps,
         **floors,
         "of_read_floor": floors["read_floor_ms"] / step_ms,
         "of_gemm_floor": floors["gemm_floor_ms"] / step_ms,

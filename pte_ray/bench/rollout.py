@@ -12,12 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pte_ray.bench.calls import rollout_fn, rollout_steps_fn
 from pte_ray.bench.common import n_requests, settings, setup, subprocess_bench, sweep, timed
 from pte_ray.bench.speed import measure, median_run
-from pte_ray.engines.torch_engine import resolve_dtype
 
 
 def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,6 +33,10 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
         from pte_ray.bench.vllm_rollout import run_vllm
 
         return run_vllm(args)
+    if args.engine == "hf":
+        from pte_ray.bench.hf_rollout import run_hf
+
+        return run_hf(args)
     if args.ab:
         from pte_ray.bench.ab import run_ab
 
@@ -51,7 +52,7 @@ def run_rollout(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile:
         from pte_ray.bench.profile import profile_rollout
 
-        res["profile"] = profile_rollout(args, model, gen)
+        res["profile"] = profile_rollout(args, model, gen, res)
     if args.compare_hf and args.mixed:
         raise ValueError("--compare-hf times fixed lengths only: leave out --mixed")
     if args.compare_hf:
@@ -74,11 +75,12 @@ _AB_CLASHES = {
     "--memory-sweep": lambda a: bool(a.memory_sweep),
     "--engine vllm": lambda a: a.engine == "vllm",
     "--compare-hf": lambda a: a.compare_hf,
+    "--engine hf": lambda a: a.engine == "hf",
 }
 
 
 SUITE = {  # name -> what differs; each runs in a fresh process (its own peak memory)
-    "pte": {"method": "pte", "compile": False, "compare_hf": True, "eviction": "window"},
+    "pte": {"method": "pte", "compile": False, "compare_hf": False, "eviction": "window"},
     "pte_compiled": {"method": "pte", "compile": True, "compare_hf": False, "eviction": "window"},
     "lora_c": {"method": "lora_c", "compile": False, "compare_hf": False, "eviction": "window"},
     # --requests beyond --batch, run as calls of --batch one after another: what refill saves
@@ -92,24 +94,26 @@ AB_EVICTION = "cache.eviction=window,rkv"
 
 
 VLLM_RUN = {"method": "base", "engine": "vllm", "compile": False, "compare_hf": False}
+HF_RUN = {"method": "base", "engine": "hf", "compile": False, "compare_hf": False}
 
 
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     """Ours (pte eager and compiled, lora_c; bounded cache), HF ``generate`` and vLLM (full
-    cache, when installed) on the same model, prompts and lengths, in one invocation."""
+    cache, when installed) on the same model, prompts and lengths, in one invocation, each in
+    its own process."""
     import importlib.util
 
     suite: dict[str, dict[str, Any]] = dict(SUITE)
     if n_requests(args) <= args.batch:  # nothing queues: no refill to compare with
         del suite["pte_no_refill"]
-    if args.no_hf or args.mixed:  # HF generate times fixed lengths only
-        suite["pte"] = {**suite["pte"], "compare_hf": False}
+    if not (args.no_hf or args.mixed):  # HF generate times fixed lengths only
+        suite["hf"] = HF_RUN
     for name, method in RKV_AB.items():
         suite[name] = {"method": method, "compile": False, "compare_hf": False, "ab": AB_EVICTION}
         suite[name]["repeat"] = max(RKV_AB_MIN_REPEAT, args.repeat)
     if importlib.util.find_spec("vllm") is not None:
         suite["vllm"] = VLLM_RUN
-    if args.variants:  # a long run may leave some out; pte (which also times HF) always runs
+    if args.variants:  # a long run may leave some out; pte (what the ratios divide) always runs
         want = {"pte", *args.variants.split(",")}
         if want - set(suite):
             raise ValueError(f"--variants {sorted(want - set(suite))}: not in {sorted(suite)}")
@@ -123,7 +127,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             runs[name], rkv_ab[RKV_AB[name]] = res["runs"]["rkv"], res
         else:
             runs[name] = res
-    hf = runs["pte"].get("hf_tokens_per_s", float("nan"))
+    hf = runs["hf"]["tokens_per_s"] if "hf" in runs else float("nan")
     vllm = runs["vllm"]["tokens_per_s"] if "vllm" in runs else float("nan")
     eager, comp = runs["pte"], runs.get("pte_compiled")
     return {
@@ -160,33 +164,11 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
 def _hf_generate(
     path: Path, prompts: list[list[int]], args: argparse.Namespace, ours: float
 ) -> dict:
-    """HF ``generate`` with the full cache, sampling exactly ``max_new_tokens`` per row."""
-    from transformers import AutoModelForCausalLM
+    """HF ``generate`` in this process after ours (``--compare-hf``; the suite runs it alone)."""
+    from pte_ray.bench.hf_rollout import generate_hf, load_hf
 
-    dtype = resolve_dtype(args.dtype, args.device)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
-    p_max = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), p_max, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, p_max - len(p) :], att[i, p_max - len(p) :] = torch.tensor(p), 1
-    ids, att = ids.to(args.device), att.to(args.device)
-
-    def go(n: int) -> Any:
-        torch.manual_seed(args.seed)
-        return hf.generate(
-            input_ids=ids,
-            attention_mask=att,
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=0,
-        )
-
-    go(min(16, args.max_new_tokens))
-    out, wall = timed(lambda: go(args.max_new_tokens), args.device)
-    hf_tps = (out.shape[1] - p_max) * len(prompts) / wall
+    hf = load_hf(path, args)
+    generate_hf(hf, prompts, args, min(16, args.max_new_tokens))
+    toks, wall = timed(lambda: generate_hf(hf, prompts, args, args.max_new_tokens), args.device)
+    hf_tps = toks / wall
     return {"hf_tokens_per_s": hf_tps, "hf_wall_s": wall, "speedup_vs_hf": ours / hf_tps}
