@@ -105,6 +105,7 @@ def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys
         assert ab["runs"]["window"]["method"] == ab["runs"]["rkv"]["method"] == m
     if vllm:  # the full-cache baseline: the base model, every row the full length
         assert runs["vllm"]["engine"] == "vllm" and runs["vllm"]["budget"] is None
+        assert 0 < runs["vllm"]["ttft_s"] < runs["vllm"]["wall_s"]
         assert res["tokens_per_s_over_hf"]["vllm"] > 0
     assert runs["pte_compiled"]["compile"] and not runs["pte"]["compile"]
     assert runs["lora_c"]["method"] == "lora_c" and runs["pte"]["evictions"] > 0

@@ -54,6 +54,8 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
         eng = VllmEngine(str(path), None, 1.0, settings_, dtype, args.device, seed=args.seed)
         _generate(eng, prompts, [min(16, args.max_new_tokens)] * len(prompts), args.seed)
         warm = time.perf_counter() - t0
+        first = prompts[:rows]  # the first rows' prefill and first token
+        _, ttft = timed(lambda: _generate(eng, first, [1] * len(first), args.seed), "cpu")
         lengths = row_lengths(args, len(prompts)) or [args.max_new_tokens] * len(prompts)
         toks, wall = timed(lambda: _generate(eng, prompts, lengths, args.seed), "cpu")
     eng.close()
@@ -67,6 +69,7 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": toks / wall,
         "wall_s": wall,
         "warmup_s": warm,  # start-up (load, KV pool, compile) + 16 tokens
+        "ttft_s": ttft,
         "kv_pool_gib": float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", pool)),
         ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
     }
