@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pte_ray.method.attention import attend, write_at
+from pte_ray.method.attention import attend, step_bias, write_at
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,29 @@ def test_decode_attention_matches_sdpa_under_gqa_and_masks(dtype, tol):
     with torch.no_grad():
         moved = (attend(q, k2, v, mask) - got).abs().amax(dim=(0, 2, 3))
     assert (moved[:4] == 0).all() and (moved[4:] > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_step_bias_gives_what_scale_and_masked_fill_gave(dtype):
+    """The step's mask as one additive bias (made once for every layer) changes no bit: the
+    same output as the boolean mask, and as scaling the logits and ``masked_fill`` did."""
+    gen = torch.Generator().manual_seed(1)
+    b, h, n_kv, s, hd = 4, 14, 2, 41, 64
+    q = torch.randn(b, h, 1, hd, generator=gen).to(dtype)
+    k, v = (torch.randn(b, n_kv, s, hd, generator=gen).to(dtype) for _ in range(2))
+    mask = torch.rand(b, 1, 1, s, generator=gen) > 0.3
+    mask[..., 0] = True
+    bias = step_bias(mask, dtype)
+    assert bias.dtype == torch.promote_types(dtype, torch.float32)
+    assert torch.equal(bias == 0, mask) and torch.isneginf(bias[~mask]).all()
+    with torch.no_grad():
+        got, with_bool = attend(q, k, v, bias), attend(q, k, v, mask)
+        qg = q.view(b, n_kv, h // n_kv, hd)
+        logits = torch.matmul(qg, k.transpose(-1, -2)).to(bias.dtype) * hd**-0.5
+        logits = logits.masked_fill(~mask.reshape(b, 1, 1, s), float("-inf"))
+        p = torch.softmax(logits, dim=-1).to(dtype)
+        before = torch.matmul(p, v).view(b, h, 1, hd)
+    assert torch.equal(got, with_bool) and torch.equal(got, before)
 
 
 def test_grad_and_several_queries_take_sdpa():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pte_ray.method.attention import attend
+from pte_ray.method.attention import attend, step_bias
 from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import generate
@@ -109,8 +109,10 @@ def test_attention_over_the_pool_equals_per_row_copies(dtype, tol):
     q = torch.randn(5, 6, 1, 8, generator=gen, dtype=torch.float64).to(dtype)  # 3 heads a KV head
     with torch.no_grad():
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        assert (layer.attend(q, mask) - ref).abs().max() < tol
+        got = layer.attend(q, mask)
+        assert (got - ref).abs().max() < tol
         assert (attend(q, k, v, mask) - ref).abs().max() < tol  # the unshared CPU path agrees
+        assert torch.equal(layer.attend(q, step_bias(mask, dtype)), got)  # the step's bias
 
 
 def test_attention_over_the_pool_in_bf16_is_close_to_fp64():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pte_ray.method.attention import attend, write_at
+from pte_ray.method.attention import attend, one_query_cpu, step_bias, write_at
 from pte_ray.method.layout import FusedLinear, ModelArgs
 from pte_ray.method.packed import pack, packed_linear
 from pte_ray.method.shared_kv import SharedLayer
@@ -271,6 +271,8 @@ class Transformer(nn.Module):
         rope = self._cos[at.pos][:, None], self._sin[at.pos][:, None]  # [B, 1, T, hd]
         idx = at.slots[:, None, :, None].expand(bsz, a.n_kv_heads, t, a.head_dim)
         attn_mask = at.mask[:, None]
+        if one_query_cpu(t, ids.device):  # the mask as a bias, once for every layer
+            attn_mask = step_bias(attn_mask, self.dtype)
         x = F.embedding(ids, self.embed) if self.rows is None else self.rows(ids)
         new_kv: list[KV] = []
         for li, blk in enumerate(self.layers):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pte_ray.method.attention import write_at
+from pte_ray.method.attention import step_bias, write_at
 
 
 @dataclass
@@ -48,7 +48,8 @@ class SharedLayer:
         return torch.cat([pool.index_select(1, self.owner).transpose(0, 1), ring], dim=2)
 
     def attend(self, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Attention of q [B, H, T, hd] under ``mask`` [B, 1, T, P + C]."""
+        """Attention of q [B, H, T, hd] under ``mask`` [B, 1, T, P + C] (boolean, or one query's
+        ``step_bias``)."""
         b, h, t, hd = q.shape
         if t != 1 or torch.is_grad_enabled():
             k, v = self.full(self.rk, self.pk), self.full(self.rv, self.pv)
@@ -60,12 +61,11 @@ class SharedLayer:
         lp = torch.matmul(q2, self.pk.view(n_kv, w, hd).transpose(-1, -2))  # the pool, once
         lp = lp.view(n_kv, b, g, w).transpose(0, 1)
         lr = torch.matmul(qg, self.rk.transpose(-1, -2))  # [B, n_kv, g, C]
-        acc = torch.promote_types(q.dtype, torch.float32)
-        logits = torch.cat([lp, lr], dim=-1).to(acc) * hd**-0.5
-        m = mask.reshape(b, -1)
-        own = torch.arange(n_p, device=q.device)[None] == self.owner[:, None]  # [B, n_p]
-        seen = torch.cat([(own[:, :, None] & m[:, None, :p]).reshape(b, w), m[:, p:]], dim=-1)
-        logits = logits.masked_fill(~seen[:, None, None, :], float("-inf"))
+        m = (mask if mask.is_floating_point() else step_bias(mask, q.dtype)).reshape(b, -1)
+        other = torch.arange(n_p, device=q.device)[None] != self.owner[:, None]  # [B, n_p]
+        pool = m[:, None, :p].masked_fill(other[:, :, None], -torch.inf).reshape(b, w)
+        bias = torch.cat([pool, m[:, p:]], dim=-1)[:, None, None, :]
+        logits = torch.add(bias, torch.cat([lp, lr], dim=-1), alpha=hd**-0.5)
         probs = torch.softmax(logits, dim=-1).to(self.pv.dtype)
         pp = probs[..., :w].transpose(0, 1).reshape(n_kv, b * g, w)
         op = torch.matmul(pp, self.pv.view(n_kv, w, hd)).view(n_kv, b, g, hd).transpose(0, 1)
