@@ -106,6 +106,7 @@ def test_rollout_suite_compares_eager_compiled_lora_c_and_hf(random_ckpt, capsys
     if vllm:  # the full-cache baseline: the base model, every row the full length
         assert runs["vllm"]["engine"] == "vllm" and runs["vllm"]["budget"] is None
         assert 0 < runs["vllm"]["ttft_s"] < runs["vllm"]["wall_s"]
+        assert runs["vllm"]["kernels"].startswith("_C")
         assert res["tokens_per_s_over_hf"]["vllm"] > 0
     assert runs["pte_compiled"]["compile"] and not runs["pte"]["compile"]
     assert runs["lora_c"]["method"] == "lora_c" and runs["pte"]["evictions"] > 0
@@ -249,6 +250,12 @@ def test_rollout_profile_splits_the_time_and_sets_it_against_the_floors(random_c
     steps = (res["wall_s"] - res["ttft_s"]) * 1e3 / prof["decode_step_ms"]
     assert steps == pytest.approx(31, rel=1e-9)  # 32 tokens: the prefill's, then 31 steps
     assert prof["profiled_step_ms"] > 0
+    sec = prof["step_sections_ms"]  # by the clock, exclusive parts of the step
+    parts = {k: v for k, v in sec.items() if k not in ("step_ms", "rest")}
+    assert {"gemm_layers", "gemm_head", "attention", "adapter_delta", "sampling"} <= set(parts)
+    assert all(v > 0 for k, v in parts.items() if k != "fold") and sec["rest"] >= 0
+    assert sum(parts.values()) + sec["rest"] == pytest.approx(sec["step_ms"])
+    assert sec["evict"] > 0 and sec["fold"] > 0  # budget 8: rows evict and fold
     top = prof["top_ops_share"]
     assert len(top) == 10 and not set(top) & set(ph) and 0 < max(top.values()) < 1
 

