@@ -292,6 +292,18 @@ def test_rollout_mixed_lengths_end_rows_at_their_own_lengths(random_ckpt, capsys
     assert "--engine hf times fixed lengths only" in capsys.readouterr().err
 
 
+def test_hf_engine_runs_more_requests_than_rows_as_calls_of_batch(random_ckpt, capsys):
+    """--engine hf in its own run: every one of 3 requests on 2 rows (no continuous batching:
+    calls of --batch) generates its full length; peak memory and time to first token are its
+    own."""
+    args = ["bench", "rollout", "--engine", "hf", "--batch", "2", "--requests", "3"]
+    args += [f"model.path={random_ckpt('qwen2')}", "sampling.max_new_tokens=6"]
+    assert cli(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["engine"] == "hf" and res["tokens"] == 3 * 6 and res["requests"] == 3
+    assert res["peak_rss_mb"] > 0 and 0 < res["ttft_s"] and res["budget"] is None
+
+
 def test_rollout_more_requests_than_rows_refills_them(random_ckpt, capsys):
     """--requests beyond --batch: rows that end take queued sequences (GRPO groups of --group
     share a prompt); every request is generated to its own length."""
