@@ -138,17 +138,10 @@ class Block(nn.Module):
         a, qkv_group = self.args, self.layout.qkv
         bsz, t, _ = h.shape
         qkv = _lora(lad, qkv_group, self.linear(qkv_group.name, h, self.bqkv), h, s)
-        q, k, v = qkv.split(qkv_group.widths, dim=-1)
-        q = q.view(bsz, t, a.n_heads, a.head_dim)
-        k = k.view(bsz, t, a.n_kv_heads, a.head_dim)
-        if a.qk_norm:
-            q = rms_norm(q, self.q_norm, a.norm_eps)
-            k = rms_norm(k, self.k_norm, a.norm_eps)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, T, hd]
-        v = v.view(bsz, t, a.n_kv_heads, a.head_dim).transpose(1, 2)
-        cos, sin = rope
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        cos, sin = rope  # q and k rotated together: one pass of RoPE's ops a layer, not two
+        qk = self.qk_heads(qkv)
+        q, k = (qk * cos + rotate_half(qk) * sin).split((a.n_heads, a.n_kv_heads), dim=1)
+        v = qkv[..., a.q_dim + a.kv_dim :].view(bsz, t, a.n_kv_heads, a.head_dim).transpose(1, 2)
         if obs is not None:  # the newest query (post-RoPE, as attention saw it) for R-KV
             at = obs[1].view(-1, 1, 1, 1).expand(-1, q.shape[1], 1, q.shape[-1])
             obs[0].scatter_(2, at, q[:, :, -1:])  # each row's own ring slot
@@ -161,6 +154,21 @@ class Block(nn.Module):
         o = o.transpose(1, 2).reshape(bsz, t, a.q_dim)
         o_group = self.layout.o
         return _lora(lad, o_group, self.linear(o_group.name, o), o, s), kv
+
+    def qk_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The query and key heads of the fused q|k|v output side by side, [B, H + n_kv, T, hd]
+        (q_norm / k_norm applied): RoPE treats them alike."""
+        a = self.args
+        bsz, t, _ = qkv.shape
+        if not a.qk_norm:  # q|k are adjacent in the fused output: a view, no copy
+            qk = qkv[..., : a.q_dim + a.kv_dim].view(bsz, t, a.n_heads + a.n_kv_heads, a.head_dim)
+            return qk.transpose(1, 2)
+        q = qkv[..., : a.q_dim].view(bsz, t, a.n_heads, a.head_dim)
+        k = qkv[..., a.q_dim : a.q_dim + a.kv_dim].view(bsz, t, a.n_kv_heads, a.head_dim)
+        qk = torch.cat(
+            (rms_norm(q, self.q_norm, a.norm_eps), rms_norm(k, self.k_norm, a.norm_eps)), 2
+        )
+        return qk.transpose(1, 2)
 
     def mlp(
         self, h: torch.Tensor, lad: LayerAdapter | None, s: torch.Tensor | None
