@@ -10,7 +10,7 @@ from pte_ray.method.checkpoint import load_base
 from pte_ray.method.config import CacheConfig, SamplingParams
 from pte_ray.method.decode import compact_due, finish, generate, rollout_steps
 from pte_ray.method.requests import DecodeHooks, DecodeRequest
-from pte_ray.method.sampling import sample
+from pte_ray.method.sampling import CDF_BLOCK, inverse_cdf, sample, token_logprobs
 
 PROMPTS = [[5, 9, 11], [20, 21, 22, 23, 24, 25, 26], [40 + i for i in range(12)], [7, 7]]
 FULL = CacheConfig(budget=None)
@@ -173,6 +173,38 @@ def test_sampler_matches_filtered_softmax():
         got = torch.bincount(tok, minlength=6).float() / tok.numel()
         assert (got - want).abs().max() < 0.015, (sp, got, want)
         assert torch.allclose(lp, torch.log_softmax(scaled, -1)[tok], atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_log_prob_is_the_learners_bit_for_bit(temperature):
+    """The recorded log-prob is the learner's ``token_logprobs`` bit for bit (the log of the
+    draw's own softmax would save a pass and lose exact replay by an ulp)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = 6 * torch.randn(8, 151936, generator=gen)
+    sp = SamplingParams(temperature=temperature)
+    tok, lp = sample(logits, sp, torch.rand(8, 1, generator=gen))
+    assert torch.equal(lp, token_logprobs(logits, tok, temperature))
+
+
+@pytest.mark.parametrize("vocab", [1000, 1024, 151936])
+def test_two_level_search_is_the_full_cdf_search_and_skips_zero_mass(vocab):
+    """``inverse_cdf`` draws the token a full-vocabulary CDF in fp64 names for the same uniform,
+    and never a token of probability zero, even at u = 0 and u = 1 (its searches stay below
+    their totals)."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(4 * torch.randn(16, vocab, generator=gen), -1)
+    probs[:, ::7] = 0.0  # masked tokens (top-k / top-p), block edges among them
+    probs[:, -CDF_BLOCK - 3 :] = 0.0  # a tail with no mass (and padding when V % 128)
+    probs[1, -CDF_BLOCK - 4] = 0.1  # row 1's last token with mass has mass to find
+    u = torch.rand(16, 1, generator=gen)
+    u[0], u[1] = 0.0, 1.0
+    cdf = probs.double().cumsum(-1)
+    want = torch.searchsorted(cdf, u.double() * cdf[:, -1:], right=True).squeeze(1)
+    got = inverse_cdf(probs, u)
+    assert torch.equal(got[2:], want[2:])
+    assert bool((probs.gather(1, got[:, None]) > 0).all())
+    assert int(got[0]) == int((probs[0] > 0).nonzero()[0])  # u = 0: the first token with mass
+    assert int(got[1]) == vocab - CDF_BLOCK - 4  # u = 1: the last
 
 
 @pytest.mark.parametrize(
