@@ -15,6 +15,7 @@ from pte_ray.method.checkpoint import (
 )
 from pte_ray.method.config import TARGETS, AdapterConfig, CacheConfig
 from pte_ray.method.layout import ModelArgs
+from pte_ray.method.packed import can_pack
 from pte_ray.method.replay import replay
 from pte_ray.method.requests import DecodeRequest, ReplaySpec
 from pte_ray.method.thought_encoder import rms_normalise
@@ -104,14 +105,14 @@ def _random_a(adapter: Adapter, seed: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     ("method", "dtype", "tol"),
     [
-        ("pte", torch.float64, 1e-13),
+        ("pte", torch.float64, 1e-13),  # addmm over the kept block-diagonal
         ("lora", torch.float64, 1e-13),
-        ("pte", torch.float32, 1e-5),
-        ("pte", torch.bfloat16, 1e-2),  # S's matmul in fp32, then rounded
+        ("pte", torch.float32, 1e-5),  # oneDNN-packed B and scaled A (CPU fp32 / bf16)
+        ("pte", torch.bfloat16, 1e-2),
     ],
 )
 def test_no_grad_delta_is_the_trained_formula_and_sees_each_publish(method, dtype, tol):
-    """A frozen adapter (an engine's) without grad keeps A's block-diagonal between steps:
+    """A frozen adapter (an engine's) without grad keeps B and A's block-diagonal between steps:
     its delta equals the grad path's in fp64 on the same (rounded) numbers, the kept weights are
     reused while unchanged and made again after a publish's in-place copy."""
     cfg = AdapterConfig(
@@ -140,9 +141,10 @@ def test_no_grad_delta_is_the_trained_formula_and_sees_each_publish(method, dtyp
             assert err < tol, f"{g.name}: relative error {err:.2e}"
             assert not torch.allclose(got, y)  # the delta is not zero
     lad, qkv = frozen.layers[0], ARGS.layout.qkv
-    assert lad._a_kept(qkv) is lad._a_kept(qkv)  # kept, not made again a step
+    assert lad._kept_for(qkv) is lad._kept_for(qkv)  # kept, not made again a step
+    assert lad._kept_for(qkv).packed == (dtype != torch.float64 and can_pack(dtype, "cpu"))
     with pytest.raises(RuntimeError, match="frozen adapter"):  # an optimizer may write .data
-        trained.layers[0]._a_kept(qkv)
+        trained.layers[0]._kept_for(qkv)
 
 
 @pytest.mark.parametrize("method", ["global_only", "lora_c", "lora"])

@@ -11,6 +11,7 @@ input (q/k/v, gate/up: the fused groups of ``layout.py``) share one B matmul.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,21 @@ from torch import nn
 
 from pte_ray.method.config import AdapterConfig
 from pte_ray.method.layout import FusedLinear, ModelArgs
+from pte_ray.method.packed import can_pack, pack, packed_linear
 from pte_ray.method.thought_encoder import ThoughtEncoder
 
 ABLATIONS = ("fold", "state")
+PACK_ROWS = 32  # the batch oneDNN's layout of a kept B / A is chosen for (any batch runs)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """One group's weights as a frozen adapter multiplies them without grad."""
+
+    key: tuple[tuple[int, int], ...]  # (version, address) of B and A's parts when made
+    b: torch.Tensor  # B, or its oneDNN copy
+    a: torch.Tensor  # A's block-diagonal, or its oneDNN copy with the scale folded in
+    packed: bool
 
 
 class LayerAdapter(nn.Module):
@@ -49,7 +62,7 @@ class LayerAdapter(nn.Module):
             self.B[group.name] = nn.Parameter(b.to(dtype=dtype, device=device))
             for t, d_out in hit:
                 self.A[t] = nn.Parameter(torch.zeros(d_out, self.g, dtype=dtype, device=device))
-        self._kept: dict[str, tuple[tuple[tuple[int, int], ...], torch.Tensor]] = {}
+        self._kept: dict[str, _Kept] = {}  # add_delta_frozen's weights, per group
 
     def add_delta(
         self, group: FusedLinear, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
@@ -84,16 +97,15 @@ class LayerAdapter(nn.Module):
     def add_delta_frozen(
         self, group: FusedLinear, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
     ) -> torch.Tensor:
-        """``add_delta`` for a frozen adapter (an engine's) without grad: A's block-diagonal
-        kept while its weights are unchanged, S's small batched matmul in fp32 (bf16's ran 2x
-        slower on CPU), scale and add fused into A's matmul. A 0.5B decode step runs this 48
-        times; the same values up to rounding (tested). oneDNN-packed copies of B and A were
-        no faster within noise and added 70 MB to peak RSS (cause not traced): not kept."""
+        """``add_delta`` for a frozen adapter (an engine's) without grad: B and A's scaled
+        block-diagonal kept packed for oneDNN (``packed.py``) while the weights are unchanged,
+        S's small batched matmul in fp32 (bf16's ran 2x slower), the add fused into A's matmul.
+        A 0.5B decode step runs this 48 times; the same values up to rounding (tested)."""
         if group.name not in self.B:
             return y
-        a_full = self._a_kept(group)
+        kept = self._kept_for(group)
         bsz, t, _ = x.shape
-        h = F.linear(x, self.B[group.name])
+        h = packed_linear(x, kept.b) if kept.packed else F.linear(x, kept.b)
         n = h.shape[-1] // self.rank
         z = h
         if not self.plain:
@@ -101,21 +113,33 @@ class LayerAdapter(nn.Module):
             acc = torch.promote_types(h.dtype, torch.float32)
             hs = h.view(bsz, t * n, self.rank).to(acc)
             z = torch.matmul(hs, s.to(acc).transpose(1, 2)).to(h.dtype)
-        z, d_out = z.reshape(-1, n * self.g), y.shape[-1]
-        return torch.addmm(y.reshape(-1, d_out), z, a_full.t(), alpha=self.scale).view(y.shape)
+        z = z.reshape(bsz, t, n * self.g)
+        if kept.packed:  # y + z (scale A)^T in one oneDNN call
+            return torch.ops.mkldnn._linear_pointwise.binary(z, y, kept.a, None, "add")
+        d_out, a_t = y.shape[-1], kept.a.t()
+        return torch.addmm(
+            y.reshape(-1, d_out), z.view(-1, n * self.g), a_t, alpha=self.scale
+        ).view(y.shape)
 
-    def _a_kept(self, group: FusedLinear) -> torch.Tensor:
-        """``a_full``, made again only when one of its weights changed: a publish's in-place
-        ``copy_`` bumps a tensor's version, a move gives a new address. Only for a frozen
-        adapter: an optimizer may write through ``.data``, which no version counts."""
-        parts = [p for n, _ in group.parts if (p := self.A.get(n)) is not None]
+    def _kept_for(self, group: FusedLinear) -> _Kept:
+        """The group's weights as ``add_delta_frozen`` multiplies them, made again only when one
+        changed: a publish's in-place ``copy_`` bumps a tensor's version, a move gives a new
+        address. Only for a frozen adapter: an optimizer may write through ``.data``, which no
+        version counts."""
+        b = self.B[group.name]
+        parts = [b, *(p for n, _ in group.parts if (p := self.A.get(n)) is not None)]
         if any(p.requires_grad for p in parts):
             raise RuntimeError("add_delta_frozen needs a frozen adapter (requires_grad_(False))")
         key = tuple((p._version, p.data_ptr()) for p in parts)
         kept = self._kept.get(group.name)
-        if kept is None or kept[0] != key:
-            kept = self._kept[group.name] = (key, self.a_full(group))
-        return kept[1]
+        if kept is None or kept.key != key:
+            a_full = self.a_full(group)
+            if can_pack(b.dtype, b.device):
+                kept = _Kept(key, pack(b, PACK_ROWS), pack(a_full * self.scale, PACK_ROWS), True)
+            else:
+                kept = _Kept(key, b, a_full, False)
+            self._kept[group.name] = kept
+        return kept
 
 
 class Adapter(nn.Module):
