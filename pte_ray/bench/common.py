@@ -193,8 +193,6 @@ def setup(
     if args.method != "base":
         acfg = AdapterConfig(method=args.method, rank=args.rank, global_tokens=args.global_tokens)
         adapter = Adapter(model.args, acfg, dtype=dtype, device=args.device)
-        if infer:
-            adapter.requires_grad_(False)  # as the engines hold it (adapter.py: A kept)
         gen = torch.Generator().manual_seed(args.seed)  # the same adapter in every process
         with torch.no_grad():  # A off zero so the adapter costs what it costs after training
             for name, prm in adapter.named_parameters():

@@ -11,7 +11,6 @@ input (q/k/v, gate/up: the fused groups of ``layout.py``) share one B matmul.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,21 +18,9 @@ from torch import nn
 
 from pte_ray.method.config import AdapterConfig
 from pte_ray.method.layout import FusedLinear, ModelArgs
-from pte_ray.method.packed import can_pack, pack, packed_linear
 from pte_ray.method.thought_encoder import ThoughtEncoder
 
 ABLATIONS = ("fold", "state")
-PACK_ROWS = 32  # the batch oneDNN's layout of a kept B / A is chosen for (any batch runs)
-
-
-@dataclass(frozen=True)
-class _Kept:
-    """One group's weights as a frozen adapter multiplies them without grad."""
-
-    key: tuple[tuple[int, int], ...]  # (version, address) of B and A's parts when made
-    b: torch.Tensor  # B, or its oneDNN copy
-    a: torch.Tensor  # A's block-diagonal, or its oneDNN copy with the scale folded in
-    packed: bool
 
 
 class LayerAdapter(nn.Module):
@@ -62,19 +49,15 @@ class LayerAdapter(nn.Module):
             self.B[group.name] = nn.Parameter(b.to(dtype=dtype, device=device))
             for t, d_out in hit:
                 self.A[t] = nn.Parameter(torch.zeros(d_out, self.g, dtype=dtype, device=device))
-        self._kept: dict[str, _Kept] = {}  # add_delta_frozen's weights, per group
 
     def add_delta(
         self, group: FusedLinear, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
     ) -> torch.Tensor:
         """y + (alpha/r) A (S (B x)) for the fused output ``y`` of ``group``; S is [B, G, r]
         (plain LoRA: y + (alpha/r) A (B x), no S). A is block-diagonal over the group's parts,
-        zero for a part that is not a target. An engine's frozen copy without grad takes
-        ``add_delta_frozen``."""
+        zero for a part that is not a target."""
         if group.name not in self.B:
             return y
-        if not (self.B[group.name].requires_grad or torch.is_grad_enabled()):
-            return self.add_delta_frozen(group, y, x, s)
         bsz, t, _ = x.shape
         h = F.linear(x, self.B[group.name])  # [B, T, n*r]
         n = h.shape[-1] // self.rank
@@ -83,63 +66,11 @@ class LayerAdapter(nn.Module):
         else:
             assert s is not None, "a thought-state adapter needs a state"
             z = torch.matmul(h.view(bsz, t * n, self.rank), s.transpose(1, 2))  # [B, T*n, G]
-        z = z.reshape(bsz, t, n * self.g)
-        return y + self.scale * F.linear(z, self.a_full(group))
-
-    def a_full(self, group: FusedLinear) -> torch.Tensor:
-        """A of ``group``: block-diagonal over its parts, zero for a part that is not a target."""
         blocks = [
-            self.A[name] if name in self.A else self.B[group.name].new_zeros(width, 0)
-            for name, width in group.parts
+            self.A[name] if name in self.A else y.new_zeros(width, 0) for name, width in group.parts
         ]
-        return blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
-
-    def add_delta_frozen(
-        self, group: FusedLinear, y: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None
-    ) -> torch.Tensor:
-        """``add_delta`` for a frozen adapter (an engine's) without grad: B and A's scaled
-        block-diagonal kept packed for oneDNN (``packed.py``) while the weights are unchanged,
-        S's small batched matmul in fp32 (bf16's ran 2x slower), the add fused into A's matmul.
-        A 0.5B decode step runs this 48 times; the same values up to rounding (tested)."""
-        if group.name not in self.B:
-            return y
-        kept = self._kept_for(group)
-        bsz, t, _ = x.shape
-        h = packed_linear(x, kept.b) if kept.packed else F.linear(x, kept.b)
-        n = h.shape[-1] // self.rank
-        z = h
-        if not self.plain:
-            assert s is not None, "a thought-state adapter needs a state"
-            acc = torch.promote_types(h.dtype, torch.float32)
-            hs = h.view(bsz, t * n, self.rank).to(acc)
-            z = torch.matmul(hs, s.to(acc).transpose(1, 2)).to(h.dtype)
-        z = z.reshape(bsz, t, n * self.g)
-        if kept.packed:  # y + z (scale A)^T in one oneDNN call
-            return torch.ops.mkldnn._linear_pointwise.binary(z, y, kept.a, None, "add")
-        d_out, a_t = y.shape[-1], kept.a.t()
-        return torch.addmm(
-            y.reshape(-1, d_out), z.view(-1, n * self.g), a_t, alpha=self.scale
-        ).view(y.shape)
-
-    def _kept_for(self, group: FusedLinear) -> _Kept:
-        """The group's weights as ``add_delta_frozen`` multiplies them, made again only when one
-        changed: a publish's in-place ``copy_`` bumps a tensor's version, a move gives a new
-        address. Only for a frozen adapter: an optimizer may write through ``.data``, which no
-        version counts."""
-        b = self.B[group.name]
-        parts = [b, *(p for n, _ in group.parts if (p := self.A.get(n)) is not None)]
-        if any(p.requires_grad for p in parts):
-            raise RuntimeError("add_delta_frozen needs a frozen adapter (requires_grad_(False))")
-        key = tuple((p._version, p.data_ptr()) for p in parts)
-        kept = self._kept.get(group.name)
-        if kept is None or kept.key != key:
-            a_full = self.a_full(group)
-            if can_pack(b.dtype, b.device):
-                kept = _Kept(key, pack(b, PACK_ROWS), pack(a_full * self.scale, PACK_ROWS), True)
-            else:
-                kept = _Kept(key, b, a_full, False)
-            self._kept[group.name] = kept
-        return kept
+        a_full = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
+        return y + self.scale * F.linear(z.view(bsz, t, n * self.g), a_full)
 
 
 class Adapter(nn.Module):
