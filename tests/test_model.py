@@ -95,3 +95,35 @@ def test_bf16_checkpoint_loads_in_its_dtype(random_ckpt, tmp_path):
     with torch.no_grad():
         ref = hf(torch.tensor([[1, 2, 3, 4]])).logits.float()
     assert (logits - ref).abs().max() <= 0.1  # bf16 rounding only
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_gradients_match_hf_in_fp64(random_ckpt, arch):
+    """The gradient through q/k/v, RoPE (q and k rotated as one tensor) and q/k norms equals
+    transformers' own autograd in fp64 (equal logits could hide a wrong backward)."""
+    path = random_ckpt(arch)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+    model = load_base(path, dtype=torch.float64)
+    torch.manual_seed(0)
+    seq = torch.randint(3, model.args.vocab_size, (2, 10))
+    weight = torch.randn(2, 10, model.args.vocab_size, dtype=torch.float64)
+    ours = [model.layers[i] for i in (0, len(model.layers) - 1)]
+    theirs = [hf.model.layers[i].self_attn for i in (0, len(model.layers) - 1)]
+    for blk in ours:
+        blk.w["qkv"].requires_grad_(True)
+        if model.args.qk_norm:
+            blk.q_norm.requires_grad_(True)
+            blk.k_norm.requires_grad_(True)
+    (hf(seq).logits * weight).sum().backward()
+    cache = BoundedCache(model, [10, 10], CacheConfig(budget=None), 1)
+    logits, _ = model(seq, cache.prompt_placement(), cache.kv)
+    (logits.double() * weight).sum().backward()
+    for blk, att in zip(ours, theirs, strict=True):
+        want = torch.cat([att.q_proj.weight.grad, att.k_proj.weight.grad, att.v_proj.weight.grad])
+        pairs = [(blk.w["qkv"].grad, want)]
+        if model.args.qk_norm:
+            pairs += [(blk.q_norm.grad, att.q_norm.weight.grad)]
+            pairs += [(blk.k_norm.grad, att.k_norm.weight.grad)]
+        for got, ref in pairs:  # both models take RMSNorm's statistics in fp32, as HF does:
+            assert ref.abs().max() > 0  # ~1e-7 of fp32 rounding, where a wrong backward is O(1)
+            assert float((got - ref).norm() / ref.norm()) < 1e-6
